@@ -1,0 +1,19 @@
+"""Errors a user can cause: the CLI prints them as one line and exits with `exit_code`."""
+
+
+class DarkfixError(Exception):
+    """Base class for user-facing errors."""
+
+    exit_code = 2
+
+
+class RawReadError(DarkfixError):
+    """The file is missing, not a raw, corrupt, or of a sensor darkfix cannot restore."""
+
+
+class WeightsError(DarkfixError):
+    """A weights file is missing, corrupt, or of another architecture."""
+
+
+class OutputError(DarkfixError):
+    """The output cannot be written (exists, unwritable, disk full, would overwrite an input)."""

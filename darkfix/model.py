@@ -1,0 +1,140 @@
+"""The network of Lamba & Mitra, "Restoring Extremely Dark Images In Real Time" (CVPR 2021).
+
+Module and parameter names follow the authors' checkpoint so that it loads unchanged. Every
+convolution is weight-normalised for training; `fold_weight_norm` turns the model into plain
+convolutions once for inference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURE = "lamba2021"
+
+
+class WNConv2d(nn.Module):
+    """Weight-normalised convolution: weight = g * v / ||v||, the norm over all but the output dim."""
+
+    def __init__(self, cin: int, cout: int, k: int, bias: bool = True, groups: int = 1) -> None:
+        super().__init__()
+        v = torch.empty(cout, cin // groups, k, k)
+        nn.init.kaiming_uniform_(v, a=5**0.5)
+        self.weight_v = nn.Parameter(v)
+        self.weight_g = nn.Parameter(v.flatten(1).norm(dim=1).view(cout, 1, 1, 1).clone())
+        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
+        self.groups = groups
+        self.padding = k // 2
+
+    def weight(self) -> torch.Tensor:
+        v = self.weight_v
+        return self.weight_g * v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
+
+    def folded(self) -> nn.Conv2d:
+        """A plain convolution with the normalised weight computed once."""
+        w = self.weight().detach()
+        conv = nn.Conv2d(w.shape[1] * self.groups, w.shape[0], w.shape[2], padding=self.padding,
+                         groups=self.groups, bias=self.bias is not None)
+        conv.weight.data.copy_(w)
+        if self.bias is not None:
+            conv.bias.data.copy_(self.bias.detach())
+        return conv
+
+
+def _lrelu(inplace: bool = True) -> nn.LeakyReLU:
+    return nn.LeakyReLU(0.2, inplace=inplace)
+
+
+class DenseLayer(nn.Module):
+    """Appends conv3x3(act(x)) to x; `position` picks the activation before the conv."""
+
+    def __init__(self, cin: int, growth: int, position: str) -> None:
+        super().__init__()
+        conv = WNConv2d(cin, growth, 3, bias=False)
+        if position == "first":
+            self.conv = nn.Sequential(conv)
+        elif position == "middle":
+            # not in place: x itself is concatenated after the conv
+            self.conv = nn.Sequential(_lrelu(inplace=False), conv)
+        else:  # the authors' last layer has an identity LeakyReLU(1.0) before its conv
+            self.conv = nn.Sequential(nn.Identity(), conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(x)], dim=1)
+
+
+class RDB(nn.Module):
+    """Residual dense block: dense layers, then a 1x1 conv back to the input width plus the input."""
+
+    def __init__(self, channels: int, layers: int, growth: int = 32) -> None:
+        super().__init__()
+        positions = ["first"] + ["middle"] * (layers - 2) + ["last"]
+        self.dense_layers = nn.Sequential(
+            *[DenseLayer(channels + i * growth, growth, p) for i, p in enumerate(positions)]
+        )
+        self.conv_1x1 = nn.Sequential(WNConv2d(channels + layers * growth, channels, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_1x1(self.dense_layers(x)) + x
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(WNConv2d(channels, channels, 3), _lrelu())
+        self.conv2 = nn.Sequential(WNConv2d(channels, channels, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x)) + x
+
+
+class LambaNet(nn.Module):
+    """Packed, amplified RGGB input (N, 4, h, w), h and w multiples of 16 -> (N, 3, 2h, 2w) in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv32x = nn.Sequential(
+            nn.Sequential(WNConv2d(1024, 128, 3, groups=128)),
+            nn.Sequential(WNConv2d(128, 64, 3)),
+        )
+        self.RDB1 = RDB(64, 4)
+        self.RDB2 = RDB(64, 5)
+        self.RDB3 = RDB(64, 5)
+        self.rdball = nn.Sequential(WNConv2d(192, 64, 1, bias=False))
+        self.conv_rdb8x = nn.Sequential(WNConv2d(4, 64, 3))
+        self.resblock8x = ResBlock(64)
+        self.conv32_8_cat = nn.Sequential(
+            nn.Sequential(WNConv2d(128, 32, 3, groups=4)),
+            nn.Sequential(WNConv2d(32, 192, 3), _lrelu()),
+        )
+        self.conv2x = nn.Sequential(WNConv2d(4, 12, 5))
+        self.conv_2_8_32 = nn.Sequential(WNConv2d(24, 12, 5))
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        a = self.conv32x(F.pixel_unshuffle(packed, 16))
+        r1 = self.RDB1(a)
+        r2 = self.RDB2(r1)
+        r3 = self.RDB3(r2)
+        b = self.rdball(torch.cat([r1, r2, r3], dim=1)) + a
+        c = self.conv_rdb8x(F.pixel_shuffle(b, 4))
+        d = self.resblock8x(F.pixel_unshuffle(packed, 4))
+        n, ch, h, w = d.shape
+        # channel shuffle with 2 groups: interleave d and c
+        fused = torch.stack([d, c], dim=2).view(n, 2 * ch, h, w)
+        e = F.pixel_shuffle(self.conv32_8_cat(fused), 4)
+        out = self.conv_2_8_32(torch.cat([self.conv2x(packed), e], dim=1))
+        return F.pixel_shuffle(out, 2).clamp(0.0, 1.0)
+
+
+def fold_weight_norm(model: nn.Module) -> nn.Module:
+    """Replace every WNConv2d in place by a plain Conv2d with the same output; returns the model."""
+    for name, child in model.named_children():
+        if isinstance(child, WNConv2d):
+            setattr(model, name, child.folded())
+        else:
+            fold_weight_norm(child)
+    return model

@@ -1,0 +1,104 @@
+"""Decode a Bayer raw file with LibRaw (rawpy) into a plain mosaic plus the metadata darkfix needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rawpy
+
+from .errors import RawReadError
+
+_COLOUR_LETTERS = "RGBG"  # LibRaw colour indices 0..3 (3 is the second green)
+
+
+@dataclass
+class RawFrame:
+    """A decoded Bayer mosaic (visible area only) with what is needed to normalise and colour it."""
+
+    mosaic: np.ndarray  # (H, W) uint16
+    black: np.ndarray  # (2, 2) float32: black level at each position of the 2x2 CFA cell
+    white: float
+    cfa: str  # colours of the 2x2 cell at (0,0), (0,1), (1,0), (1,1), e.g. "RGGB"
+    wb_camera: np.ndarray  # (3,) R, G, B multipliers, smallest 1
+    wb_daylight: np.ndarray  # (3,)
+    rgb_cam: np.ndarray  # (3, 3) camera RGB -> linear sRGB
+    flip: int  # LibRaw orientation: 0 none, 3 = 180, 5 = 90 CCW, 6 = 90 CW
+
+
+def _wb(mult: list[float] | np.ndarray) -> np.ndarray | None:
+    m = np.asarray(list(mult)[:3], dtype=np.float64)
+    if not np.all(np.isfinite(m)) or np.any(m <= 0):
+        return None
+    return (m / m.min()).astype(np.float32)
+
+
+def read_raw(path: str | os.PathLike) -> RawFrame:
+    """Read a Bayer raw file; raises RawReadError with a one-line reason for anything else."""
+    p = Path(path)
+    if not p.exists():
+        raise RawReadError(f"{p}: no such file")
+    if p.is_dir():
+        raise RawReadError(f"{p}: is a directory, not a raw file")
+    if not os.access(p, os.R_OK):
+        raise RawReadError(f"{p}: permission denied")
+    if p.stat().st_size == 0:
+        raise RawReadError(f"{p}: empty file")
+    try:
+        with rawpy.imread(str(p)) as raw:
+            return _frame_from(raw, p)
+    except RawReadError:
+        raise
+    except rawpy.LibRawFileUnsupportedError:
+        raise RawReadError(f"{p}: not a raw file LibRaw can read") from None
+    except (rawpy.LibRawIOError, rawpy.LibRawDataError, rawpy.LibRawTooBigError) as e:
+        raise RawReadError(f"{p}: corrupt or truncated raw file ({type(e).__name__})") from None
+    except rawpy.LibRawError as e:
+        raise RawReadError(f"{p}: cannot decode ({type(e).__name__})") from None
+    except MemoryError:
+        raise RawReadError(f"{p}: image too large to decode") from None
+
+
+def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
+    if raw.raw_type != rawpy.RawType.Flat:
+        raise RawReadError(f"{p}: already demosaiced (linear) raw, e.g. Apple ProRAW; darkfix needs a Bayer mosaic")
+    pattern = np.asarray(raw.raw_pattern)
+    if pattern.shape == (2, 2):
+        # the colours of the visible area's first cell (raw_pattern may refer to the uncropped sensor)
+        pattern = np.asarray(raw.raw_colors_visible[:2, :2])
+    if pattern.shape != (2, 2):
+        raise RawReadError(f"{p}: non-Bayer sensor (CFA {pattern.shape[0]}x{pattern.shape[1]}, e.g. X-Trans)")
+    if raw.num_colors < 3 or len(set(pattern.ravel().tolist())) < 3:
+        raise RawReadError(f"{p}: monochrome sensor; darkfix restores colour Bayer raws")
+    cfa = "".join(_COLOUR_LETTERS[int(c)] for c in pattern.ravel())
+    if sorted(cfa) != ["B", "G", "G", "R"]:
+        raise RawReadError(f"{p}: unsupported CFA pattern {cfa}")
+    mosaic = np.array(raw.raw_image_visible, dtype=np.uint16, copy=True)
+    if mosaic.ndim != 2 or mosaic.shape[0] < 2 or mosaic.shape[1] < 2:
+        raise RawReadError(f"{p}: image too small ({mosaic.shape})")
+    per_channel = np.asarray(raw.black_level_per_channel, dtype=np.float32)
+    black = per_channel[pattern]
+    white = float(raw.white_level)
+    if not white > float(black.max()):
+        raise RawReadError(f"{p}: white level {white:g} not above black level {float(black.max()):g}")
+    wb_daylight = _wb(raw.daylight_whitebalance)
+    wb_camera = _wb(raw.camera_whitebalance)
+    if wb_daylight is None:
+        wb_daylight = wb_camera if wb_camera is not None else np.ones(3, np.float32)
+    if wb_camera is None:
+        wb_camera = wb_daylight
+    rgb_cam = np.asarray(raw.color_matrix, dtype=np.float32)[:, :3]
+    if not np.all(np.isfinite(rgb_cam)) or not np.any(rgb_cam):
+        rgb_cam = np.eye(3, dtype=np.float32)  # LibRaw knows no matrix for this camera: render camera RGB as is
+    return RawFrame(
+        mosaic=mosaic,
+        black=black,
+        white=white,
+        cfa=cfa,
+        wb_camera=wb_camera,
+        wb_daylight=wb_daylight,
+        rgb_cam=rgb_cam,
+        flip=int(raw.sizes.flip),
+    )
