@@ -50,7 +50,8 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
         gt_name = f"{path.stem}_gt.png"
         write_atomic(out / gt_name, encode_png(truth, 6), overwrite=True)
         for ratio in ratios:
-            dn = synth.noisy_dn(synth.mosaic(linear), torch.tensor([float(ratio)]), synth.sample_noise(1, g, broad=0.0), g)
+            noise = synth.sample_noise(1, g, broad=0.0)
+            dn = synth.noisy_dn(synth.mosaic(linear), torch.tensor([float(ratio)]), noise, g)
             planes = torch.round(dn[0] + synth.BLACK).clamp(0, synth.WHITE).to(torch.int32).numpy()
             _, hh, ww = planes.shape
             mosaic = planes.reshape(2, 2, hh, ww).transpose(2, 0, 3, 1).reshape(2 * hh, 2 * ww)[dy:, dx:]
@@ -60,7 +61,10 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
                            color_matrix=camera.cam_xyz[0].numpy(), model="synthetic A7S II noise",
                            description=f"darkfix synth: {path.name} at 1/{ratio:g} exposure")
             write_dng(out / name, np.ascontiguousarray(mosaic.astype(np.uint16)), spec)
-            entries.append({"raw": name, "gt": gt_name, "ratio": float(ratio), "photo": path.name, "cfa": cfa})
+            entries.append({"raw": name, "gt": gt_name, "ratio": float(ratio), "photo": path.name, "cfa": cfa,
+                            # the true noise, in DN: lets oracle baselines (BM3D + VST) do their best
+                            "noise": {"K": float(noise.K[0]), "read_sigma": float(noise.read_sigma[0]),
+                                      "row_sigma": float(noise.row_sigma[0])}})
             if progress:
                 progress(name)
     manifest = {"version": 1, "seed": seed, "ratios": list(ratios), "black": synth.BLACK, "white": synth.WHITE,
