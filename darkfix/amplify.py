@@ -59,14 +59,14 @@ def estimate_from_raw(packed_raw: np.ndarray, black: np.ndarray, white: float) -
 
     A histogram of the integer values replaces the per-pixel work, so a 12 MP frame costs milliseconds.
     """
-    from .packing import normalise  # the exact normalisation real frames get
-
     counts = np.zeros(_NBINS)
     sums = np.zeros(_NBINS)
     for plane, b in zip(packed_raw, black):
         hist = np.bincount(plane.reshape(-1), minlength=1)
-        values = np.arange(hist.size, dtype=packed_raw.dtype)[None, None, :]
-        x = normalise(values, np.array([b]), white).reshape(-1)
+        values = np.arange(hist.size)
+        # the exact float32 normalisation that packing.normalise gives real frames
+        x = np.clip((values.astype(np.float32) - np.float32(b)) / (np.float32(white) - np.float32(b)), 0.0, 1.0)
+        x = x.reshape(-1)
         c, s = _bin_sums(x, hist)
         counts += c
         sums += s

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 import click
+from rich.progress import ProgressColumn
+from rich.text import Text
 
 from . import __version__
 from .errors import DarkfixError
@@ -146,6 +149,160 @@ def info(weights) -> None:
     for key in sorted(meta.metadata):
         if key not in ("output",):
             click.echo(f"{key + ':':<14} {meta.metadata[key]}")
+
+class _FilesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:.2f} files/s", style="cyan")
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for the PNGs (sub-folders mirrored). Default: beside each raw file.")
+@click.option("-r", "--recursive", is_flag=True, help="Include sub-folders.")
+@click.option("--pattern", default=None, help="Glob on file names, e.g. '*.ARW'. Default: every raw extension.")
+@restore_options
+@network_options
+def batch(folder, outdir, recursive, pattern, brightness, ratio, wb, bit_depth, compression, overwrite, weights,
+          device, precision, threads, tile) -> None:
+    """Restore every raw file in FOLDER; files already restored are skipped, so a rerun resumes."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from .batch import find_raws, output_for, remove_stale_parts, run_batch
+
+    if not folder.is_dir():
+        _fail(f"{folder}: not a directory")
+    if outdir is not None:
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _fail(f"{outdir}: cannot create output directory ({e.strerror})")
+    opts = _opts(brightness, ratio, wb, bit_depth, compression, overwrite)
+    files = list(find_raws(folder, recursive, pattern))
+    outputs = [output_for(f, folder, outdir) for f in files]
+    for d in {o.parent for o in outputs if o.parent.is_dir()}:
+        remove_stale_parts(d)
+    if not files:
+        click.echo(f"{folder}: no raw files found" + ("" if recursive else " (use --recursive for sub-folders)"))
+        return
+    try:
+        restorer, info = _restorer(weights, device, precision, threads, tile)
+    except DarkfixError as e:
+        _fail(str(e), e.exit_code)
+    console = Console(stderr=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _FilesPerSecond(),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("restoring", total=len(files))
+
+        def on_file(src: Path, status: str) -> None:
+            progress.advance(task)
+            if status == "failed":
+                progress.console.print(f"[red]failed[/red] {src}")
+
+        report = run_batch(files, outputs, restorer, info, opts, on_file=on_file)
+    table = Table(title="darkfix batch")
+    for col in ("restored", "skipped (output exists)", "failed", "seconds", "files/s"):
+        table.add_column(col, justify="right")
+    rate = len(report.done) / report.seconds if report.seconds > 0 else 0.0
+    table.add_row(str(len(report.done)), str(len(report.skipped)), str(len(report.failed)),
+                  f"{report.seconds:.1f}", f"{rate:.2f}")
+    console.print(table)
+    for src, reason in report.failed:
+        console.print(f"failed: {reason if str(src) in reason else f'{src}: {reason}'}", markup=False)
+    if report.interrupted:
+        left = len(files) - len(report.done) - len(report.skipped) - len(report.failed)
+        console.print(f"interrupted: {len(report.done)} restored, {left} left; run the same command again to resume",
+                      markup=False)
+        sys.exit(130)
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("photos", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--ratios", default="100,250,300", show_default=True, help="Exposure ratios, comma-separated.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N photos.")
+@click.option("--max-side", type=click.IntRange(32), default=None, help="Shrink photos to this long side first.")
+def synth(photos, out, ratios, seed, limit, max_side) -> None:
+    """Make a benchmark folder of dark DNGs and ground truth from clean PHOTOS."""
+    from .benchset import make_benchmark
+
+    try:
+        ratio_list = tuple(float(r) for r in ratios.split(","))
+    except ValueError:
+        raise click.BadParameter(f"not a list of numbers: {ratios!r}", param_hint="--ratios") from None
+    try:
+        manifest = make_benchmark(photos, out, ratio_list, seed=seed, limit=limit, max_side=max_side,
+                                  progress=lambda name: click.echo(f"wrote {out / name}", err=True))
+    except (FileNotFoundError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"{out}: {len(manifest['pairs'])} dark raws and their ground truth; manifest in {out / 'manifest.json'}")
+
+
+@main.command()
+@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="Folder of clean photos to synthesise training pairs from.")
+@click.option("--val", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Folder of clean photos for periodic validation (PSNR/SSIM); the best weights are kept.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Weights file to write (.safetensors); the checkpoint goes to OUT.ckpt.")
+@click.option("--iterations", type=click.IntRange(1), default=20000, show_default=True)
+@click.option("--batch", "batch_size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--crop", type=click.IntRange(192), default=256, show_default=True,
+              help="Mosaic crop side (a multiple of 32; MS-SSIM needs more than 160).")
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--resume", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Checkpoint to continue from exactly (OUT.ckpt of an earlier run).")
+@click.option("--validate-every", type=click.IntRange(1), default=1000, show_default=True)
+def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, validate_every) -> None:
+    """Train darkfix weights on synthetic low-light pairs made from clean photos."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .inference import pick_device
+    from .train import TrainConfig, train as run_training
+
+    if crop % 32:
+        raise click.BadParameter("must be a multiple of 32", param_hint="--crop")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = pick_device(device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
+    cfg = TrainConfig(images=str(images), val=str(val) if val else None, out=str(out), iterations=iterations,
+                      batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
+                      validate_every=validate_every)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
+    with Progress(*columns) as progress:
+        task = progress.add_task("training", total=iterations, loss=float("nan"), val="-")
+
+        def report(event: dict) -> None:
+            fields = {"loss": event["loss"]}
+            if "val_psnr" in event:
+                fields["val"] = f"{event['val_psnr']:.2f} dB / {event['val_ssim']:.3f}"
+                progress.console.print(f"step {event['step']}: validation {fields['val']}")
+            progress.update(task, completed=event["step"], **fields)
+
+        try:
+            summary = run_training(cfg, resume=str(resume) if resume else None, report=report)
+        except (FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+    click.echo(f"{out}: best validation PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
 
 
 # --- bench command ---

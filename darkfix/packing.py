@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from .amplify import estimate_from_raw
+
+if TYPE_CHECKING:  # torch is imported lazily: batch's decode workers run this module without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,15 @@ def unpack(packed: np.ndarray, layout: Layout) -> np.ndarray:
     return crop(x, layout)
 
 
-def crop(image: np.ndarray | torch.Tensor, layout: Layout) -> np.ndarray | torch.Tensor:
+def crop(image: np.ndarray | "torch.Tensor", layout: Layout) -> np.ndarray | "torch.Tensor":
     """Crop a full-resolution result (..., 2h, 2w) back to the original mosaic's area."""
     return image[..., layout.top : layout.top + layout.height, layout.left : layout.left + layout.width]
 
 
 def pad_to_multiple(t: torch.Tensor, multiple: int = 16) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad a packed (N, C, h, w) tensor at bottom/right to multiples of `multiple`; returns (padded, (h, w))."""
+    import torch.nn.functional as F
+
     h, w = t.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
     if ph or pw:
@@ -73,3 +79,23 @@ def pad_to_multiple(t: torch.Tensor, multiple: int = 16) -> tuple[torch.Tensor, 
         mode = "reflect" if ph < h and pw < w else "replicate"
         t = F.pad(t, (0, pw, 0, ph), mode=mode)
     return t, (h, w)
+
+
+@dataclass
+class Prepared:
+    """A frame packed, normalised and amplified for the network."""
+
+    packed: np.ndarray  # (4, h, w) float32
+    layout: Layout
+    amplification: float  # the estimate or the given ratio, before the brightness factor
+
+
+def prepare(mosaic: np.ndarray, cfa: str, black: np.ndarray, white: float, ratio: float | None = None,
+            brightness: float = 1.0) -> Prepared:
+    """Align the CFA, pack, normalise with the file's own levels and amplify (estimate unless `ratio`)."""
+    raw, layout = pack(mosaic, cfa)
+    planes_black = channel_black(black, layout)
+    amp = float(ratio) if ratio is not None else estimate_from_raw(raw, planes_black, white)
+    x = normalise(raw, planes_black, white)
+    x *= np.float32(amp * brightness)
+    return Prepared(x, layout, amp)

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .amplify import estimate_from_raw
 from .colour import orient, render
 from .errors import OutputError
 from .inference import Restorer, Tile
-from .packing import Layout, channel_black, crop, normalise, pack
+from .packing import Prepared, crop, prepare
 from .pngio import encode_png, write_atomic
 from .rawio import RawFrame, read_raw
 from .weights import WeightsInfo
@@ -38,23 +37,9 @@ class RestoreOptions:
     overwrite: bool = False
 
 
-@dataclass
-class Prepared:
-    """A frame packed, normalised and amplified for the network."""
-
-    packed: np.ndarray  # (4, h, w) float32
-    layout: Layout
-    amplification: float  # the estimate or ratio, before the brightness factor
-
-
-def prepare(frame: RawFrame, opts: RestoreOptions) -> Prepared:
-    """Align the CFA, pack, normalise with the file's own levels and amplify."""
-    raw, layout = pack(frame.mosaic, frame.cfa)
-    black = channel_black(frame.black, layout)
-    amp = float(opts.ratio) if opts.ratio is not None else estimate_from_raw(raw, black, frame.white)
-    x = normalise(raw, black, frame.white)
-    x *= np.float32(amp * opts.brightness)
-    return Prepared(x, layout, amp)
+def prepare_frame(frame: RawFrame, opts: RestoreOptions) -> Prepared:
+    """The packed, amplified network input for a decoded frame."""
+    return prepare(frame.mosaic, frame.cfa, frame.black, frame.white, opts.ratio, opts.brightness)
 
 
 def quantise(image: torch.Tensor, bit_depth: int) -> np.ndarray:
@@ -95,7 +80,7 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
     """Restore one raw file into `output` (written atomically); raises DarkfixError subclasses."""
     check_output(source, output, opts.overwrite)
     frame = read_raw(source)
-    prep = prepare(frame, opts)
+    prep = prepare_frame(frame, opts)
     image = infer_and_render(frame, prep, restorer, info, opts)
     write_atomic(output, encode_png(image, opts.compression), overwrite=opts.overwrite)
     return Result(source, output, prep.amplification, (image.shape[1], image.shape[0]))

@@ -1,0 +1,153 @@
+"""`darkfix batch`: a folder streamed through the pipeline.
+
+Decoding runs in a worker process one file ahead of the network (see decoder.py), and PNG encoding
+and writing run on a thread, overlapping the next file's network.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .decoder import DECODE_TIMEOUT, DecodeWorker
+from .errors import DarkfixError
+from .inference import Restorer
+from .pipeline import RAW_SUFFIXES, RestoreOptions, check_output, infer_and_render
+from .pngio import encode_png, write_atomic
+from .weights import WeightsInfo
+
+
+def find_raws(folder: Path, recursive: bool = False, pattern: str | None = None) -> Iterator[Path]:
+    """Raw files under `folder` in name order, lazily; symlinked directories are not followed (no loops)."""
+    def wanted(name: str) -> bool:
+        if pattern:
+            return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.lower(), pattern.lower())
+        return Path(name).suffix.lower() in RAW_SUFFIXES
+
+    for root, dirs, files in os.walk(folder, followlinks=False, onerror=None):
+        dirs.sort()
+        if not recursive:
+            dirs.clear()
+        for name in sorted(files):
+            if wanted(name) and not name.startswith("."):
+                yield Path(root) / name
+
+
+def output_for(source: Path, folder: Path, outdir: Path | None) -> Path:
+    """Beside the input, or under `outdir` with the same relative sub-folder."""
+    if outdir is None:
+        return source.with_suffix(".png")
+    return outdir / source.relative_to(folder).with_suffix(".png")
+
+
+@dataclass
+class BatchReport:
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def remove_stale_parts(directory: Path) -> int:
+    """Delete temporary files an earlier, killed run of darkfix left in `directory`."""
+    count = 0
+    for p in directory.glob(".*.png.*.part"):
+        p.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: WeightsInfo, opts: RestoreOptions,
+              on_file: Callable[[Path, str], None] | None = None,
+              decode_timeout: float = DECODE_TIMEOUT) -> BatchReport:
+    """Restore `files` into `outputs`; per-file failures are recorded, never raised.
+
+    KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI) stops the run cleanly: the file
+    being encoded is finished or removed, nothing partial is left, and the report says what was done.
+    """
+    report = BatchReport()
+    started = time.monotonic()
+    todo: list[tuple[Path, Path]] = []
+    for src, dst in zip(files, outputs):
+        if dst.exists() and not opts.overwrite:
+            report.skipped.append(src)
+            if on_file:
+                on_file(src, "skipped")
+        else:
+            todo.append((src, dst))
+    worker = DecodeWorker(opts.ratio, opts.brightness, decode_timeout)
+    writer = ThreadPoolExecutor(1, thread_name_prefix="darkfix-encode")
+    pending: tuple[Path, Future] | None = None
+    queue = iter(todo)
+
+    def record(src: Path, status: str, reason: str = "") -> None:
+        if status == "failed":
+            report.failed.append((src, reason))
+        elif status == "done":
+            report.done.append(src)
+        if on_file:
+            on_file(src, status)
+
+    def submit_next() -> tuple[Path, Path] | None:
+        """Send the next file whose output can be written to the decoder."""
+        for src, dst in queue:
+            try:
+                try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise DarkfixError(f"{dst}: cannot create output directory ({e.strerror})") from None
+                check_output(src, dst, opts.overwrite)
+            except DarkfixError as e:
+                record(src, "failed", str(e))
+                continue
+            worker.submit(src)
+            return src, dst
+        return None
+
+    def finish_pending() -> None:
+        nonlocal pending
+        if pending is not None:
+            src, fut = pending
+            pending = None
+            try:
+                fut.result()
+                record(src, "done")
+            except DarkfixError as e:
+                record(src, "failed", str(e))
+
+    def encode_and_write(image: np.ndarray, dst: Path) -> None:
+        write_atomic(dst, encode_png(image, opts.compression), overwrite=opts.overwrite)
+
+    try:
+        current = submit_next()
+        while current is not None:
+            src, dst = current
+            try:
+                frame, prep = worker.result()
+            except DarkfixError as e:
+                frame = None
+                record(src, "failed", str(e))
+            current = submit_next()  # the next file decodes while the network runs on this one
+            if frame is not None:
+                image = infer_and_render(frame, prep, restorer, info, opts)
+                finish_pending()
+                pending = (src, writer.submit(encode_and_write, image, dst))
+        finish_pending()
+    except KeyboardInterrupt:
+        report.interrupted = True
+        # an atomic write lands whole or leaves nothing: let the one in flight complete
+        finish_pending()
+    finally:
+        writer.shutdown(wait=True)
+        worker.close()
+        report.seconds = time.monotonic() - started
+    return report

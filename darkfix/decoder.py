@@ -1,0 +1,99 @@
+"""Decoding in a child process: LibRaw is C code, and a file that crashes or hangs it must only cost
+that file. The worker decodes and prepares one file at a time; a dead or hung worker is replaced.
+
+This module imports no torch, so a worker starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DarkfixError
+from .packing import Prepared, prepare
+from .rawio import RawFrame, read_raw
+
+DECODE_TIMEOUT = 120.0  # seconds for one file's decode before its worker is killed
+
+
+def _decode(path: str, ratio: float | None, brightness: float) -> tuple[RawFrame, Prepared]:
+    frame = read_raw(path)
+    prep = prepare(frame.mosaic, frame.cfa, frame.black, frame.white, ratio, brightness)
+    # the mosaic is no longer needed: don't send it back through the pipe
+    return replace(frame, mosaic=np.empty((0, 0), np.uint16)), prep
+
+
+def _worker(conn, ratio: float | None, brightness: float) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides what happens, the worker carries on
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        path = conn.recv()
+        if path is None:
+            return
+        try:
+            conn.send(("ok", _decode(path, ratio, brightness)))
+        except DarkfixError as e:
+            conn.send(("error", str(e)))
+        except Exception as e:  # anything else from the decoder is this file's failure, not the batch's
+            conn.send(("error", f"{path}: decode failed ({type(e).__name__}: {e})"))
+
+
+class DecodeWorker:
+    """A child process that decodes and prepares one file at a time, replaceable when it dies or hangs."""
+
+    def __init__(self, ratio: float | None = None, brightness: float = 1.0, timeout: float = DECODE_TIMEOUT) -> None:
+        self.args, self.timeout = (ratio, brightness), timeout
+        self.ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
+        self.proc = None
+        self.pending: str | None = None
+        self.sent_at = 0.0
+
+    def _start(self) -> None:
+        self.conn, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_worker, args=(child, *self.args), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def submit(self, path: Path) -> None:
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        self.conn.send(str(path))
+        self.pending, self.sent_at = str(path), time.monotonic()
+
+    def result(self) -> tuple[RawFrame, Prepared]:
+        """The submitted file's decode; raises DarkfixError if it failed, crashed or timed out."""
+        path, self.pending = self.pending, None
+        remaining = self.timeout - (time.monotonic() - self.sent_at)
+        try:
+            ready = self.conn.poll(max(0.0, remaining))
+            status, value = self.conn.recv() if ready else ("timeout", None)
+        except (EOFError, OSError):
+            status, value = "crash", None
+        if status == "ok":
+            return value
+        if status == "error":
+            raise DarkfixError(value)
+        self.kill()
+        if status == "timeout":
+            raise DarkfixError(f"{path}: decoder hung for {self.timeout:g} s; skipped")
+        raise DarkfixError(f"{path}: decoder crashed (exit code {self.proc.exitcode if self.proc else '?'})")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.join(5)
+            self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            try:
+                self.conn.send(None)
+                self.proc.join(2)
+            except (OSError, BrokenPipeError):
+                pass
+        self.kill()
