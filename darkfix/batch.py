@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from .decoder import DECODE_TIMEOUT, DecodeWorker
+from .decoder import DecodeWorker
 from .errors import DarkfixError
 from .inference import Restorer
 from .pipeline import RAW_SUFFIXES, RestoreOptions, check_output, infer_and_render
@@ -68,7 +68,7 @@ def remove_stale_parts(directory: Path) -> int:
 
 def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: WeightsInfo, opts: RestoreOptions,
               on_file: Callable[[Path, str], None] | None = None,
-              decode_timeout: float = DECODE_TIMEOUT) -> BatchReport:
+              worker: DecodeWorker | None = None) -> BatchReport:
     """Restore `files` into `outputs`; per-file failures are recorded, never raised.
 
     KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI) stops the run cleanly: the file
@@ -84,7 +84,7 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
                 on_file(src, "skipped")
         else:
             todo.append((src, dst))
-    worker = DecodeWorker(opts.ratio, opts.brightness, decode_timeout)
+    worker = worker or DecodeWorker(opts.ratio, opts.brightness)
     writer = ThreadPoolExecutor(1, thread_name_prefix="darkfix-encode")
     pending: tuple[Path, Future] | None = None
     queue = iter(todo)

@@ -205,7 +205,7 @@ def batch(folder, outdir, recursive, pattern, brightness, ratio, wb, bit_depth, 
         def on_file(src: Path, status: str) -> None:
             progress.advance(task)
             if status == "failed":
-                progress.console.print(f"[red]failed[/red] {src}")
+                progress.console.print(f"failed: {src}", style="red", markup=False, soft_wrap=True)
 
         report = run_batch(files, outputs, restorer, info, opts, on_file=on_file)
     table = Table(title="darkfix batch")
@@ -216,11 +216,11 @@ def batch(folder, outdir, recursive, pattern, brightness, ratio, wb, bit_depth, 
                   f"{report.seconds:.1f}", f"{rate:.2f}")
     console.print(table)
     for src, reason in report.failed:
-        console.print(f"failed: {reason if str(src) in reason else f'{src}: {reason}'}", markup=False)
+        console.print(f"failed: {reason if str(src) in reason else f'{src}: {reason}'}", markup=False, soft_wrap=True)
     if report.interrupted:
         left = len(files) - len(report.done) - len(report.skipped) - len(report.failed)
         console.print(f"interrupted: {len(report.done)} restored, {left} left; run the same command again to resume",
-                      markup=False)
+                      markup=False, soft_wrap=True)
         sys.exit(130)
     if report.failed:
         sys.exit(1)
@@ -308,4 +308,111 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
 # --- bench command ---
 
 
+@main.command()
+@click.option("--size", default="4256x2848", show_default=True,
+              help="Synthetic frame WIDTHxHEIGHT in mosaic pixels (ignored with --input).")
+@click.option("--input", "input_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Time this raw file instead of a synthetic frame.")
+@click.option("--runs", type=click.IntRange(1, 1000), default=3, show_default=True,
+              help="Timed runs after the warm-up; figures are medians.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the results to this JSON file.")
+@click.option("--compression", type=click.IntRange(0, 9), default=1, show_default=True,
+              help="PNG zlib level for the encode stage.")
+@click.option("--no-reference", is_flag=True,
+              help="Skip the reference network (eager fp32, weight norm per call, whole frame).")
+@network_options
+def bench(size, input_path, runs, json_path, compression, no_reference, weights, device, precision, threads,
+          tile) -> None:
+    """Time each stage of a restoration and the network against the reference way of running it."""
+    import json
+
+    from rich.console import Console
+
+    from .bench import parse_size, print_report, run_bench
+
+    try:
+        dims = parse_size(size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--size") from None
+    console = Console(stderr=True)
+    try:
+        result = run_bench(dims, runs=runs, device=device, precision=precision, threads=threads, tile=tile,
+                           weights=weights, input_path=input_path, reference=not no_reference,
+                           compression=compression, progress=lambda msg: console.log(msg))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    except DarkfixError as e:
+        _fail(str(e), e.exit_code)
+    print_report(result)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=1))
+
+
 # --- eval command ---
+
+
+@main.command("eval")
+@click.argument("benchmark", required=False, type=click.Path(path_type=Path))
+@click.option("--sid", "sid_dir", type=click.Path(path_type=Path),
+              help="Evaluate SID's Sony test set instead: the folder holding Sony/short, Sony/long and "
+                   "Sony_test_list.txt (amplification min(long/short exposure, 300), ground truth = LibRaw's "
+                   "rendering of the long exposure).")
+@click.option("--ratio-from-manifest/--auto-amp", "use_ratio", default=True, show_default=True,
+              help="Amplify every method by the true exposure ratio, or by the paper's automatic estimate.")
+@click.option("--brightness", "-m", type=click.FloatRange(0.01, 100.0), default=1.0, show_default=True,
+              help="Multiply the amplification by this (the paper's m; useful with --auto-amp, whose m = 1 "
+                   "estimate is darker than the ground truth's exposure).")
+@click.option("--baseline-weights", "baseline_weights", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Also evaluate these weights (e.g. the authors' .pth checkpoint); repeatable.")
+@click.option("--no-libraw", is_flag=True, help="Skip the LibRaw (no denoising) baseline.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N pairs.")
+@click.option("--ratios", default=None, metavar="LIST",
+              help="Only pairs with these exposure ratios, comma-separated (e.g. 100,300).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the full report (per image, per ratio, overall) as JSON to this file.")
+@click.option("--per-image/--summary-only", default=True, show_default=True,
+              help="Print the per-image table, or only the per-ratio and overall one.")
+@network_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def eval_command(benchmark, sid_dir, use_ratio, brightness, baseline_weights, no_libraw, limit, ratios, json_path,
+                 per_image, weights, device, precision, threads, tile, quiet) -> None:
+    """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
+
+    Reports PSNR and SSIM per image, per exposure ratio and overall for the network (--weights),
+    any --baseline-weights, and LibRaw's un-denoised rendering brightened by the same amount.
+    """
+    from rich.console import Console
+
+    from . import evaluate as ev
+
+    if (benchmark is None) == (sid_dir is None):
+        _fail("give either a BENCHMARK folder or --sid SID_SONY_DIR (exactly one)")
+    try:
+        wanted = ev.parse_ratios(ratios)
+        source = sid_dir if sid_dir is not None else benchmark
+        if sid_dir is not None:
+            ev.sid_cases(source, wanted, limit)  # refuse a bad layout before loading any network
+        else:
+            ev.benchmark_cases(source, wanted, limit)
+        if json_path is not None:
+            ev.check_json_target(json_path)
+        methods = []
+        for path in (weights, *baseline_weights):
+            restorer, info = _restorer(path, device, precision, threads, tile)
+            name = ev.network_name(info, [m.name for m in methods],
+                                   default="darkfix" if not methods else "baseline")
+            methods.append(ev.NetworkMethod(name, restorer, info))
+        if not no_libraw:
+            methods.append(ev.LibRawMethod())
+        report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio,
+                             brightness=brightness, ratios=wanted, limit=limit,
+                             progress=None if quiet else (lambda line: click.echo(line, err=True)))
+        # a pipe or file gets full-width rows rather than rich's 80-column default
+        ev.print_report(report, Console() if sys.stdout.isatty() else Console(width=200), per_image=per_image)
+        if json_path is not None:
+            ev.write_json(report, json_path)
+            click.echo(f"report written to {json_path}")
+    except DarkfixError as e:
+        _fail(str(e), e.exit_code)

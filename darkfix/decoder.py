@@ -11,6 +11,7 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -21,14 +22,15 @@ from .rawio import RawFrame, read_raw
 DECODE_TIMEOUT = 120.0  # seconds for one file's decode before its worker is killed
 
 
-def _decode(path: str, ratio: float | None, brightness: float) -> tuple[RawFrame, Prepared]:
+def decode(path: str, ratio: float | None, brightness: float) -> tuple[RawFrame, Prepared]:
+    """Read and prepare one file (what the worker runs)."""
     frame = read_raw(path)
     prep = prepare(frame.mosaic, frame.cfa, frame.black, frame.white, ratio, brightness)
     # the mosaic is no longer needed: don't send it back through the pipe
     return replace(frame, mosaic=np.empty((0, 0), np.uint16)), prep
 
 
-def _worker(conn, ratio: float | None, brightness: float) -> None:
+def _worker(conn, fn: Callable, ratio: float | None, brightness: float) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what happens, the worker carries on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
@@ -36,7 +38,7 @@ def _worker(conn, ratio: float | None, brightness: float) -> None:
         if path is None:
             return
         try:
-            conn.send(("ok", _decode(path, ratio, brightness)))
+            conn.send(("ok", fn(path, ratio, brightness)))
         except DarkfixError as e:
             conn.send(("error", str(e)))
         except Exception as e:  # anything else from the decoder is this file's failure, not the batch's
@@ -46,8 +48,10 @@ def _worker(conn, ratio: float | None, brightness: float) -> None:
 class DecodeWorker:
     """A child process that decodes and prepares one file at a time, replaceable when it dies or hangs."""
 
-    def __init__(self, ratio: float | None = None, brightness: float = 1.0, timeout: float = DECODE_TIMEOUT) -> None:
-        self.args, self.timeout = (ratio, brightness), timeout
+    def __init__(self, ratio: float | None = None, brightness: float = 1.0, timeout: float = DECODE_TIMEOUT,
+                 fn: Callable = decode) -> None:
+        # fn must be importable by name in a fresh interpreter (spawn); tests pass faulty decoders
+        self.args, self.timeout = (fn, ratio, brightness), timeout
         self.ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
         self.proc = None
         self.pending: str | None = None

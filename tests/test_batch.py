@@ -1,0 +1,102 @@
+"""`darkfix batch` end to end: bad files, decoder crashes and hangs, interruption and resume."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import png
+import pytest
+from click.testing import CliRunner
+
+from darkfix.batch import find_raws, run_batch
+from darkfix.cli import main
+from darkfix.decoder import DecodeWorker
+from darkfix.inference import Restorer
+from darkfix.pipeline import RestoreOptions
+from darkfix.weights import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _png_ok(path: Path) -> bool:
+    w, h, rows, _ = png.Reader(filename=str(path)).read()
+    return sum(1 for _ in rows) == h and w > 0
+
+
+def test_batch_keeps_going_and_resumes(make_dng, weights_file, tmp_path):
+    folder = tmp_path / "shots"
+    for i, cfa in enumerate(("RGGB", "BGGR", "GRBG")):
+        make_dng(f"good{i}.dng", size=(40, 58), cfa=cfa, directory=folder)
+    (folder / "empty.ARW").write_bytes(b"")
+    (folder / "noise.NEF").write_bytes(bytes(range(256)) * 40)
+    (folder / "notes.txt").write_text("not a raw")
+    out = tmp_path / "out"
+    args = ["batch", str(folder), "-o", str(out), "--weights", str(weights_file), "--threads", "1"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["good0.png", "good1.png", "good2.png"]
+    assert "empty.ARW: empty file" in r.output
+    assert "noise.NEF" in r.output and "Traceback" not in r.output
+    # a second run skips what is done and still reports the bad files
+    r2 = CliRunner().invoke(main, args)
+    assert r2.exit_code == 1
+    assert re.search(r"│\s+0 │\s+3 │\s+2 │", r2.output), r2.output
+
+
+def test_batch_recursive_pattern_and_symlink_loop(make_dng, weights_file, tmp_path):
+    folder = tmp_path / "shots"
+    make_dng("a.dng", size=(40, 58), directory=folder)
+    make_dng("b.dng", size=(40, 58), directory=folder / "night")
+    (folder / "night" / "loop").symlink_to(folder, target_is_directory=True)
+    assert [p.name for p in find_raws(folder)] == ["a.dng"]
+    assert [p.name for p in find_raws(folder, recursive=True)] == ["a.dng", "b.dng"]
+    assert list(find_raws(folder, recursive=True, pattern="b.*")) == [folder / "night" / "b.dng"]
+    r = CliRunner().invoke(main, ["batch", str(folder), "-r", "-o", str(tmp_path / "o"), "--weights",
+                                  str(weights_file), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "a.png").is_file() and (tmp_path / "o" / "night" / "b.png").is_file()
+
+
+def test_decoder_crash_and_hang_fail_only_that_file(make_dng, weights_file, tmp_path):
+    folder = tmp_path / "shots"
+    names = ["a.dng", "crash.dng", "b.dng", "hang.dng", "c.dng"]
+    files = [make_dng(n, size=(40, 58), directory=folder) for n in names]
+    outputs = [tmp_path / "out" / f"{p.stem}.png" for p in files]
+    model, info = load_weights(weights_file)
+    worker = DecodeWorker(timeout=8.0, fn=__import__("_faulty").crash_or_hang)
+    report = run_batch(files, outputs, Restorer(model, device="cpu"), info, RestoreOptions(), worker=worker)
+    assert [p.name for p in report.done] == ["a.dng", "b.dng", "c.dng"]
+    reasons = dict((p.name, why) for p, why in report.failed)
+    assert "crashed" in reasons["crash.dng"] and "hung" in reasons["hang.dng"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_file, tmp_path, sig):
+    folder = tmp_path / "shots"
+    for i in range(14):
+        make_dng(f"f{i:02d}.dng", size=(256, 384), seed=i, directory=folder)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "darkfix", "batch", str(folder), "-o", str(out), "--weights", str(weights_file),
+           "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.png")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    done = sorted(out.glob("*.png"))
+    assert 1 <= len(done) < 14
+    assert not [p for p in out.iterdir() if p.suffix != ".png"], "temporary files left behind"
+    assert all(_png_ok(p) for p in done)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(list(out.glob("*.png"))) == 14
+    assert all(_png_ok(p) for p in out.glob("*.png"))
