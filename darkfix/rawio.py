@@ -64,16 +64,19 @@ def read_raw(path: str | os.PathLike) -> RawFrame:
 def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
     if raw.raw_type != rawpy.RawType.Flat:
         raise RawReadError(f"{p}: already demosaiced (linear) raw, e.g. Apple ProRAW; darkfix needs a Bayer mosaic")
-    pattern = np.asarray(raw.raw_pattern)
+    try:
+        pattern = np.asarray(raw.raw_pattern)
+    except NotImplementedError:  # rawpy cannot express this CFA (e.g. a damaged filters word)
+        raise RawReadError(f"{p}: unsupported CFA layout") from None
     if pattern.shape == (2, 2):
         # the colours of the visible area's first cell (raw_pattern may refer to the uncropped sensor)
         pattern = np.asarray(raw.raw_colors_visible[:2, :2])
-    if pattern.shape != (2, 2):
+    if pattern.shape != (2, 2) and raw.num_colors >= 3:  # one-colour sensors get the monochrome message
         raise RawReadError(f"{p}: non-Bayer sensor (CFA {pattern.shape[0]}x{pattern.shape[1]}, e.g. X-Trans)")
     if raw.num_colors < 3 or len(set(pattern.ravel().tolist())) < 3:
         raise RawReadError(f"{p}: monochrome sensor; darkfix restores colour Bayer raws")
     cfa = "".join(_COLOUR_LETTERS[int(c)] for c in pattern.ravel())
-    if sorted(cfa) != ["B", "G", "G", "R"]:
+    if cfa not in ("RGGB", "GRBG", "GBRG", "BGGR"):  # greens on a diagonal: the 4 Bayer phases
         raise RawReadError(f"{p}: unsupported CFA pattern {cfa}")
     mosaic = np.array(raw.raw_image_visible, dtype=np.uint16, copy=True)
     if mosaic.ndim != 2 or mosaic.shape[0] < 2 or mosaic.shape[1] < 2:
