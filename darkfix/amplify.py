@@ -33,6 +33,8 @@ def _bin_sums(flat: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.nd
 def _from_sums(counts: np.ndarray, sums: np.ndarray) -> float:
     num = float(np.dot(counts, _WEIGHTS))
     den = float(np.dot(sums, _WEIGHTS))
+    if not num > 0.0:
+        return AMP_MIN  # every pixel saturated: nothing to brighten
     if not den > 0.0:
         return AMP_MAX  # an all-black frame: amplify as much as allowed
     return float(np.clip(0.01 * num / den, AMP_MIN, AMP_MAX))
@@ -54,14 +56,16 @@ def estimate_amplification(x: np.ndarray) -> float:
     return _from_sums(counts, sums)
 
 
-def estimate_from_raw(packed_raw: np.ndarray, black: np.ndarray, white: float) -> float:
-    """The same estimate from integer raw planes (C, h, w) with per-plane `black`, without normalising.
+def estimate_from_raw(mosaic: np.ndarray, black: np.ndarray, white: float) -> float:
+    """The same estimate from an integer (H, W) mosaic with the (2, 2) black of its CFA cell.
 
     A histogram of the integer values replaces the per-pixel work, so a 12 MP frame costs milliseconds.
     """
+    black = np.asarray(black).reshape(2, 2)
+    planes = [mosaic[i::2, j::2] for i in (0, 1) for j in (0, 1)]
     counts = np.zeros(_NBINS)
     sums = np.zeros(_NBINS)
-    for plane, b in zip(packed_raw, black):
+    for plane, b in zip(planes, black.ravel()):
         hist = np.bincount(plane.reshape(-1), minlength=1)
         values = np.arange(hist.size)
         # the exact float32 normalisation that packing.normalise gives real frames

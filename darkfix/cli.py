@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -89,8 +90,9 @@ def main() -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Output PNG for one input, or a directory for several. Default: beside each input.")
+@click.option("-o", "--output", type=click.Path(),
+              help="Output PNG for one input, or a directory for several (or ending in /). "
+                   "Default: beside each input.")
 @restore_options
 @network_options
 @click.option("-v", "--verbose", is_flag=True, help="Print the amplification used and timings.")
@@ -101,13 +103,24 @@ def restore(files, output, brightness, ratio, wb, bit_depth, compression, overwr
 
     opts = _opts(brightness, ratio, wb, bit_depth, compression, overwrite)
     several = len(files) > 1
-    if several and output is not None and output.exists() and not output.is_dir():
-        _fail(f"{output}: -o must be a directory when restoring several files")
+    as_dir = output is not None and (several or output.endswith(("/", os.sep)) or Path(output).is_dir())
+    out = Path(output) if output is not None else None
+    if as_dir and out.exists() and not out.is_dir():
+        _fail(f"{out}: -o must be a directory when restoring several files")
     try:
-        jobs = [(Path(f), default_output(Path(f), output, several)) for f in files]
+        if as_dir:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise DarkfixError(f"{out}: cannot create output directory ({e.strerror})") from None
+        jobs = [(Path(f), default_output(Path(f), out, as_dir)) for f in files]
+        seen: dict[Path, Path] = {}
         for src, dst in jobs:  # refuse before loading the network
             if not src.exists():
                 raise DarkfixError(f"{src}: no such file")
+            if dst.resolve() in seen:
+                raise DarkfixError(f"{src}: would write {dst}, as {seen[dst.resolve()]} does; restore them separately")
+            seen[dst.resolve()] = src
             check_output(src, dst, overwrite)
         restorer, info = _restorer(weights, device, precision, threads, tile)
         failures = 0

@@ -37,11 +37,15 @@ def render(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor) ->
 
 
 def orient(image: np.ndarray, flip: int) -> np.ndarray:
-    """Apply LibRaw's `flip` to an (H, W, C) image so that it comes out upright."""
-    if flip == 3:
-        return image[::-1, ::-1]
-    if flip == 5:
-        return np.rot90(image, 1)
-    if flip == 6:
-        return np.rot90(image, -1)
+    """Apply LibRaw's `flip` to an (H, W, C) image so that it comes out upright.
+
+    `flip` is LibRaw's bit field (as in its own output): 2 = upside down, 1 = mirrored left-right,
+    4 = transposed, applied in that order; 3, 5 and 6 are the plain 180/90-degree turns.
+    """
+    if flip & 2:
+        image = image[::-1]
+    if flip & 1:
+        image = image[:, ::-1]
+    if flip & 4:
+        image = image.transpose(1, 0, 2)
     return image

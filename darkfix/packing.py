@@ -93,9 +93,9 @@ class Prepared:
 def prepare(mosaic: np.ndarray, cfa: str, black: np.ndarray, white: float, ratio: float | None = None,
             brightness: float = 1.0) -> Prepared:
     """Align the CFA, pack, normalise with the file's own levels and amplify (estimate unless `ratio`)."""
+    amp = float(ratio) if ratio is not None else estimate_from_raw(mosaic, black, white)
     raw, layout = pack(mosaic, cfa)
     planes_black = channel_black(black, layout)
-    amp = float(ratio) if ratio is not None else estimate_from_raw(raw, planes_black, white)
     x = normalise(raw, planes_black, white)
     x *= np.float32(amp * brightness)
     return Prepared(x, layout, amp)

@@ -103,10 +103,8 @@ def check_output(source: Path, output: Path, overwrite: bool) -> None:
         raise OutputError(f"{output}: output directory {parent} is not writable")
 
 
-def default_output(source: Path, out: Path | None, several: bool) -> Path:
-    """`<stem>.png` beside the input, in `out` when it is a directory, or `out` itself for one input."""
+def default_output(source: Path, out: Path | None, out_is_dir: bool) -> Path:
+    """`<stem>.png` beside the input, inside `out` when it is a directory, else `out` itself."""
     if out is None:
         return source.with_suffix(".png")
-    if several or out.is_dir() or str(out).endswith(os.sep):
-        return out / f"{source.stem}.png"
-    return out
+    return out / f"{source.stem}.png" if out_is_dir else out

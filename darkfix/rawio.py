@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,21 @@ class RawFrame:
     flip: int  # LibRaw orientation: 0 none, 3 = 180, 5 = 90 CCW, 6 = 90 CW
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while LibRaw runs: it prints its own complaints about damaged files,
+    and darkfix reports them as one line instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _wb(mult: list[float] | np.ndarray) -> np.ndarray | None:
     m = np.asarray(list(mult)[:3], dtype=np.float64)
     if not np.all(np.isfinite(m)) or np.any(m <= 0):
@@ -47,7 +65,7 @@ def read_raw(path: str | os.PathLike) -> RawFrame:
     if p.stat().st_size == 0:
         raise RawReadError(f"{p}: empty file")
     try:
-        with rawpy.imread(str(p)) as raw:
+        with _quiet_stderr(), rawpy.imread(str(p)) as raw:
             return _frame_from(raw, p)
     except RawReadError:
         raise

@@ -34,13 +34,11 @@ class WeightsInfo:
 
 
 def default_weights_path() -> Path:
-    """The weights that ship inside the package (the repository's weights/ folder in a source checkout)."""
-    try:
-        from importlib.resources import files
-
-        return Path(str(files("darkfix.weights") / DEFAULT_WEIGHTS_NAME))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS_NAME
+    """The weights that ship inside the package: the wheel installs the repository's weights/ folder
+    as darkfix/pretrained/; a source checkout uses weights/ itself."""
+    here = Path(__file__).resolve().parent
+    installed = here / "pretrained" / DEFAULT_WEIGHTS_NAME
+    return installed if installed.is_file() else here.parent / "weights" / DEFAULT_WEIGHTS_NAME
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:

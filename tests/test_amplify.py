@@ -1,0 +1,123 @@
+"""The paper's automatic amplification: reference cases, an independent implementation, properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from darkfix.amplify import AMP_MAX, AMP_MIN, estimate_amplification, estimate_from_raw
+from darkfix.packing import channel_black, normalise, pack
+
+BLACK, WHITE = 512.0, 16383.0
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def spec_amplification(x: np.ndarray) -> float:
+    """DESIGN.md's definition, written out directly (searchsorted, float64 sums)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    edges = (2.0 ** np.linspace(0.0, 8.0, 128) - 1.0) / 255.0
+    w = np.logspace(0.0, 5.0, 127)
+    w = (w / w.max())[::-1]
+    idx = np.searchsorted(edges, x, side="right") - 1  # edges[k] <= x < edges[k + 1]
+    inside = (idx >= 0) & (idx < 127)
+    ww = w[idx[inside]]
+    den = float(np.sum(x[inside] * ww))
+    if not inside.any():
+        return AMP_MIN  # all saturated
+    if den <= 0:
+        return AMP_MAX
+    return float(np.clip(0.01 * np.sum(ww) / den, AMP_MIN, AMP_MAX))
+
+
+@pytest.fixture(scope="module")
+def cases(reference):
+    z = np.load(reference / "amplifier_cases.npz")
+    return [(z[f"raw{i}"], float(z[f"amp{i}"])) for i in range(5)]
+
+
+def test_reference_cases_from_normalised(cases):
+    for raw, expected in cases:
+        x = np.maximum(raw.astype(np.float32) - np.float32(BLACK), 0) / np.float32(WHITE - BLACK)
+        got = estimate_amplification(x)
+        assert got == pytest.approx(expected, rel=1e-4), (got, expected)
+
+
+def test_reference_cases_from_raw(cases):
+    for raw, expected in cases:
+        got = estimate_from_raw(raw, np.full((2, 2), BLACK, np.float32), WHITE)
+        assert got == pytest.approx(expected, rel=1e-4), (got, expected)
+
+
+def test_reference_cases_span_a_range(cases):
+    # the five cases are not one number five times: the test above really discriminates
+    amps = sorted(a for _, a in cases)
+    assert amps[-1] / amps[0] > 4
+
+
+def test_design_example_value(reference):
+    raw = np.load(reference / "compat_raw.npy")
+    x = normalise(raw[None], np.array([BLACK]), WHITE)
+    assert estimate_amplification(x) == pytest.approx(7.32, abs=0.01)
+
+
+def test_bin_edges_exact():
+    """Values exactly on a bin edge belong to the bin above; 1.0 and above to none."""
+    edges = (2.0 ** np.linspace(0.0, 8.0, 128) - 1.0) / 255.0
+    rng = np.random.default_rng(3)
+    probes = np.concatenate([edges, np.nextafter(edges, 0), np.nextafter(edges, 2), [1.0, 1.5, 0.0]])
+    for _ in range(20):
+        sample = rng.choice(probes, size=300)
+        assert estimate_amplification(sample) == pytest.approx(spec_amplification(sample), rel=1e-12)
+
+
+def test_limits():
+    assert estimate_amplification(np.zeros(1000)) == AMP_MAX  # black frame
+    assert estimate_amplification(np.ones(1000)) == AMP_MIN  # all saturated: nothing to brighten
+    assert estimate_amplification(np.full(1000, 0.5)) == AMP_MIN  # bright frame: 0.01 / 0.5 < 1
+    # a frame at 1/100 of full scale: A = 0.01 / 0.01 = 1 would be clipped; at 1e-3: A = 10
+    assert estimate_amplification(np.full(1000, 1e-3)) == pytest.approx(10.0, rel=1e-9)
+
+
+def test_chunking_does_not_change_the_result(monkeypatch):
+    import darkfix.amplify as amp
+
+    rng = np.random.default_rng(0)
+    x = rng.gamma(1.0, 0.004, size=50_000).astype(np.float32)
+    whole = estimate_amplification(x)
+    monkeypatch.setattr(amp, "_CHUNK", 997)
+    assert estimate_amplification(x) == pytest.approx(whole, rel=1e-12)
+    assert whole == pytest.approx(spec_amplification(x), rel=1e-12)
+
+
+@SETTINGS
+@given(hnp.arrays(np.float32, st.integers(1, 400),
+                  elements=st.floats(0.0, 2.0, width=32, allow_nan=False, allow_infinity=False)))
+def test_random_normalised_inputs(x):
+    a = estimate_amplification(x)
+    assert np.isfinite(a) and AMP_MIN <= a <= AMP_MAX
+    assert a == pytest.approx(spec_amplification(x), rel=1e-9)
+
+
+@st.composite
+def raw_mosaics(draw):
+    h = 2 * draw(st.integers(1, 12))
+    w = 2 * draw(st.integers(1, 12))
+    white = draw(st.integers(600, 65535))
+    black = draw(st.lists(st.integers(0, 599), min_size=4, max_size=4))
+    hi = draw(st.sampled_from([white, min(white, max(black) + 50), 65535]))
+    mosaic = draw(hnp.arrays(np.uint16, (h, w), elements=st.integers(0, hi)))
+    return mosaic, np.asarray(black, np.float32).reshape(2, 2), float(white)
+
+
+@SETTINGS
+@given(raw_mosaics())
+def test_estimate_from_raw_equals_estimate_of_normalised(args):
+    mosaic, black, white = args
+    a = estimate_from_raw(mosaic, black, white)
+    planes, layout = pack(mosaic, "RGGB")
+    b = estimate_amplification(normalise(planes, channel_black(black, layout), white))
+    assert np.isfinite(a) and AMP_MIN <= a <= AMP_MAX
+    assert a == pytest.approx(b, rel=1e-9)

@@ -1,0 +1,132 @@
+"""Packing a mosaic of any CFA phase and size into R, G1, G2, B planes, and back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from _util import CFA_PHASES
+from darkfix.packing import Layout, channel_black, crop, normalise, pack, pad_to_multiple, unpack
+
+SETTINGS = settings(max_examples=80, deadline=None)
+sizes = st.integers(2, 41)
+phases = st.sampled_from(CFA_PHASES)
+
+# G1 is the green on red's row, G2 the green on blue's row
+VALUES = {"R": 11, "G1": 22, "G2": 33, "B": 44}
+
+
+def labelled(cfa: str, h: int, w: int) -> np.ndarray:
+    """A mosaic holding VALUES[colour] at each pixel, with the two greens told apart."""
+    red_row = cfa.index("R") // 2
+    m = np.zeros((h, w), np.uint16)
+    for i in range(2):
+        for j in range(2):
+            c = cfa[2 * i + j]
+            name = c if c != "G" else ("G1" if i == red_row else "G2")
+            m[i::2, j::2] = VALUES[name]
+    return m
+
+
+@SETTINGS
+@given(phases, sizes, sizes, st.integers(0, 2**32 - 1))
+def test_pack_unpack_round_trip(cfa, h, w, seed):
+    x = np.random.default_rng(seed).integers(0, 65536, (h, w)).astype(np.uint16)
+    packed, layout = pack(x, cfa)
+    assert packed.shape[0] == 4
+    assert layout == Layout(layout.top, layout.left, h, w)
+    back = unpack(packed, layout)
+    assert back.shape == (h, w)
+    assert np.array_equal(back, x)
+
+
+@SETTINGS
+@given(phases, sizes, sizes)
+def test_planes_hold_one_colour_each(cfa, h, w):
+    packed, layout = pack(labelled(cfa, h, w), cfa)
+    assert np.all(packed[0] == VALUES["R"])
+    assert np.all(packed[1] == VALUES["G1"])
+    assert np.all(packed[2] == VALUES["G2"])
+    assert np.all(packed[3] == VALUES["B"])
+    # nothing was dropped: at most one row and one column were added, each side
+    _, ph, pw = packed.shape
+    assert 2 * ph - h in (0, 1, 2) and 2 * pw - w in (0, 1, 2)
+
+
+@SETTINGS
+@given(phases, sizes, sizes)
+def test_every_original_pixel_is_in_its_colours_plane(cfa, h, w):
+    """Each pixel's value appears in the packed plane of its colour (a position-unique labelling)."""
+    x = np.arange(h * w, dtype=np.float32).reshape(h, w)
+    packed, layout = pack(x, cfa)
+    red_row = cfa.index("R") // 2
+    for i in range(h):
+        for j in range(w):
+            c = cfa[2 * (i % 2) + (j % 2)]
+            plane = {"R": 0, "B": 3}.get(c, 1 if i % 2 == red_row else 2)
+            y, xx = (i + layout.top) // 2, (j + layout.left) // 2
+            assert packed[plane, y, xx] == x[i, j]
+
+
+@pytest.mark.parametrize("cfa", CFA_PHASES)
+@pytest.mark.parametrize("shape", [(64, 96), (67, 93), (2, 2), (3, 41)])
+def test_channel_black_per_phase(cfa, shape):
+    # a distinct black at each position of the 2x2 cell; the packed planes must get their colour's
+    black = np.array([[501.0, 502.0], [503.0, 504.0]], np.float32)
+    _, layout = pack(np.zeros(shape, np.uint16), cfa)
+    got = channel_black(black, layout)
+    red_row = cfa.index("R") // 2
+    want = {}
+    for i in range(2):
+        for j in range(2):
+            c = cfa[2 * i + j]
+            name = c if c != "G" else ("G1" if i == red_row else "G2")
+            want[name] = black[i, j]
+    assert got.tolist() == [want["R"], want["G1"], want["G2"], want["B"]]
+
+
+@SETTINGS
+@given(phases, sizes, sizes)
+def test_normalise_with_channel_black_zeroes_every_plane(cfa, h, w):
+    black = np.array([[500, 510], [520, 530]], np.float32)
+    mosaic = np.tile(black.astype(np.uint16), ((h + 1) // 2, (w + 1) // 2))[:h, :w]
+    packed, layout = pack(mosaic, cfa)
+    assert np.all(normalise(packed, channel_black(black, layout), 16383.0) == 0.0)
+    bright = normalise(packed + np.uint16(100), channel_black(black, layout), 16383.0)
+    for c, b in enumerate(channel_black(black, layout)):
+        assert np.allclose(bright[c], 100.0 / (16383.0 - b), rtol=1e-6)
+
+
+def test_normalise_clips():
+    x = normalise(np.array([[[0, 512, 1000, 16383, 65535]]], np.uint16), np.array([512.0]), 16383.0)
+    assert x.dtype == np.float32
+    assert np.allclose(x[0, 0], [0.0, 0.0, 488 / 15871, 1.0, 1.0])
+
+
+@SETTINGS
+@given(st.integers(1, 70), st.integers(1, 70), st.sampled_from([1, 16, 32]))
+def test_pad_to_multiple_then_crop(h, w, multiple):
+    t = torch.rand(1, 4, h, w)
+    padded, (hh, ww) = pad_to_multiple(t, multiple)
+    assert (hh, ww) == (h, w)
+    assert padded.shape[-2] % multiple == 0 and padded.shape[-1] % multiple == 0
+    assert padded.shape[-2] - h < multiple and padded.shape[-1] - w < multiple
+    assert torch.equal(padded[..., :h, :w], t)
+    # through an upsampled result, `crop` with the layout restores the size too
+    layout = Layout(0, 0, 2 * h, 2 * w)
+    up = torch.nn.functional.interpolate(padded, scale_factor=2, mode="nearest")
+    assert crop(up, layout).shape[-2:] == (2 * h, 2 * w)
+
+
+def test_pad_reflects_when_possible():
+    t = torch.arange(30.0).view(1, 1, 6, 5)
+    padded, _ = pad_to_multiple(t, 8)
+    assert torch.equal(padded[0, 0, :6, 5], t[0, 0, :, 3])  # reflect: column 5 mirrors column 3
+    assert torch.equal(padded[0, 0, 7, :5], t[0, 0, 3])  # row 7 mirrors row 3
+    tiny = torch.arange(2.0).view(1, 1, 1, 2)
+    padded, _ = pad_to_multiple(tiny, 16)
+    assert padded.shape[-2:] == (16, 16)
+    assert torch.equal(padded[0, 0, 15], torch.tensor([0.0, 1.0] + [1.0] * 14))  # replicate

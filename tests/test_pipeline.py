@@ -1,0 +1,67 @@
+"""Pipeline pieces below the CLI: quantisation, output naming, output checks, prepare()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from darkfix.errors import OutputError
+from darkfix.pipeline import RestoreOptions, check_output, default_output, prepare_frame, quantise
+from darkfix.rawio import read_raw
+
+
+def test_quantise_rounds_and_clips():
+    v = torch.tensor([0.0, 0.49 / 255, 0.51 / 255, 0.5, 1.0, 1.5, -0.2]).view(1, 1, 1, 7).expand(1, 3, 1, 7)
+    assert quantise(v, 8)[0, :, 0].tolist() == [0, 0, 1, 128, 255, 255, 0]
+    q16 = quantise(v, 16)
+    assert q16.dtype == np.uint16
+    assert q16[0, :, 0].tolist() == [0, 126, 131, 32768, 65535, 65535, 0]
+    assert quantise(torch.rand(1, 3, 5, 7), 8).shape == (5, 7, 3)
+
+
+def test_default_output(tmp_path):
+    src = tmp_path / "a" / "shot.ARW"
+    assert default_output(src, None, False) == tmp_path / "a" / "shot.png"
+    assert default_output(src, tmp_path / "x.png", False) == tmp_path / "x.png"
+    assert default_output(src, tmp_path, True) == tmp_path / "shot.png"  # a directory
+    assert default_output(src, tmp_path / "new", True) == tmp_path / "new" / "shot.png"
+
+
+def test_check_output(tmp_path):
+    src = tmp_path / "in.dng"
+    src.write_bytes(b"raw")
+    check_output(src, tmp_path / "out.png", overwrite=False)  # fine
+    with pytest.raises(OutputError, match="overwrite its input"):
+        check_output(src, src, overwrite=True)
+    with pytest.raises(OutputError, match="raw file"):
+        check_output(src, tmp_path / "out.NEF", overwrite=True)
+    with pytest.raises(OutputError, match="is a directory"):
+        check_output(src, tmp_path, overwrite=True)
+    (tmp_path / "out.png").write_bytes(b"x")
+    with pytest.raises(OutputError, match="already exists"):
+        check_output(src, tmp_path / "out.png", overwrite=False)
+    check_output(src, tmp_path / "out.png", overwrite=True)
+    with pytest.raises(OutputError, match="does not exist"):
+        check_output(src, tmp_path / "no" / "out.png", overwrite=False)
+
+
+@pytest.mark.parametrize("cfa", ["RGGB", "GRBG", "GBRG", "BGGR"])
+def test_prepare_normalises_with_each_planes_black(make_dng, cfa):
+    black = (500, 510, 520, 530)
+    bl = np.array(black).reshape(2, 2)
+    m = np.tile(bl, (20, 29)).astype(np.uint16) + 100  # every pixel 100 DN above its own black
+    frame = read_raw(make_dng(cfa=cfa, black=black, mosaic=m))
+    prep = prepare_frame(frame, RestoreOptions(ratio=10.0, brightness=2.0))
+    assert prep.amplification == 10.0
+    assert prep.packed.dtype == np.float32
+    # plane c holds 20 * 100 / (white - black of that colour)
+    for c, letter in enumerate("R??B"):
+        if letter == "?":
+            continue
+        pos = cfa.index(letter)
+        expected = 20 * 100 / (16383 - bl[pos // 2, pos % 2])
+        assert np.allclose(prep.packed[c], expected, rtol=1e-6), (cfa, letter)
+    greens = [i for i, ch in enumerate(cfa) if ch == "G"]
+    assert sorted(prep.packed[1:3, 0, 0].tolist()) == pytest.approx(
+        sorted(20 * 100 / (16383 - bl[g // 2, g % 2]) for g in greens), rel=1e-6)

@@ -1,0 +1,129 @@
+"""PNG encoding read back by an independent decoder (pypng), and atomic writes."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+import darkfix.pngio as pngio
+from _util import read_png
+from darkfix.errors import OutputError
+from darkfix.pngio import encode_png, write_atomic
+
+
+@pytest.mark.parametrize("dtype,depth", [(np.uint8, 8), (np.uint16, 16)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 96)])
+@pytest.mark.parametrize("compression", [0, 1, 9])
+def test_round_trip_bit_exact(tmp_path, dtype, depth, shape, compression):
+    rng = np.random.default_rng(sum(shape) + depth + compression)
+    img = rng.integers(0, np.iinfo(dtype).max + 1, (*shape, 3), dtype=np.int64).astype(dtype)
+    path = write_atomic(tmp_path / "x.png", encode_png(img, compression))
+    back, bitdepth = read_png(path)
+    assert bitdepth == depth
+    assert back.dtype == dtype
+    assert np.array_equal(back, img)
+
+
+def test_sixteen_bits_are_really_stored(tmp_path):
+    img = np.zeros((2, 3, 3), np.uint16)
+    img[0, 0] = (1, 256, 65535)
+    img[1, 2] = (0x1234, 0xABCD, 0x00FF)
+    back, depth = read_png(write_atomic(tmp_path / "x.png", encode_png(img)))
+    assert depth == 16
+    assert back[0, 0].tolist() == [1, 256, 65535]
+    assert back[1, 2].tolist() == [0x1234, 0xABCD, 0x00FF]
+
+
+def test_many_slices_and_threads(tmp_path, monkeypatch):
+    """Rows deflated in independent slices concatenate into one valid stream (forced tiny slices)."""
+    monkeypatch.setattr(pngio, "_SLICE_BYTES", 500)
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 65536, (37, 29, 3)).astype(np.uint16)
+    smooth = np.repeat(np.arange(37, dtype=np.uint8)[:, None, None] * 7, 29, axis=1).repeat(3, axis=2)
+    for image in (img, smooth):
+        for threads in (1, 3):
+            data = encode_png(image, 6, threads=threads)
+            back, _ = read_png(write_atomic(tmp_path / f"s{threads}.png", data, overwrite=True))
+            assert np.array_equal(back, image)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4, 3), np.uint8), compression=10)
+
+
+def test_non_contiguous_input(tmp_path):
+    img = np.random.default_rng(1).integers(0, 256, (10, 12, 3)).astype(np.uint8)
+    view = np.rot90(img)  # a strided view, as orient() returns
+    back, _ = read_png(write_atomic(tmp_path / "r.png", encode_png(view)))
+    assert np.array_equal(back, view)
+
+
+def test_write_atomic_refuses_existing(tmp_path):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+    with pytest.raises(OutputError, match="already exists"):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    write_atomic(target, b"new", overwrite=True)
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_write_atomic_missing_directory(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        write_atomic(tmp_path / "nope" / "out.png", b"x")
+
+
+def test_write_atomic_permissions(tmp_path):
+    path = write_atomic(tmp_path / "p.png", b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("error,expected", [(OSError(errno.ENOSPC, "No space left on device"), "disk full"),
+                                            (OSError(errno.EIO, "Input/output error"), "Input/output error")])
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch, error, expected):
+    def boom(fd):
+        raise error
+
+    monkeypatch.setattr(pngio.os, "fsync", boom)
+    target = tmp_path / "out.png"
+    with pytest.raises(OutputError, match=expected) as info:
+        write_atomic(target, b"data")
+    assert str(target) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_write_leaves_nothing_and_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+
+    def interrupt(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pngio.os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, b"new", overwrite=True)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_failed_rename_leaves_nothing(tmp_path, monkeypatch):
+    def fail(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(pngio.os, "replace", fail)
+    with pytest.raises(OutputError):
+        write_atomic(tmp_path / "out.png", b"data")
+    assert list(tmp_path.iterdir()) == []
