@@ -77,8 +77,14 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
     report = BatchReport()
     started = time.monotonic()
     todo: list[tuple[Path, Path]] = []
+    claimed: dict[Path, Path] = {}
     for src, dst in zip(files, outputs):
-        if dst.exists() and not opts.overwrite:
+        first = claimed.setdefault(dst, src)
+        if first != src:  # e.g. x.ARW and x.DNG side by side: one PNG name for two raws
+            report.failed.append((src, f"{src}: would write {dst}, as {first} does; restore it with -o"))
+            if on_file:
+                on_file(src, "failed")
+        elif dst.exists() and not opts.overwrite:
             report.skipped.append(src)
             if on_file:
                 on_file(src, "skipped")
