@@ -64,7 +64,10 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
             entries.append({"raw": name, "gt": gt_name, "ratio": float(ratio), "photo": path.name, "cfa": cfa,
                             # the true noise, in DN: lets oracle baselines (BM3D + VST) do their best
                             "noise": {"K": float(noise.K[0]), "read_sigma": float(noise.read_sigma[0]),
-                                      "row_sigma": float(noise.row_sigma[0])}})
+                                      "read_lambda": None if torch.isnan(noise.read_lambda[0])
+                                      else float(noise.read_lambda[0]),
+                                      "row_sigma": float(noise.row_sigma[0]),
+                                      "black_bias": [round(float(v), 4) for v in noise.bias[0]]}})
             if progress:
                 progress(name)
     manifest = {"version": 1, "seed": seed, "ratios": list(ratios), "black": synth.BLACK, "white": synth.WHITE,

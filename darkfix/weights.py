@@ -109,6 +109,9 @@ def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, Weigh
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for damaged or foreign files
             raise WeightsError(f"{p}: not a readable weights file ({type(e).__name__})") from None
+        if isinstance(obj, dict) and "optimizer" in obj:
+            raise WeightsError(f"{p}: a darkfix training checkpoint, not weights (use the .safetensors "
+                               "that `darkfix train` writes)")
         state = obj.get("model", obj) if isinstance(obj, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise WeightsError(f"{p}: not a state dict of tensors")

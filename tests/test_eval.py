@@ -1,0 +1,260 @@
+"""`darkfix eval`: metrics, PNG reading, the synthetic benchmark and the SID layout, end to end on tiny files."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from pytorch_msssim import ssim as reference_ssim
+
+from darkfix import evaluate as ev
+from darkfix.benchset import make_benchmark
+from darkfix.cli import main
+from darkfix.dng import DngSpec, write_dng
+from darkfix.model import LambaNet
+from darkfix.pngio import encode_png
+from darkfix.weights import save_weights
+
+# XYZ -> camera of the Sony A7S II (the DNG ColorMatrix1 the SID-like files carry)
+SONY_XYZ = np.array([[0.5838, -0.1430, -0.0246], [-0.3497, 1.1477, 0.2297], [-0.0748, 0.1885, 0.5778]])
+
+
+def _smooth_photo(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """A photo-like image: smooth colour gradients, a few blobs and some texture."""
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    img = np.stack([0.5 + 0.4 * np.sin(6 * x + c) * np.cos(4 * y - c) for c in (0.0, 1.3, 2.6)], axis=-1)
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, 1, 3) * (h / max(w, h), w / max(w, h), 0.2)
+        img += 0.3 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * (0.02 + r) ** 2))[..., None] * rng.uniform(-1, 1, 3)
+    img += 0.03 * rng.standard_normal(img.shape)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tiny frames run fastest on one thread, above all beside other work on a 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
+    save_weights(LambaNet(), path, {"output": "camera"})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("bench")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("alpha", "beta"):
+        Image.fromarray(_smooth_photo(rng, 160, 128)).save(photos / f"{name}.jpg", quality=95)
+    make_benchmark(photos, root / "out", ratios=(100, 300), seed=3)
+    return str(root / "out")
+
+
+def _check_summary(summary: dict, methods: list[str], count: int) -> None:
+    assert set(summary) == set(methods)
+    for m in methods:
+        s = summary[m]
+        assert s["count"] == count
+        assert all(math.isfinite(s[k]) for k in ("psnr", "ssim", "seconds"))
+        assert -1.0 <= s["ssim"] <= 1.0 and s["seconds"] >= 0
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_perfect_prediction_scores_high():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 65536, (40, 56, 3), dtype=np.uint16)
+    assert ev.psnr(truth, truth) == ev.PSNR_CAP
+    assert ev.ssim(truth, truth) == pytest.approx(1.0, abs=1e-6)
+    noisy = np.clip(truth.astype(np.float64) / 65535 + rng.normal(0, 0.01, truth.shape), 0, 1).astype(np.float32)
+    assert 38.0 < ev.psnr(noisy, truth) < 42.0  # sigma 0.01 -> 40 dB
+    with pytest.raises(ev.EvalError):
+        ev.psnr(truth[:-1], truth)
+
+
+def test_ssim_in_strips_equals_whole_image(monkeypatch):
+    rng = np.random.default_rng(2)
+    a = rng.random((70, 33, 3), dtype=np.float32)
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+    whole = float(reference_ssim(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(b).permute(2, 0, 1)[None],
+                                 data_range=1.0))
+    monkeypatch.setattr(ev, "_SSIM_STRIP", 16)
+    assert ev.ssim(a, b) == pytest.approx(whole, abs=1e-6)
+
+
+def test_read_png_matches_writers(tmp_path):
+    rng = np.random.default_rng(3)
+    img16 = rng.integers(0, 65536, (9, 13, 3), dtype=np.uint16)
+    (tmp_path / "a.png").write_bytes(encode_png(img16, 6))
+    assert np.array_equal(ev.read_png(tmp_path / "a.png"), img16)
+    img8 = _smooth_photo(rng, 31, 17)
+    Image.fromarray(img8).save(tmp_path / "b.png", optimize=True)  # Pillow picks Sub/Up/Avg/Paeth per row
+    assert np.array_equal(ev.read_png(tmp_path / "b.png"), img8)
+    # 16-bit rows with the Sub filter (the numpy path), built by hand
+    raw = img16.astype(">u2").reshape(9, -1).view(np.uint8)
+    sub = raw.copy()
+    sub[:, 6:] = raw[:, 6:] - raw[:, :-6]  # each byte minus the same byte of the pixel to its left, mod 256
+    body = np.hstack([np.ones((9, 1), np.uint8), sub]).tobytes()
+    png = encode_png(img16, 0)
+    head = png[: png.index(b"IDAT") - 4]
+    idat = zlib.compress(body)
+    chunk = struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    (tmp_path / "sub.png").write_bytes(head + chunk + png[png.index(b"IEND") - 4 :])
+    assert np.array_equal(ev.read_png(tmp_path / "sub.png"), img16)
+    (tmp_path / "c.png").write_bytes(b"not a png")
+    with pytest.raises(ev.EvalError):
+        ev.read_png(tmp_path / "c.png")
+
+
+def test_parse_ratios():
+    assert ev.parse_ratios("100, 300") == [100.0, 300.0]
+    assert ev.parse_ratios(None) is None
+    for bad in ("x", "100,-3", "nan"):
+        with pytest.raises(ev.EvalError):
+            ev.parse_ratios(bad)
+
+
+# ------------------------------------------------------------------------------------ synthetic benchmark
+
+
+class _Truth:
+    """A method that returns the ground truth itself: the metric's ceiling, through the whole loop."""
+
+    name = "truth"
+    description = {"kind": "oracle"}
+
+    def __call__(self, case, frame, amplification):
+        return ev.load_truth(case)
+
+
+def test_evaluate_benchmark(bench, weights):
+    from darkfix.inference import Restorer
+    from darkfix.weights import load_weights
+
+    model, info = load_weights(weights)
+    methods = [ev.NetworkMethod("darkfix", Restorer(model, device="cpu"), info), ev.LibRawMethod(), _Truth()]
+    report = ev.evaluate(bench, methods)
+    names = ["darkfix", "libraw", "truth"]
+    assert report["protocol"] == "synthetic" and report["amplification"] == "ratio"
+    assert list(report["methods"]) == names
+    assert len(report["images"]) == 4
+    for row in report["images"]:
+        assert row["amplification"] == row["ratio"]
+        assert set(row["results"]) == set(names)
+        assert row["size"][0] in (159, 160) and row["size"][1] in (127, 128)  # cropped to the CFA phase
+    assert set(report["per_ratio"]) == {"100", "300"}
+    for summary in report["per_ratio"].values():
+        _check_summary(summary, names, 2)
+    _check_summary(report["overall"], names, 4)
+    assert report["overall"]["truth"]["psnr"] == ev.PSNR_CAP
+    assert report["overall"]["truth"]["ssim"] == pytest.approx(1.0, abs=1e-6)
+    # LibRaw brightened by the true ratio: right exposure and colour, but all the noise
+    for row in report["images"]:
+        assert 10.0 < row["results"]["libraw"]["psnr"] < 40.0
+    json.dumps(report, allow_nan=False)
+
+
+def test_cli_eval_json(bench, weights, tmp_path):
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["eval", bench, "--weights", weights, "--device", "cpu", "--ratios", "300",
+                                       "--limit", "1", "--auto-amp", "--json", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["amplification"] == "auto"
+    assert [r["ratio"] for r in report["images"]] == [300.0]
+    row = report["images"][0]
+    assert 1.0 <= row["amplification"] <= 300.0 and row["amplification"] != 300.0
+    assert set(row["results"]) == {"darkfix", "libraw"}
+    assert "overall" in result.output and "darkfix" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "exactly one"),
+    (["{bench}", "--sid", "{bench}"], "exactly one"),
+    (["{missing}"], "no such benchmark folder"),
+    (["{bench}", "--ratios", "abc"], "--ratios"),
+    (["{bench}", "--ratios", "42"], "no pairs left"),
+    (["--sid", "{bench}"], "Sony_test_list.txt"),
+    (["{bench}", "--json", "{missing}/r.json"], "does not exist"),
+    (["{bench}", "--weights", "{missing}/w.safetensors"], "weights file not found"),
+])
+def test_cli_eval_errors(bench, tmp_path, args, message):
+    args = [a.format(bench=bench, missing=tmp_path / "nope") for a in args]
+    result = CliRunner().invoke(main, ["eval", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("darkfix: error:") and message in lines[0], result.output
+
+
+# -------------------------------------------------------------------------------------------- SID layout
+
+
+def _sid_layout(root) -> None:
+    """SID's folder layout with DNG content under .ARW names: bright clean long exposures, dark noisy short ones."""
+    rng = np.random.default_rng(4)
+    (root / "Sony" / "short").mkdir(parents=True)
+    (root / "Sony" / "long").mkdir(parents=True)
+    spec = DngSpec(cfa="RGGB", black=512.0, white=16383, as_shot_neutral=(0.5, 1.0, 0.6), color_matrix=SONY_XYZ,
+                   make="Sony", model="ILCE-7SM2")
+    lines = []
+    for scene, shorts in (("10003", ("0.1", "0.04")), ("10006", ("0.033",))):
+        linear = (_smooth_photo(rng, 96, 64).astype(np.float64) / 255) ** 2.2 * 0.8
+        gains = np.array([0.5, 1.0, 0.6])
+        mosaic = np.empty((64, 96))
+        mosaic[0::2, 0::2] = linear[0::2, 0::2, 0] * gains[0]
+        mosaic[0::2, 1::2] = linear[0::2, 1::2, 1]
+        mosaic[1::2, 0::2] = linear[1::2, 0::2, 1]
+        mosaic[1::2, 1::2] = linear[1::2, 1::2, 2] * gains[2]
+        signal = mosaic * (16383 - 512)
+        long_name = f"{scene}_00_10s.ARW"
+        write_dng(root / "Sony" / "long" / long_name, np.round(signal + 512).astype(np.uint16), spec)
+        for t in shorts:
+            ratio = 10.0 / float(t)
+            dark = rng.poisson(signal / ratio) + rng.normal(0, 1.5, signal.shape) + 512
+            name = f"{scene}_00_{t}s.ARW"
+            write_dng(root / "Sony" / "short" / name, np.clip(np.round(dark), 0, 16383).astype(np.uint16), spec)
+            lines.append(f"./Sony/short/{name} ./Sony/long/{long_name} ISO200 F9")
+    (root / "Sony_test_list.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_sid_cases_and_truth(tmp_path):
+    _sid_layout(tmp_path)
+    cases = ev.sid_cases(tmp_path)
+    assert [c.ratio for c in cases] == pytest.approx([100.0, 250.0, 300.0])  # 10 / 0.033 = 303 -> capped
+    assert ev.sid_exposure("10003_00_0.04s.ARW") == 0.04
+    assert [c.ratio for c in ev.sid_cases(tmp_path, ratios=[300])] == [300.0]
+    truth = ev.load_truth(cases[0])
+    assert truth.shape == (64, 96, 3) and truth.dtype == np.uint16 and truth.max() > 10000
+
+
+def test_cli_eval_sid(tmp_path, weights):
+    _sid_layout(tmp_path / "sid")
+    out = tmp_path / "sid.json"
+    result = CliRunner().invoke(main, ["eval", "--sid", str(tmp_path / "sid"), "--weights", weights,
+                                       "--device", "cpu", "--json", str(out), "-q", "--summary-only"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["protocol"] == "sid"
+    assert [r["amplification"] for r in report["images"]] == pytest.approx([100.0, 250.0, 300.0])
+    assert set(report["per_ratio"]) == {"100", "250", "300"}
+    _check_summary(report["overall"], ["darkfix", "libraw"], 3)
+    # the short exposure brightened by the ratio is the long one plus noise
+    for row in report["images"]:
+        assert 15.0 < row["results"]["libraw"]["psnr"] < 45.0
