@@ -203,12 +203,15 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                                      "history": history, "seconds": time.time() - started,
                                      "config": json.dumps(asdict(cfg))})
 
+    msssim_step = int(cfg.msssim_from * cfg.iterations)
+
     def export(val_psnr: float, val_ssim: float) -> None:
         save_weights(model, cfg.out, {
             "output": "camera",
             "amplification": "trained with the true exposure ratio; the paper's estimate at inference",
             "training": {"iterations": step, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
-                         "loss": "L1 + 0.2 (1 - MS-SSIM) on the sRGB rendering",
+                         "loss": "L1 on the sRGB rendering" + (
+                             f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else ""),
                          "data": "synthetic (unprocess + ELD noise) from " + Path(cfg.images).name,
                          "seconds": round(time.time() - started), "device": cfg.device},
             "validation": {"psnr": round(val_psnr, 3), "ssim": round(val_ssim, 4), "crops": len(val_pairs)},
@@ -218,7 +221,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         pair = make_pair(pool.batch(cfg.batch, g), g, device)
-        loss = loss_fn(model(pair.inputs), pair, with_msssim=step >= cfg.msssim_from * cfg.iterations)
+        loss = loss_fn(model(pair.inputs), pair, with_msssim=step >= msssim_step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,56 @@
+"""Side-by-side panels of restored benchmark images, for the README and the model card.
+
+    python benchmarks/panel.py BENCH_DIR NAME [NAME ...] --weights W [--baseline-weights AUTHORS.pth] -o panel.png
+
+Each row is one benchmark pair (NAME is a raw file name from manifest.json): LibRaw brightened by the
+true ratio (no denoising) | each network given | the ground truth, all at the true ratio.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+from PIL import Image
+
+from darkfix.evaluate import LibRawMethod, NetworkMethod, as_float, benchmark_cases, load_truth, network_name
+from darkfix.inference import Restorer
+from darkfix.rawio import read_raw
+from darkfix.weights import load_weights
+
+
+@click.command()
+@click.argument("bench", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("names", nargs=-1, required=True)
+@click.option("--weights", "weights", multiple=True, type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--baseline-weights", "baselines", multiple=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--width", type=int, default=480, show_default=True, help="Width of each tile of the panel.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, output: Path) -> None:
+    methods = [LibRawMethod()]
+    taken: list[str] = []
+    for w in (*baselines, *weights):
+        model, info = load_weights(w)
+        taken.append(network_name(info, taken))
+        methods.append(NetworkMethod(taken[-1], Restorer(model, device="cpu"), info))
+    cases = {c.raw.name: c for c in benchmark_cases(bench)}
+    rows = []
+    for name in names:
+        case = cases[name]
+        frame = read_raw(case.raw)
+        tiles = [as_float(m(case, frame, case.ratio)) for m in methods] + [as_float(load_truth(case))]
+        h, w = tiles[0].shape[:2]
+        size = (width, round(h * width / w))
+        row = [np.asarray(Image.fromarray((t * 255 + 0.5).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS))
+               for t in tiles]
+        gap = np.full((size[1], 6, 3), 255, np.uint8)
+        rows.append(np.concatenate([x for t in row for x in (t, gap)][:-1], axis=1))
+        click.echo(f"{name}: " + " | ".join([m.name for m in methods] + ["ground truth"]))
+    sep = np.full((6, rows[0].shape[1], 3), 255, np.uint8)
+    Image.fromarray(np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)).save(output, optimize=True)
+    click.echo(str(output))
+
+
+if __name__ == "__main__":
+    main()
