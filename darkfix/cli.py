@@ -280,7 +280,10 @@ def synth(photos, out, ratios, seed, limit, max_side) -> None:
 @click.option("--resume", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Checkpoint to continue from exactly (OUT.ckpt of an earlier run).")
 @click.option("--validate-every", type=click.IntRange(1), default=1000, show_default=True)
-def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, validate_every) -> None:
+@click.option("--msssim-from", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
+              help="Fraction of the run after which 0.2 (1 - MS-SSIM) joins the L1 loss (it doubles a CPU step).")
+def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, validate_every,
+          msssim_from) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -298,7 +301,7 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
         raise click.BadParameter(str(e), param_hint="--device") from None
     cfg = TrainConfig(images=str(images), val=str(val) if val else None, out=str(out), iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
-                      validate_every=validate_every)
+                      validate_every=validate_every, msssim_from=msssim_from)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
     with Progress(*columns) as progress:
