@@ -80,8 +80,11 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
     """Restore one raw file into `output` (written atomically); raises DarkfixError subclasses."""
     check_output(source, output, opts.overwrite)
     frame = read_raw(source)
-    prep = prepare_frame(frame, opts)
-    image = infer_and_render(frame, prep, restorer, info, opts)
+    try:
+        prep = prepare_frame(frame, opts)
+        image = infer_and_render(frame, prep, restorer, info, opts)
+    except MemoryError:
+        raise OutputError(f"{source}: out of memory while restoring; try a smaller --tile") from None
     write_atomic(output, encode_png(image, opts.compression), overwrite=opts.overwrite)
     return Result(source, output, prep.amplification, (image.shape[1], image.shape[0]))
 

@@ -1,0 +1,87 @@
+"""More bad input for `darkfix restore`: absurd header dimensions, unreadable files, unwritable outputs."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+import tifffile
+
+from test_cli_restore import assert_refused, files_under, restore
+
+
+def _patch_tag(path, name: str, value: int) -> None:
+    """Overwrite a LONG/SHORT tag of the first IFD in place."""
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags[name]
+        offset, dtype = tag.valueoffset, tag.dtype
+    data = bytearray(path.read_bytes())
+    fmt = "<I" if dtype == 4 else "<H"
+    data[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("width,height", [(65535, 65535), (200000, 3), (3, 4000000)])
+def test_absurd_dimensions_refused(make_dng, weights_file, tmp_path, width, height):
+    src = make_dng("huge.dng", size=(32, 48))
+    _patch_tag(src, "ImageWidth", width)
+    _patch_tag(src, "ImageLength", height)
+    before = files_under(tmp_path)
+    r = restore(weights_file, src)
+    assert_refused(r, src)
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_refused(make_dng, weights_file, tmp_path):
+    src = make_dng("locked.dng")
+    src.chmod(0)
+    try:
+        assert_refused(restore(weights_file, src), src, "permission denied")
+    finally:
+        src.chmod(0o644)
+    assert not src.with_suffix(".png").exists()
+
+
+def test_output_under_a_file_refused(make_dng, weights_file, tmp_path):
+    src = make_dng()
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    out = blocker / "frame.png"
+    assert_refused(restore(weights_file, src, "-o", out), out, "does not exist")
+    assert blocker.read_text() == "x"
+
+
+def test_write_failure_removes_partial_file(make_dng, weights_file, tmp_path, monkeypatch):
+    """A disk that fills up mid-write: one line, no PNG, no temporary file."""
+    src = make_dng()
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("darkfix.pngio.os.fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    r = restore(weights_file, src)
+    assert_refused(r, src.with_suffix(".png"), "disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_non_bayer_tiff_named_raw_refused(weights_file, tmp_path):
+    """An ordinary RGB TIFF renamed .NEF: LibRaw opens TIFFs, darkfix must not treat it as a mosaic."""
+    src = tmp_path / "photo.NEF"
+    tifffile.imwrite(src, np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    r = restore(weights_file, src)
+    assert_refused(r, src)
