@@ -1,0 +1,147 @@
+"""End-to-end timing of `darkfix restore` against the authors' way (benchmarks/authors_way.py), in one run.
+
+    python benchmarks/e2e.py [--raw RAW | --size 4256x2848] [--weights W] [--runs 5] [--json e2e.json]
+                             [--darkfix-args "--tile 512 --compression 1"]
+
+Each command is a fresh process, timed from its start until it has exited with its file on disk; the
+two alternate (A B, B A, ...) after one untimed warm-up each, so drift on a busy machine hits both alike.
+Peak memory is each child's own maximum resident set (os.wait4's rusage). Also timed in the same run:
+a process that only imports torch and darkfix (the floor every command pays), and the network alone
+(`darkfix bench --no-reference` on the same raw), so that end-to-end time can be read against it.
+Without --weights it uses the packaged weights, or else writes a seeded random weights file (timings are
+the same; the images are noise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # darkfix from this checkout
+
+
+def run_child(cmd: list[str], output: Path | None) -> tuple[float, float]:
+    """Run `cmd` to completion; returns (wall seconds, peak RSS in MB). Raises if it fails."""
+    if output is not None and output.exists():
+        output.unlink()
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        if code != 0 or (output is not None and not output.is_file()):
+            err.seek(0)
+            raise SystemExit(f"failed ({code}): {shlex.join(cmd)}\n{err.read().decode(errors='replace')[-4000:]}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+@click.command()
+@click.option("--raw", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Default: a synthetic frame.")
+@click.option("--size", default="4256x2848", show_default=True, help="Synthetic frame size (without --raw).")
+@click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--darkfix-args", default="", help="Extra options for `darkfix restore` (and the network timing).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False))
+def main(raw, size, weights, runs, darkfix_args, json_path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from darkfix.bench import machine, parse_size, write_synthetic_dng
+
+    console = Console(width=160)
+    extra = shlex.split(darkfix_args)
+    with tempfile.TemporaryDirectory(prefix="darkfix-e2e-") as tmp:
+        tmp = Path(tmp)
+        if raw is None:
+            w, h = parse_size(size)
+            raw = write_synthetic_dng(tmp / "synthetic.dng", w, h)
+        weights_note = str(weights) if weights else "packaged"
+        if weights is None:
+            from darkfix.errors import WeightsError
+            from darkfix.weights import default_weights_path, load_weights, save_weights
+
+            try:
+                load_weights(None)
+                weights = default_weights_path()
+            except WeightsError:
+                import torch
+
+                from darkfix.model import LambaNet
+
+                torch.manual_seed(0)
+                weights = save_weights(LambaNet(), tmp / "random.safetensors", {"output": "camera"})
+                weights_note = "seeded random weights (no packaged weights installed)"
+        out_a, out_d = tmp / "authors.png", tmp / "darkfix.png"
+        commands = {
+            "authors' way": ([sys.executable, str(ROOT / "benchmarks" / "authors_way.py"), str(raw), str(out_a),
+                              "--weights", str(weights)], out_a),
+            "darkfix restore": ([sys.executable, "-m", "darkfix", "restore", str(raw), "-o", str(out_d),
+                                 "--overwrite", "--weights", str(weights), *extra], out_d),
+            "import torch + darkfix only": (
+                [sys.executable, "-c", "import torch, rawpy, darkfix.cli, darkfix.pipeline"], None),
+        }
+        results: dict[str, dict[str, list[float]]] = {k: {"wall_s": [], "peak_rss_mb": []} for k in commands}
+        console.log("warm-up")
+        for cmd, out in commands.values():
+            run_child(cmd, out)
+        order = list(commands)
+        for i in range(runs):
+            console.log(f"round {i + 1} of {runs}")
+            for name in order if i % 2 == 0 else order[::-1]:
+                wall, rss = run_child(*commands[name])
+                results[name]["wall_s"].append(wall)
+                results[name]["peak_rss_mb"].append(rss)
+        console.log("the network alone: darkfix bench --no-reference")
+        bench_json = tmp / "bench.json"
+        net_args = [a for a in extra if not a.startswith("--compression")]
+        run_child([sys.executable, "-m", "darkfix", "bench", "--input", str(raw), "--no-reference", "--runs", str(runs),
+                   "--weights", str(weights), "--json", str(bench_json), *net_args], None)
+        bench = json.loads(bench_json.read_text())
+        sizes = {"authors' way": out_a.stat().st_size if out_a.exists() else 0,
+                 "darkfix restore": out_d.stat().st_size if out_d.exists() else 0}
+
+    network_s = bench["stages"]["network"]["median_s"]
+    summary = {
+        "machine": machine(), "raw": str(raw), "megapixels": bench["megapixels"], "weights": weights_note,
+        "runs": runs, "darkfix_args": darkfix_args, "commands": {k: shlex.join(v[0]) for k, v in commands.items()},
+        "results": {k: {**v, "median_wall_s": statistics.median(v["wall_s"]),
+                        "max_peak_rss_mb": max(v["peak_rss_mb"])} for k, v in results.items()},
+        "png_bytes": sizes, "network_alone_s": network_s, "bench": bench,
+    }
+    a = summary["results"]["authors' way"]["median_wall_s"]
+    d = summary["results"]["darkfix restore"]["median_wall_s"]
+    summary["speedup_vs_authors"] = a / d
+    summary["restore_over_network"] = d / network_s
+    summary["restore_minus_imports_over_network"] = (
+        d - summary["results"]["import torch + darkfix only"]["median_wall_s"]) / network_s
+
+    table = Table(title=f"end to end, {bench['megapixels']:.1f} MP, median of {runs} (process start to file on disk)")
+    for col in ("command", "median", "runs (s)", "peak RSS"):
+        table.add_column(col, justify="left" if col == "command" else "right")
+    for name, r in summary["results"].items():
+        table.add_row(name, f"{r['median_wall_s']:.2f} s", " ".join(f"{t:.2f}" for t in r["wall_s"]),
+                      f"{r['max_peak_rss_mb']:.0f} MB")
+    console.print(table)
+    console.print(f"darkfix restore is {summary['speedup_vs_authors']:.2f}x faster than the authors' way; "
+                  f"network alone {network_s:.2f} s (bench, same run): restore = "
+                  f"{summary['restore_over_network']:.2f}x the network, "
+                  f"{summary['restore_minus_imports_over_network']:.2f}x without the import floor")
+    m = summary["machine"]
+    console.print(f"weights: {weights_note}; machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}")
+    if json_path:
+        json_path.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
