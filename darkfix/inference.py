@@ -220,6 +220,8 @@ class Restorer:
                  tile: int | None = None, margin: int = DEFAULT_MARGIN) -> None:
         self.device = pick_device(device)
         self.dtype = pick_precision(precision, self.device)
+        # CUDA memory runs out per tile and is returned at once: retry smaller; on CPU, fail
+        self.split_on_oom = self.device.type == "cuda"
         self.net = InferenceNet(model).to(self.device, self.dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -297,10 +299,11 @@ class Restorer:
             out = self.net.fine(x, b[..., cy0 // ALIGN : cy1 // ALIGN, cx0 // ALIGN : cx1 // ALIGN]).float()
         except torch.OutOfMemoryError:
             side = max(t.y1 - t.y0, t.x1 - t.x0)
-            if self.device.type != "cuda" or side <= 4 * ALIGN:
+            if not self.split_on_oom or side <= 4 * ALIGN:
                 raise
             # CUDA ran out: split this region, and start later frames with smaller tiles too
-            torch.cuda.empty_cache()
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
             self.tile = max(4 * ALIGN, min(self.tile, side) // 2 // ALIGN * ALIGN)
             for sub in tiles(t.y1 - t.y0, t.x1 - t.x0, self.tile, 0):
                 sub_t = Tile(t.y0 + sub.y0, t.y0 + sub.y1, t.x0 + sub.x0, t.x0 + sub.x1)

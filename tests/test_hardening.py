@@ -85,3 +85,42 @@ def test_non_bayer_tiff_named_raw_refused(weights_file, tmp_path):
     tifffile.imwrite(src, np.zeros((16, 16, 3), np.uint8), photometric="rgb")
     r = restore(weights_file, src)
     assert_refused(r, src)
+
+
+def test_out_of_memory_splits_tiles_and_matches(weights_file):
+    """CUDA out of memory: the tile is split and retried; the result is the same as without the failure."""
+    import torch
+
+    from darkfix.inference import Restorer
+    from darkfix.weights import load_weights
+
+    model, _ = load_weights(weights_file)
+    packed = np.random.default_rng(0).random((4, 200, 264), dtype=np.float32) * 0.2
+
+    def run(restorer):
+        out = np.zeros((3, 400, 528), np.float32)
+
+        def sink(t_out, t):
+            out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = t_out[0].numpy()
+
+        restorer(packed, sink)
+        return out
+
+    expected = run(Restorer(model, device="cpu", tile=512))
+    flaky = Restorer(model, device="cpu", tile=512)
+    flaky.split_on_oom = True  # as on CUDA
+    real_fine = flaky.net.fine
+
+    def fine(x, b):
+        if x.shape[-1] * x.shape[-2] > 130 * 130:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_fine(x, b)
+
+    flaky.net.fine = fine
+    got = run(flaky)
+    assert flaky.tile < 512
+    assert np.abs(got - expected).max() < 1e-5
+    cpu = Restorer(model, device="cpu", tile=512)
+    cpu.net.fine = fine
+    with pytest.raises(torch.OutOfMemoryError):
+        run(cpu)
