@@ -57,7 +57,7 @@ def main(raw, size, weights, runs, darkfix_args, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from darkfix.bench import machine, parse_size, write_synthetic_dng
+    from darkfix.bench import machine, parse_size, weights_file, write_synthetic_dng
 
     console = Console(width=160)
     extra = shlex.split(darkfix_args)
@@ -66,22 +66,7 @@ def main(raw, size, weights, runs, darkfix_args, json_path) -> None:
         if raw is None:
             w, h = parse_size(size)
             raw = write_synthetic_dng(tmp / "synthetic.dng", w, h)
-        weights_note = str(weights) if weights else "packaged"
-        if weights is None:
-            from darkfix.errors import WeightsError
-            from darkfix.weights import default_weights_path, load_weights, save_weights
-
-            try:
-                load_weights(None)
-                weights = default_weights_path()
-            except WeightsError:
-                import torch
-
-                from darkfix.model import LambaNet
-
-                torch.manual_seed(0)
-                weights = save_weights(LambaNet(), tmp / "random.safetensors", {"output": "camera"})
-                weights_note = "seeded random weights (no packaged weights installed)"
+        weights, weights_note = weights_file(weights, tmp)
         out_a, out_d = tmp / "authors.png", tmp / "darkfix.png"
         commands = {
             "authors' way": ([sys.executable, str(ROOT / "benchmarks" / "authors_way.py"), str(raw), str(out_a),

@@ -37,7 +37,7 @@ def main(sizes, tiles, weights, folder, extra, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from darkfix.bench import machine, parse_size, write_synthetic_dng
+    from darkfix.bench import machine, parse_size, weights_file, write_synthetic_dng
 
     console = Console(width=160)
     rows = []
@@ -45,19 +45,7 @@ def main(sizes, tiles, weights, folder, extra, json_path) -> None:
         tmp = Path(tmp)
         folder = folder or tmp
         folder.mkdir(parents=True, exist_ok=True)
-        if weights is None:
-            import torch
-
-            from darkfix.errors import WeightsError
-            from darkfix.model import LambaNet
-            from darkfix.weights import default_weights_path, load_weights, save_weights
-
-            try:
-                load_weights(None)
-                weights = default_weights_path()
-            except WeightsError:
-                torch.manual_seed(0)
-                weights = save_weights(LambaNet(), tmp / "random.safetensors", {"output": "camera"})
+        weights, _ = weights_file(weights, tmp)
         for size in sizes.split(","):
             w, h = parse_size(size)
             raw = folder / f"synthetic_{w}x{h}.dng"

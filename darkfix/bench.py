@@ -32,7 +32,7 @@ from .packing import pad_to_multiple
 from .pipeline import RestoreOptions, infer_and_render, prepare_frame
 from .pngio import encode_png, write_atomic
 from .rawio import read_raw
-from .weights import WeightsInfo, load_weights
+from .weights import WeightsInfo, load_weights, save_weights
 
 STAGES = ("decode", "pack+amplify", "network", "colour", "encode")
 BLACK, WHITE = 512, 16383
@@ -227,6 +227,15 @@ def _load(weights: Path | None) -> tuple[LambaNet, WeightsInfo, str]:
         model = LambaNet().eval()
         info = WeightsInfo(Path("random"), "random", "camera", {})
         return model, info, "none installed: a seeded random model (timings hold, images are noise)"
+
+
+def weights_file(weights: Path | None, tmp: Path) -> tuple[Path, str]:
+    """A weights file for child processes: the given one, the packaged one, or a seeded random model saved
+    in `tmp`; with a note saying which."""
+    model, info, note = _load(weights)
+    if info.format != "random":
+        return info.path, note
+    return save_weights(model, tmp / "random.safetensors", {"output": "camera"}), note
 
 
 def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str = "auto", precision: str = "auto",
