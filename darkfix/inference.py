@@ -37,7 +37,8 @@ STEM_REACH = 2  # 1/32 cells the two convolutions before them read on each side
 COARSE_BLOCK = 160  # 1/32 cells per side of a block of the first pass (a 12 MP frame is one block)
 STEM_ROWS = 16  # 1/32 cell rows per strip of the first convolution (bounds its 1024-channel input)
 # Packed pixels per tile side (mosaic / 2). On CPU, measured on a 2-core AMD EPYC (benchmarks/RESULTS.md):
-# tiles of 512 are as fast as larger ones and keep `darkfix restore` of a 12 MP raw well under 0.6 GB.
+# tiles of 512 are as fast as 768 or 1024 (whole frames are slower: cache) and keep `darkfix restore` of a
+# 12 MP raw at 480-535 MB peak; 768 and 1024 reach 590-600 MB.
 DEFAULT_CPU_TILE = 512
 DEFAULT_CUDA_TILE = 2048
 
@@ -90,13 +91,17 @@ def tiles(h: int, w: int, size: int, margin: int) -> Iterator[Tile]:
             yield Tile(y0, min(y0 + ty, h), x0, min(x0 + tx, w))
 
 
-def _rebuilt(conv: nn.Conv2d, in_order: list[int] | None = None, out_pad: int = 0) -> nn.Conv2d:
-    """A copy of a plain convolution with its input channels (within each group) reordered and
-    `out_pad` zero output channels appended."""
+def _rebuilt(conv: nn.Conv2d, in_order: list[int] | None = None, out_order: list[int] | None = None,
+             out_pad: int = 0) -> nn.Conv2d:
+    """A copy of a plain convolution with its input channels (within each group) and output channels
+    reordered (new channel i = old channel order[i]) and `out_pad` zero output channels appended."""
     w = conv.weight.detach()
     b = conv.bias.detach() if conv.bias is not None else None
     if in_order is not None:
         w = w[:, in_order]
+    if out_order is not None:
+        w = w[out_order]
+        b = b[out_order] if b is not None else None
     if out_pad:
         w = torch.cat([w, w.new_zeros(out_pad, *w.shape[1:])])
         b = torch.cat([b, b.new_zeros(out_pad)]) if b is not None else None
@@ -108,11 +113,19 @@ def _rebuilt(conv: nn.Conv2d, in_order: list[int] | None = None, out_pad: int = 
     return new
 
 
-def _shuffle_into(dst: torch.Tensor, src: torch.Tensor, r: int) -> None:
-    """dst[:] = pixel_shuffle(src, r), written straight into `dst` (which may be a strided view)."""
+def _shuffle_order(channels: int, r: int) -> list[int]:
+    """Output-channel order that puts a pixel_shuffle's input channels c*r*r + i*r + j in (i, j, c) order,
+    so that in channels-last memory each output row is a run of whole pixels of the input."""
+    return [c * r * r + i * r + j for i in range(r) for j in range(r) for c in range(channels)]
+
+
+def _shuffled_view(dst: torch.Tensor, src: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of `dst` (n, c, h*r, w*r) and of `src` (n, r*r*c, h, w) in (i, j, c) channel order (see
+    `_shuffle_order`) with matching (n, c, h, i, w, j) shapes: a pixel shuffle is then one elementwise op."""
     n, c, h, w = dst.shape
-    view = dst.unflatten(3, (w // r, r)).unflatten(2, (h // r, r))  # (n, c, h/r, r, w/r, r)
-    view.copy_(src.unflatten(1, (c, r, r)).permute(0, 1, 4, 2, 5, 3))
+    d = dst.unflatten(3, (w // r, r)).unflatten(2, (h // r, r))
+    s = src.unflatten(1, (r, r, c)).permute(0, 3, 4, 1, 5, 2)
+    return d, s
 
 
 def release_memory() -> None:
@@ -166,10 +179,11 @@ class InferenceNet(nn.Module):
         # reordered so that each group reads 16 channels of d, then the same 16 of c: a plain concat.
         order = [2 * k for k in range(16)] + [2 * k + 1 for k in range(16)]
         self.fuse1 = _rebuilt(net.conv32_8_cat[0][0], in_order=order)
-        self.fuse2 = net.conv32_8_cat[1][0]
+        # the two convolutions before a pixel shuffle emit their channels in (i, j, c) order (see _shuffle_order)
+        self.fuse2 = _rebuilt(net.conv32_8_cat[1][0], out_order=_shuffle_order(12, 4))
         pad = 4 if pad_outputs else 0
         self.conv2x = _rebuilt(net.conv2x[0], out_pad=pad)
-        self.final = _rebuilt(net.conv_2_8_32[0], out_pad=pad)
+        self.final = _rebuilt(net.conv_2_8_32[0], out_order=_shuffle_order(3, 2), out_pad=pad)
         self.pad_outputs = pad_outputs
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for m in (self.conv_rdb8x, self.res1, self.res2, self.fuse1, self.fuse2, self.conv2x, self.final):
@@ -196,18 +210,21 @@ class InferenceNet(nn.Module):
         del u
         fused = torch.cat([t for i in range(0, 64, 16) for t in (d[:, i : i + 16], c[:, i : i + 16])], dim=1)
         del c, d
-        y = F.leaky_relu_(self.fuse2(self.fuse1(fused)), 0.2)
+        y = self.fuse2(self.fuse1(fused))
         del fused
-        # the last convolution's input, concat(conv2x(x), pixel_shuffle(y, 4)), assembled in place
+        # the last convolution's input, concat(conv2x(x), pixel_shuffle(lrelu(y), 4)), assembled in place
         z = torch.empty((n, 24, h, w), dtype=x.dtype, device=x.device, memory_format=self.memory_format)
-        _shuffle_into(z[:, 12:], y, 4)
-        del y
+        dst, src = _shuffled_view(z[:, 12:], y, 4)
+        torch.ops.aten.leaky_relu.out(src, 0.2, out=dst)
+        del y, dst, src
         z[:, :12] = self.conv2x(x)[:, :12]
         out = self.final(z)
         del z
-        if self.pad_outputs:
-            out = out[:, :12]
-        return F.pixel_shuffle(out.clamp_(0.0, 1.0), 2)
+        # pixel_shuffle(clamp(out), 2) in one pass
+        image = torch.empty((n, 3, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=self.memory_format)
+        dst, src = _shuffled_view(image, out[:, :12], 2)
+        torch.clamp(src, 0.0, 1.0, out=dst)
+        return image
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         return self.fine(packed, self.coarse(self.stem_forward(packed)))
