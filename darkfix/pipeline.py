@@ -6,7 +6,7 @@ Each stage is a function of its own so that `darkfix bench` can time them separa
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,7 @@ class Result:
     source: Path
     output: Path
     amplification: float
-    size: tuple[int, int] = field(default=(0, 0))
+    size: tuple[int, int]  # width, height of the PNG
 
 
 def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsInfo,

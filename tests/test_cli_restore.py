@@ -17,7 +17,6 @@ from PIL import Image
 from _util import CFA_PHASES, SONY_XYZ, read_png, write_cfa_dng, write_linear_dng
 from darkfix.amplify import estimate_from_raw
 from darkfix.cli import main
-from darkfix.packing import channel_black, pack
 from darkfix.rawio import read_raw
 from darkfix.weights import default_weights_path
 
