@@ -48,7 +48,7 @@ def _frame(width: int, height: int) -> np.ndarray:
     frame = RawFrame(mosaic=mosaic, black=np.full((2, 2), 512, np.float32), white=16383.0, cfa="RGGB",
                      wb_camera=np.ones(3, np.float32), wb_daylight=np.ones(3, np.float32),
                      rgb_cam=np.eye(3, dtype=np.float32), flip=0)
-    return prepare_frame(frame, RestoreOptions()).packed
+    return np.asarray(prepare_frame(frame, RestoreOptions()).packed)
 
 
 def whole_frame(net: torch.nn.Module, grad_mode=torch.no_grad) -> Callable[[np.ndarray, Sink], None]:
@@ -66,7 +66,7 @@ def one_pass_tiles(net: torch.nn.Module, size: int = 1024, margin: int = 64) -> 
         _, h, w = packed.shape
         src = torch.from_numpy(packed)[None]
         with torch.inference_mode():
-            for t in tiles(h, w, size, margin):
+            for t in tiles(h, w, size):
                 cy0, cx0 = max(0, t.y0 - margin), max(0, t.x0 - margin)
                 cy1, cx1 = min(h, t.y1 + margin), min(w, t.x1 + margin)
                 x, (rh, rw) = pad_to_multiple(src[..., cy0:cy1, cx0:cx1], ALIGN)

@@ -11,6 +11,7 @@ _WEIGHTS = (np.logspace(0.0, 5.0, _NBINS) / 10.0**5)[::-1].copy()  # 1 for the d
 
 
 _CHUNK = 1 << 20  # pixels per pass: bounds the temporary arrays to a few MB at any frame size
+_HIST_ROWS = 256  # mosaic rows per histogram pass, for the same reason
 
 
 def _bin_sums(flat: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +67,10 @@ def estimate_from_raw(mosaic: np.ndarray, black: np.ndarray, white: float) -> fl
     counts = np.zeros(_NBINS)
     sums = np.zeros(_NBINS)
     for plane, b in zip(planes, black.ravel()):
-        hist = np.bincount(plane.reshape(-1), minlength=1)
+        hist = np.zeros(1 << 16, dtype=np.int64)
+        # in bands of rows: bincount makes an int64 copy of what it counts
+        for r in range(0, plane.shape[0], _HIST_ROWS):
+            hist += np.bincount(plane[r : r + _HIST_ROWS].reshape(-1), minlength=hist.size)
         values = np.arange(hist.size)
         # the exact float32 normalisation that packing.normalise gives real frames
         x = np.clip((values.astype(np.float32) - np.float32(b)) / (np.float32(white) - np.float32(b)), 0.0, 1.0)

@@ -1,7 +1,7 @@
 """`darkfix batch`: a folder streamed through the pipeline.
 
 Decoding runs in a worker process one file ahead of the network (see decoder.py), and PNG encoding
-and writing run on a thread, overlapping the next file's network.
+and writing run band by band on a thread while the network makes the next band (pipeline.restore_frame).
 """
 
 from __future__ import annotations
@@ -10,18 +10,14 @@ import fnmatch
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from .decoder import DecodeWorker
 from .errors import DarkfixError
 from .inference import Restorer
-from .pipeline import RAW_SUFFIXES, RestoreOptions, check_output, infer_and_render
-from .pngio import encode_png, write_atomic
+from .pipeline import RAW_SUFFIXES, RestoreOptions, check_output, restore_frame
 from .weights import WeightsInfo
 
 
@@ -72,7 +68,7 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
     """Restore `files` into `outputs`; per-file failures are recorded, never raised.
 
     KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI) stops the run cleanly: the file
-    being encoded is finished or removed, nothing partial is left, and the report says what was done.
+    in progress is removed (outputs are atomic), and the report says what was done.
     """
     report = BatchReport()
     started = time.monotonic()
@@ -91,8 +87,6 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
         else:
             todo.append((src, dst))
     worker = worker or DecodeWorker(opts.ratio, opts.brightness)
-    writer = ThreadPoolExecutor(1, thread_name_prefix="darkfix-encode")
-    pending: tuple[Path, Future] | None = None
     queue = iter(todo)
 
     def record(src: Path, status: str, reason: str = "") -> None:
@@ -119,41 +113,25 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
             return src, dst
         return None
 
-    def finish_pending() -> None:
-        nonlocal pending
-        if pending is not None:
-            src, fut = pending
-            pending = None
-            try:
-                fut.result()
-                record(src, "done")
-            except DarkfixError as e:
-                record(src, "failed", str(e))
-
-    def encode_and_write(image: np.ndarray, dst: Path) -> None:
-        write_atomic(dst, encode_png(image, opts.compression), overwrite=opts.overwrite)
-
     try:
         current = submit_next()
         while current is not None:
             src, dst = current
             try:
-                frame, prep = worker.result()
+                decoded = worker.result()
             except DarkfixError as e:
-                frame = None
+                decoded = None
                 record(src, "failed", str(e))
             current = submit_next()  # the next file decodes while the network runs on this one
-            if frame is not None:
-                image = infer_and_render(frame, prep, restorer, info, opts)
-                finish_pending()
-                pending = (src, writer.submit(encode_and_write, image, dst))
-        finish_pending()
+            if decoded is not None:
+                try:
+                    restore_frame(src, *decoded, dst, restorer, info, opts)
+                    record(src, "done")
+                except DarkfixError as e:
+                    record(src, "failed", str(e))
     except KeyboardInterrupt:
         report.interrupted = True
-        # an atomic write lands whole or leaves nothing: let the one in flight complete
-        finish_pending()
     finally:
-        writer.shutdown(wait=True)
         worker.close()
         report.seconds = time.monotonic() - started
     return report

@@ -9,11 +9,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from .errors import DarkfixError
 from .packing import Prepared, prepare
@@ -25,9 +23,8 @@ DECODE_TIMEOUT = 120.0  # seconds for one file's decode before its worker is kil
 def decode(path: str, ratio: float | None, brightness: float) -> tuple[RawFrame, Prepared]:
     """Read and prepare one file (what the worker runs)."""
     frame = read_raw(path)
-    prep = prepare(frame.mosaic, frame.cfa, frame.black, frame.white, ratio, brightness)
-    # the mosaic is no longer needed: don't send it back through the pipe
-    return replace(frame, mosaic=np.empty((0, 0), np.uint16)), prep
+    # prep refers to frame.mosaic: one pickle sends the mosaic once for both
+    return frame, prepare(frame.mosaic, frame.cfa, frame.black, frame.white, ratio, brightness)
 
 
 def _worker(conn, fn: Callable, ratio: float | None, brightness: float) -> None:

@@ -83,12 +83,24 @@ def _steps(h: int, w: int, size: int) -> tuple[int, int]:
     return math.ceil(h / ny / ALIGN) * ALIGN, math.ceil(w / nx / ALIGN) * ALIGN
 
 
-def tiles(h: int, w: int, size: int, margin: int) -> Iterator[Tile]:
-    """Cover an (h, w) packed frame with kept regions of at most `size` (multiples of ALIGN)."""
+def bands(h: int, w: int, size: int, by_columns: bool = False, reverse: bool = False) -> list[list[Tile]]:
+    """Cover an (h, w) packed frame with kept regions of at most `size` (multiples of ALIGN), grouped in
+    bands: rows of tiles top to bottom, or with `by_columns` columns of tiles left to right; `reverse`
+    walks the bands the other way. A band is complete before the next one starts."""
     ty, tx = _steps(h, w, size)
-    for y0 in range(0, h, ty):
-        for x0 in range(0, w, tx):
-            yield Tile(y0, min(y0 + ty, h), x0, min(x0 + tx, w))
+    ys = [(y0, min(y0 + ty, h)) for y0 in range(0, h, ty)]
+    xs = [(x0, min(x0 + tx, w)) for x0 in range(0, w, tx)]
+    if by_columns:
+        out = [[Tile(y0, y1, x0, x1) for y0, y1 in ys] for x0, x1 in xs]
+    else:
+        out = [[Tile(y0, y1, x0, x1) for x0, x1 in xs] for y0, y1 in ys]
+    return out[::-1] if reverse else out
+
+
+def tiles(h: int, w: int, size: int) -> Iterator[Tile]:
+    """The tiles of `bands` row by row."""
+    for band in bands(h, w, size):
+        yield from band
 
 
 def _rebuilt(conv: nn.Conv2d, in_order: list[int] | None = None, out_order: list[int] | None = None,
@@ -253,14 +265,17 @@ class Restorer:
         return self.net(x)[..., : 2 * h, : 2 * w].float()
 
     @torch.inference_mode()
-    def __call__(self, packed: np.ndarray, sink: Callable[[torch.Tensor, Tile], None]) -> None:
+    def __call__(self, packed: np.ndarray, sink: Callable[[torch.Tensor, Tile], None], by_columns: bool = False,
+                 reverse: bool = False, band_start: Callable[[Tile], None] | None = None,
+                 band_done: Callable[[Tile], None] | None = None) -> None:
         """Run on a (4, h, w) packed frame, passing each finished tile's output to `sink`.
 
-        `packed` may also be a lazy view whose slices `[:, y0:y1, x0:x1]` give arrays (see `_Frame`).
+        `packed` may also be a lazy view whose slices `[:, y0:y1, x0:x1]` give arrays (e.g. PackedFrame).
 
-        `sink(out, tile)` gets (1, 3, 2 (y1 - y0), 2 (x1 - x0)) for the kept region of `tile`, in tile
-        order (row by row). The result is the same as one pass over the whole frame padded to a multiple
-        of ALIGN (as `run_tile` pads it) whenever the margin is at least FINE_REACH.
+        `sink(out, tile)` gets (1, 3, 2 (y1 - y0), 2 (x1 - x0)) for the kept region of `tile`, band by band
+        (see `bands` for the order); `band_start(band)` and `band_done(band)` get the region a band covers
+        before its first tile and after its last. The result is the same as one pass over the whole frame padded to a multiple of
+        ALIGN (as `run_tile` pads it) whenever the margin is at least FINE_REACH.
         """
         frame = _Frame(packed, self.device, self.dtype)
         b = self._coarse(frame)
@@ -270,8 +285,16 @@ class Restorer:
         # allocator and oneDNN see one shape: less memory held, fewer kernels made
         ty, tx = _steps(frame.h, frame.w, self.tile)
         span = (ty + 2 * self.margin, tx + 2 * self.margin)
-        for t in tiles(frame.h, frame.w, self.tile, self.margin):
-            self._run_region(frame, b, t, sink, span)
+        for band in bands(frame.h, frame.w, self.tile, by_columns, reverse):
+            region = Tile(band[0].y0, band[-1].y1, band[0].x0, band[-1].x1)
+            if band_start is not None:
+                band_start(region)
+            for t in band:
+                self._run_region(frame, b, t, sink, span)
+            if band_done is not None:
+                band_done(region)
+            if self.device.type == "cpu":
+                release_memory()
         if self.device.type == "cpu":
             release_memory()
 
@@ -279,7 +302,7 @@ class Restorer:
         """The 1/32 branch for the whole (padded) frame, in blocks that read all the context they need."""
         hc, wc = frame.hp // ALIGN, frame.wp // ALIGN
         b = None
-        for blk in tiles(hc, wc, COARSE_BLOCK, 0):
+        for blk in tiles(hc, wc, COARSE_BLOCK):
             ry0, ry1 = max(0, blk.y0 - COARSE_REACH), min(hc, blk.y1 + COARSE_REACH)
             rx0, rx1 = max(0, blk.x0 - COARSE_REACH), min(wc, blk.x1 + COARSE_REACH)
             ix0, ix1 = max(0, rx0 - STEM_REACH), min(wc, rx1 + STEM_REACH)
@@ -322,7 +345,7 @@ class Restorer:
             if torch.cuda.is_initialized():
                 torch.cuda.empty_cache()
             self.tile = max(4 * ALIGN, min(self.tile, side) // 2 // ALIGN * ALIGN)
-            for sub in tiles(t.y1 - t.y0, t.x1 - t.x0, self.tile, 0):
+            for sub in tiles(t.y1 - t.y0, t.x1 - t.x0, self.tile):
                 sub_t = Tile(t.y0 + sub.y0, t.y0 + sub.y1, t.x0 + sub.x0, t.x0 + sub.x1)
                 self._run_region(frame, b, sub_t, sink)
             return

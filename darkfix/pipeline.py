@@ -1,6 +1,8 @@
 """One raw file to one PNG: decode -> pack + amplify -> network (tiled) -> colour -> encode -> atomic write.
 
-Each stage is a function of its own so that `darkfix bench` can time them separately.
+Each stage is a function of its own so that `darkfix bench` can time them separately. The stages after
+decoding stream: the mosaic is normalised tile by tile (packing.PackedFrame), and the image leaves as
+bands of rows straight into the PNG encoder, so memory does not grow with the frame beyond the mosaic.
 """
 
 from __future__ import annotations
@@ -8,15 +10,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from .colour import orient, render
+from .colour import orient, to_display
 from .errors import OutputError
 from .inference import Restorer, Tile
-from .packing import Prepared, crop, prepare
-from .pngio import encode_png, write_atomic
+from .packing import Prepared, prepare
+from .pngio import PngStream, atomic_output
 from .rawio import RawFrame, read_raw
 from .weights import WeightsInfo
 
@@ -50,21 +53,63 @@ def quantise(image: torch.Tensor, bit_depth: int) -> np.ndarray:
     return q if bit_depth == 8 else q.astype(np.uint16)
 
 
-def infer_and_render(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo,
-                     opts: RestoreOptions) -> np.ndarray:
-    """Network and colour, tile by tile, into an (H, W, 3) image, upright and cropped to the frame."""
-    _, h, w = prep.packed.shape
-    canvas = np.empty((2 * h, 2 * w, 3), dtype=np.uint8 if opts.bit_depth == 8 else np.uint16)
+def output_size(frame: RawFrame, prep: Prepared) -> tuple[int, int]:
+    """(width, height) of the upright image."""
+    h, w = prep.layout.height, prep.layout.width
+    return (h, w) if frame.flip & 4 else (w, h)
+
+
+def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo, opts: RestoreOptions,
+                 emit: Callable[[np.ndarray], None]) -> None:
+    """Network and colour, tile by tile; `emit` gets the upright image's rows in order, a band at a time.
+
+    The network walks its tiles in the order the orientation reads them (columns for a 90-degree turn,
+    backwards for a flip), so every band can be emitted as soon as it is done: only one band of the
+    image is ever held.
+    """
     wb = torch.from_numpy(frame.wb_camera if opts.wb == "camera" else frame.wb_daylight).to(restorer.device)
     rgb_cam = torch.from_numpy(frame.rgb_cam).to(restorer.device)
+    top, left, height, width = prep.layout.top, prep.layout.left, prep.layout.height, prep.layout.width
+    dtype = np.uint8 if opts.bit_depth == 8 else np.uint16
+    band = np.empty((0, 0, 3), dtype)
+    y0 = x0 = 0  # where the band sits in the original mosaic's coordinates
+
+    def band_start(region: Tile) -> None:
+        # the band in full-resolution coordinates, cut to the original mosaic's area
+        nonlocal band, y0, x0
+        y0, y1 = max(2 * region.y0 - top, 0), min(2 * region.y1 - top, height)
+        x0, x1 = max(2 * region.x0 - left, 0), min(2 * region.x1 - left, width)
+        band = np.empty((y1 - y0, x1 - x0, 3), dtype)  # new each time: the PNG thread may still read the last
 
     def sink(out: torch.Tensor, t: Tile) -> None:
-        if info.output == "camera":
-            out = render(out, wb, rgb_cam)
-        canvas[2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = quantise(out, opts.bit_depth)
+        # the tile's part of the band (tiles on the aligned mosaic's edge reach one mirrored row past it)
+        ty0, ty1 = max(2 * t.y0 - top, y0), min(2 * t.y1 - top, y0 + band.shape[0])
+        tx0, tx1 = max(2 * t.x0 - left, x0), min(2 * t.x1 - left, x0 + band.shape[1])
+        oy, ox = ty0 - (2 * t.y0 - top), tx0 - (2 * t.x0 - left)
+        out = out[..., oy : oy + ty1 - ty0, ox : ox + tx1 - tx0]
+        q = to_display(out, wb, rgb_cam, opts.bit_depth) if info.output == "camera" else quantise(out, opts.bit_depth)
+        band[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = q
 
-    restorer(prep.packed, sink)
-    return orient(crop(canvas.transpose(2, 0, 1), prep.layout).transpose(1, 2, 0), frame.flip)
+    by_columns = bool(frame.flip & 4)
+    reverse = bool(frame.flip & (1 if by_columns else 2))
+    restorer(prep.packed, sink, by_columns=by_columns, reverse=reverse, band_start=band_start,
+             band_done=lambda _region: emit(orient(band, frame.flip)))
+
+
+def infer_and_render(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo,
+                     opts: RestoreOptions) -> np.ndarray:
+    """The whole upright (H, W, 3) image in memory (for evaluation; `restore_frame` streams instead)."""
+    w, h = output_size(frame, prep)
+    image = np.empty((h, w, 3), dtype=np.uint8 if opts.bit_depth == 8 else np.uint16)
+    row = 0
+
+    def emit(rows: np.ndarray) -> None:
+        nonlocal row
+        image[row : row + rows.shape[0]] = rows
+        row += rows.shape[0]
+
+    render_bands(frame, prep, restorer, info, opts, emit)
+    return image
 
 
 @dataclass
@@ -75,18 +120,25 @@ class Result:
     size: tuple[int, int]  # width, height of the PNG
 
 
+def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, restorer: Restorer,
+                  info: WeightsInfo, opts: RestoreOptions) -> Result:
+    """Network, colour and PNG encoding of a decoded frame, streamed into `output` (atomically)."""
+    w, h = output_size(frame, prep)
+    try:
+        with atomic_output(output, opts.overwrite) as f, \
+                PngStream(f, w, h, opts.bit_depth, opts.compression, background=True) as png:
+            render_bands(frame, prep, restorer, info, opts, png.write)
+    except MemoryError:
+        raise OutputError(f"{source}: out of memory while restoring; try a smaller --tile") from None
+    return Result(source, output, prep.amplification, (w, h))
+
+
 def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsInfo,
                  opts: RestoreOptions) -> Result:
     """Restore one raw file into `output` (written atomically); raises DarkfixError subclasses."""
     check_output(source, output, opts.overwrite)
     frame = read_raw(source)
-    try:
-        prep = prepare_frame(frame, opts)
-        image = infer_and_render(frame, prep, restorer, info, opts)
-    except MemoryError:
-        raise OutputError(f"{source}: out of memory while restoring; try a smaller --tile") from None
-    write_atomic(output, encode_png(image, opts.compression), overwrite=opts.overwrite)
-    return Result(source, output, prep.amplification, (image.shape[1], image.shape[0]))
+    return restore_frame(source, frame, prepare_frame(frame, opts), output, restorer, info, opts)
 
 
 def check_output(source: Path, output: Path, overwrite: bool) -> None:

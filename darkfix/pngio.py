@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import struct
 import tempfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .errors import OutputError
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Rows are deflated in independent slices on threads (zlib releases the GIL); each slice ends on a
-# full flush so the slices concatenate into one valid zlib stream.
 _SLICE_BYTES = 4 << 20
 # mkstemp creates 0600 files; outputs get the permissions an ordinary open() would give them
 _UMASK = os.umask(0)
@@ -27,49 +29,147 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def _filtered_rows(image: np.ndarray) -> np.ndarray:
-    """Rows prefixed with PNG filter 2 ("up"): cheap to compute and compresses smooth photos well."""
+def _filtered_rows(image: np.ndarray, above: np.ndarray | None) -> np.ndarray:
+    """Rows prefixed with PNG filter 2 ("up"): cheap to compute and compresses smooth photos well.
+    `above` is the raw bytes of the row before the first (None at the top of the image)."""
     h, w, c = image.shape
     big = image.astype(">u2") if image.dtype == np.uint16 else image
     raw = big.reshape(h, -1).view(np.uint8)
     out = np.empty((h, raw.shape[1] + 1), dtype=np.uint8)
     out[:, 0] = 2
-    out[0, 1:] = raw[0]
+    if above is None:
+        out[0, 1:] = raw[0]
+    else:
+        np.subtract(raw[0], above, out=out[0, 1:])
     np.subtract(raw[1:], raw[:-1], out=out[1:, 1:])  # uint8 arithmetic wraps mod 256 as PNG requires
     return out
+
+
+def _row_bytes(row: np.ndarray) -> np.ndarray:
+    """One (W, 3) row as PNG's big-endian bytes."""
+    big = row.astype(">u2") if row.dtype == np.uint16 else row
+    return np.ascontiguousarray(big).reshape(-1).view(np.uint8)
+
+
+class PngStream:
+    """Writes a PNG to a binary file band by band: memory holds a band or two, never the whole image.
+
+    `write(rows)` takes the next (n, W, 3) rows. They are filtered, deflated (in slices on threads: zlib
+    releases the GIL; each slice ends on a full flush so the slices concatenate into one zlib stream)
+    and written as IDAT chunks, a few slices at a time. With `background`, deflating and writing run
+    on a thread while the caller makes the next band. `close()` ends the stream and checks the height;
+    used as a context manager it closes on success and only waits for the thread on an error.
+    """
+
+    def __init__(self, f: BinaryIO, width: int, height: int, depth: int = 8, compression: int = 1,
+                 threads: int = 0, background: bool = False) -> None:
+        if depth not in (8, 16):
+            raise ValueError("depth must be 8 or 16")
+        if not 0 <= compression <= 9:
+            raise ValueError("compression must be between 0 and 9")
+        self.f, self.width, self.height, self.depth, self.level = f, width, height, depth, compression
+        self.rows = 0
+        self._above: np.ndarray | None = None
+        self._adler = zlib.adler32(b"")
+        self._threads = threads or os.cpu_count() or 1
+        self._slicer = ThreadPoolExecutor(self._threads, thread_name_prefix="darkfix-deflate") \
+            if self._threads > 1 else None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="darkfix-png") if background else None
+        self._pending: Future | None = None
+        ihdr = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
+        self.f.write(_SIGNATURE + _chunk(b"IHDR", ihdr))
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append the next rows, (n, width, 3) uint8 (depth 8) or uint16 (depth 16). With `background`
+        the array is read later, on the thread: do not change it after handing it over."""
+        dtype = np.uint8 if self.depth == 8 else np.uint16
+        if rows.ndim != 3 or rows.shape[1:] != (self.width, 3) or rows.dtype != dtype:
+            raise ValueError(f"expected ({self.width} columns, 3 channels) {np.dtype(dtype).name} rows, "
+                             f"got {rows.shape} {rows.dtype}")
+        if self.rows + rows.shape[0] > self.height:
+            raise ValueError("more rows than the image's height")
+        if rows.shape[0] == 0:
+            return
+        above, first = self._above, self.rows == 0
+        self._above = _row_bytes(rows[-1])  # the up filter of the next band's first row reads it
+        self.rows += rows.shape[0]
+        if self._writer is None:
+            self._emit(rows, above, first)
+        else:
+            self._wait()
+            self._pending = self._writer.submit(self._emit, rows, above, first)
+
+    def _emit(self, rows: np.ndarray, above: np.ndarray | None, first: bool) -> None:
+        """Filter, deflate and write `rows` in chunks of a few slices (the filtered copy stays small)."""
+        row_bytes = rows.shape[1] * rows.shape[2] * rows.itemsize + 1
+        chunk = max(1, _SLICE_BYTES * self._threads // row_bytes)
+        step = max(1, _SLICE_BYTES // row_bytes) * row_bytes
+
+        def deflate(part: np.ndarray) -> bytes:
+            c = zlib.compressobj(self.level, zlib.DEFLATED, -15)
+            return c.compress(part) + c.flush(zlib.Z_FULL_FLUSH)
+
+        for i in range(0, rows.shape[0], chunk):
+            data = _filtered_rows(np.ascontiguousarray(rows[i : i + chunk]),
+                                  above if i == 0 else _row_bytes(rows[i - 1])).reshape(-1)
+            self._adler = zlib.adler32(data, self._adler)
+            slices = [data[j : j + step] for j in range(0, data.size, step)]
+            if self._slicer is not None and len(slices) > 1:
+                bodies = list(self._slicer.map(deflate, slices))
+            else:
+                bodies = [deflate(p) for p in slices]
+            header = b"\x78\x01" if first and i == 0 else b""  # zlib header: deflate, 32 KiB window
+            self.f.write(_chunk(b"IDAT", b"".join([header, *bodies])))
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the stream: the final deflate block, the checksum and the end chunk."""
+        try:
+            self._wait()
+            if self.rows != self.height:
+                raise ValueError(f"PNG has {self.rows} of its {self.height} rows")
+            final = zlib.compressobj(self.level, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)  # empty last block
+            self.f.write(_chunk(b"IDAT", final + struct.pack(">I", self._adler)) + _chunk(b"IEND", b""))
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for pool in (self._writer, self._slicer):
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def __enter__(self) -> "PngStream":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._shutdown()
 
 
 def encode_png(image: np.ndarray, compression: int = 1, threads: int = 0) -> bytes:
     """Encode an (H, W, 3) uint8 or uint16 array as PNG bytes; `compression` is zlib's level 0-9."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
         raise ValueError("expected an (H, W, 3) uint8 or uint16 image")
-    if not 0 <= compression <= 9:
-        raise ValueError("compression must be between 0 and 9")
+    buf = io.BytesIO()
     h, w, _ = image.shape
-    depth = 16 if image.dtype == np.uint16 else 8
-    data = _filtered_rows(np.ascontiguousarray(image)).reshape(-1)
-    step = max(_SLICE_BYTES // (data.size // h) * (data.size // h), data.size // h)
-    slices = [data[i : i + step] for i in range(0, data.size, step)]
-
-    def deflate(part: np.ndarray) -> bytes:
-        c = zlib.compressobj(compression, zlib.DEFLATED, -15)
-        return c.compress(part) + c.flush(zlib.Z_FULL_FLUSH)
-
-    workers = threads or min(len(slices), os.cpu_count() or 1)
-    if workers > 1 and len(slices) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            bodies = list(pool.map(deflate, slices))
-    else:
-        bodies = [deflate(s) for s in slices]
-    header = bytes([0x78, 0x01])  # zlib header: deflate, 32 KiB window
-    final = zlib.compressobj(compression, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)  # empty last block
-    stream = b"".join([header, *bodies, final, struct.pack(">I", zlib.adler32(data))])
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
-    return _SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+    with PngStream(buf, w, h, 16 if image.dtype == np.uint16 else 8, compression, threads) as png:
+        png.write(image)
+    return buf.getvalue()
 
 
-def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it into place."""
+@contextmanager
+def atomic_output(path: Path, overwrite: bool = False) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` whole, when the block ends without error, or not at all.
+
+    It is written to a temporary file beside `path`, synced and renamed into place; on any error or
+    interruption the temporary file is removed. OSErrors become OutputError with a one-line reason.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists (use --overwrite to replace it)")
@@ -82,7 +182,7 @@ def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> Path:
         raise OutputError(f"{path}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -93,4 +193,10 @@ def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> Path:
             reason = "disk full" if e.errno == errno.ENOSPC else e.strerror
             raise OutputError(f"{path}: cannot write ({reason})") from None
         raise
-    return path
+
+
+def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write `data` to `path` atomically (see `atomic_output`)."""
+    with atomic_output(path, overwrite) as f:
+        f.write(data)
+    return Path(path)

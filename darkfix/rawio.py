@@ -21,7 +21,7 @@ _COLOUR_LETTERS = "RGBG"  # LibRaw colour indices 0..3 (3 is the second green)
 class RawFrame:
     """A decoded Bayer mosaic (visible area only) with what is needed to normalise and colour it."""
 
-    mosaic: np.ndarray  # (H, W) uint16
+    mosaic: np.ndarray  # (H, W) uint16: a view of LibRaw's buffer (do not write to it)
     black: np.ndarray  # (2, 2) float32: black level at each position of the 2x2 CFA cell
     white: float
     cfa: str  # colours of the 2x2 cell at (0,0), (0,1), (1,0), (1,1), e.g. "RGGB"
@@ -65,8 +65,7 @@ def read_raw(path: str | os.PathLike) -> RawFrame:
     if p.stat().st_size == 0:
         raise RawReadError(f"{p}: empty file")
     try:
-        with _quiet_stderr(), rawpy.imread(str(p)) as raw:
-            return _frame_from(raw, p)
+        return _decode(p)
     except RawReadError:
         raise
     except rawpy.LibRawFileUnsupportedError:
@@ -79,6 +78,20 @@ def read_raw(path: str | os.PathLike) -> RawFrame:
         raise RawReadError(f"{p}: image too large to decode") from None
 
 
+def _decode(p: Path) -> RawFrame:
+    raw = None
+    try:
+        with _quiet_stderr():
+            raw = rawpy.imread(str(p))
+            # not closed on success: the mosaic is a view of LibRaw's buffer (no copy of the largest array
+            # darkfix holds), and the view keeps the RawPy object, and so the buffer, alive until it goes
+            return _frame_from(raw, p)
+    except BaseException:
+        if raw is not None:
+            raw.close()
+        raise
+
+
 def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
     if raw.raw_type != rawpy.RawType.Flat:
         raise RawReadError(f"{p}: already demosaiced (linear) raw, e.g. Apple ProRAW; darkfix needs a Bayer mosaic")
@@ -88,7 +101,9 @@ def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
         raise RawReadError(f"{p}: unsupported CFA layout") from None
     if pattern.shape == (2, 2):
         # the colours of the visible area's first cell (raw_pattern may refer to the uncropped sensor)
-        pattern = np.asarray(raw.raw_colors_visible[:2, :2])
+        # (raw_colors_visible would build a whole-frame array for these four values)
+        top, left = raw.sizes.top_margin, raw.sizes.left_margin
+        pattern = np.array([[raw.raw_color(top + i, left + j) for j in (0, 1)] for i in (0, 1)])
     if pattern.shape != (2, 2) and raw.num_colors >= 3:  # one-colour sensors get the monochrome message
         raise RawReadError(f"{p}: non-Bayer sensor (CFA {pattern.shape[0]}x{pattern.shape[1]}, e.g. X-Trans)")
     if raw.num_colors < 3 or len(set(pattern.ravel().tolist())) < 3:
@@ -96,7 +111,7 @@ def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
     cfa = "".join(_COLOUR_LETTERS[int(c)] for c in pattern.ravel())
     if cfa not in ("RGGB", "GRBG", "GBRG", "BGGR"):  # greens on a diagonal: the 4 Bayer phases
         raise RawReadError(f"{p}: unsupported CFA pattern {cfa}")
-    mosaic = np.array(raw.raw_image_visible, dtype=np.uint16, copy=True)
+    mosaic = raw.raw_image_visible
     if mosaic.ndim != 2 or mosaic.shape[0] < 2 or mosaic.shape[1] < 2:
         raise RawReadError(f"{p}: image too small ({mosaic.shape})")
     per_channel = np.asarray(raw.black_level_per_channel, dtype=np.float32)

@@ -8,7 +8,8 @@ import rawpy
 import torch
 
 from _util import CFA_PHASES, SONY_XYZ, set_orientation
-from darkfix.colour import bt709, orient, render, rgb_cam_from_xyz_cam
+from darkfix.colour import bt709, orient, render, rgb_cam_from_xyz_cam, to_display
+from darkfix.pipeline import quantise
 from darkfix.rawio import read_raw
 
 WHITE = 16383
@@ -118,3 +119,20 @@ def test_orient_mirrored_orientations(make_dng, orientation):
     set_orientation(path, orientation)
     frame = read_raw(path)
     assert np.array_equal(orient(libraw_render(path, user_flip=0), frame.flip), libraw_render(path))
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_to_display_agrees_with_render(bit_depth):
+    """The inference path (folded white balance, lookup-table curve) against the differentiable `render`
+    + rounding: within one code everywhere, including highlights clipped by the white balance."""
+    g = torch.Generator().manual_seed(bit_depth)
+    x = torch.rand(1, 3, 64, 96, generator=g) ** 3 * 1.3  # dense near black, some above white
+    x = x.contiguous(memory_format=torch.channels_last)  # as the network emits it
+    wb = torch.tensor([2.1, 1.0, 1.6])
+    m = torch.from_numpy(rgb_cam_from_xyz_cam(SONY_XYZ)).float()
+    fast = to_display(x, wb, m, bit_depth)
+    slow = quantise(render(x, wb, m), bit_depth)
+    assert fast.dtype == slow.dtype and fast.shape == (64, 96, 3)
+    diff = np.abs(fast.astype(np.int64) - slow.astype(np.int64))
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 0.01

@@ -56,7 +56,7 @@ def test_fuzz_raw_reading(make_dng, tmp_path):
             worker.submit(path)
             try:
                 frame, prep = worker.result()
-                assert np.isfinite(prep.packed).all() and 1.0 <= prep.amplification <= 300.0
+                assert np.isfinite(np.asarray(prep.packed)).all() and 1.0 <= prep.amplification <= 300.0
                 outcomes["decoded"] += 1
             except DarkfixError as e:
                 msg = str(e)

@@ -124,7 +124,7 @@ def test_odd_packed_sizes(h, w):
 @given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 8).map(lambda k: k * ALIGN))
 def test_tiles_partition_the_frame(h, w, size):
     covered = np.zeros((h, w), np.int32)
-    ts = list(tiles(h, w, size, 0))
+    ts = list(tiles(h, w, size))
     for t in ts:
         assert t.y0 % ALIGN == 0 and t.x0 % ALIGN == 0
         assert 0 < t.y1 - t.y0 <= size and 0 < t.x1 - t.x0 <= size

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rawpy
+import tifffile
 import torch
+
+from _util import CODES, dng_tags
 
 from darkfix.errors import OutputError
 from darkfix.pipeline import RestoreOptions, check_output, default_output, prepare_frame, quantise
@@ -54,14 +58,32 @@ def test_prepare_normalises_with_each_planes_black(make_dng, cfa):
     frame = read_raw(make_dng(cfa=cfa, black=black, mosaic=m))
     prep = prepare_frame(frame, RestoreOptions(ratio=10.0, brightness=2.0))
     assert prep.amplification == 10.0
-    assert prep.packed.dtype == np.float32
+    packed = np.asarray(prep.packed)
+    assert packed.dtype == np.float32 and packed.shape == prep.packed.shape
     # plane c holds 20 * 100 / (white - black of that colour)
     for c, letter in enumerate("R??B"):
         if letter == "?":
             continue
         pos = cfa.index(letter)
         expected = 20 * 100 / (16383 - bl[pos // 2, pos % 2])
-        assert np.allclose(prep.packed[c], expected, rtol=1e-6), (cfa, letter)
+        assert np.allclose(packed[c], expected, rtol=1e-6), (cfa, letter)
     greens = [i for i, ch in enumerate(cfa) if ch == "G"]
-    assert sorted(prep.packed[1:3, 0, 0].tolist()) == pytest.approx(
+    assert sorted(packed[1:3, 0, 0].tolist()) == pytest.approx(
         sorted(20 * 100 / (16383 - bl[g // 2, g % 2]) for g in greens), rel=1e-6)
+
+
+@pytest.mark.parametrize("area", [(3, 1, 41, 60), (2, 3, 40, 59), (0, 0, 41, 60)])
+def test_cfa_of_the_visible_area(tmp_path, area):
+    """With an ActiveArea margin the visible mosaic starts elsewhere in the pattern: the CFA darkfix
+    reads (from four positions) is the one LibRaw gives for the whole visible area."""
+    m = np.random.default_rng(0).integers(600, 4000, (41, 60)).astype(np.uint16)
+    extra = dng_tags() + [(33421, "H", 2, (2, 2), True), (33422, "B", 4, tuple(CODES[c] for c in "RGGB"), True),
+                          (50710, "B", 3, (0, 1, 2), True), (50711, "H", 1, 1, True), (50829, "I", 4, area, True)]
+    path = tmp_path / "area.dng"
+    tifffile.imwrite(path, m, photometric=32803, compression=None, subfiletype=0, extratags=extra, metadata=None)
+    with rawpy.imread(str(path)) as raw:
+        colours = np.asarray(raw.raw_colors_visible)
+        shape = raw.raw_image_visible.shape
+    frame = read_raw(path)
+    assert frame.mosaic.shape == shape
+    assert frame.cfa == "".join("RGBG"[c] for c in colours[:2, :2].ravel())

@@ -11,7 +11,7 @@ import pytest
 import darkfix.pngio as pngio
 from _util import read_png
 from darkfix.errors import OutputError
-from darkfix.pngio import encode_png, write_atomic
+from darkfix.pngio import PngStream, atomic_output, encode_png, write_atomic
 
 
 @pytest.mark.parametrize("dtype,depth", [(np.uint8, 8), (np.uint16, 16)])
@@ -48,6 +48,35 @@ def test_many_slices_and_threads(tmp_path, monkeypatch):
             data = encode_png(image, 6, threads=threads)
             back, _ = read_png(write_atomic(tmp_path / f"s{threads}.png", data, overwrite=True))
             assert np.array_equal(back, image)
+
+
+@pytest.mark.parametrize("dtype,depth", [(np.uint8, 8), (np.uint16, 16)])
+@pytest.mark.parametrize("background", [False, True])
+def test_stream_in_bands_equals_whole(tmp_path, monkeypatch, dtype, depth, background):
+    """Bands of any height (one row, several slices) make the same image as one encode: the up filter
+    carries across band edges and the checksum across chunks."""
+    monkeypatch.setattr(pngio, "_SLICE_BYTES", 300)
+    rng = np.random.default_rng(depth)
+    img = rng.integers(0, np.iinfo(dtype).max + 1, (41, 23, 3), dtype=np.int64).astype(dtype)
+    with atomic_output(tmp_path / "b.png") as f, PngStream(f, 23, 41, depth, 6, threads=2,
+                                                           background=background) as png:
+        for a, b in [(0, 1), (1, 2), (2, 17), (17, 17), (17, 40), (40, 41)]:
+            png.write(img[a:b])
+    back, bitdepth = read_png(tmp_path / "b.png")
+    assert bitdepth == depth and np.array_equal(back, img)
+
+
+def test_stream_refuses_wrong_rows_and_short_images(tmp_path):
+    with pytest.raises(ValueError, match="columns"):
+        with atomic_output(tmp_path / "w.png") as f, PngStream(f, 5, 4) as png:
+            png.write(np.zeros((2, 6, 3), np.uint8))
+    with pytest.raises(ValueError, match="2 of its 4 rows"):
+        with atomic_output(tmp_path / "s.png") as f, PngStream(f, 5, 4) as png:
+            png.write(np.zeros((2, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="more rows"):
+        with atomic_output(tmp_path / "m.png") as f, PngStream(f, 5, 4) as png:
+            png.write(np.zeros((5, 5, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written stays
 
 
 def test_bad_arguments():
