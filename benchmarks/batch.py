@@ -104,7 +104,7 @@ def main(count, size, weights, rounds, processes, folder, json_path) -> None:
         def run(name: str) -> float:
             total = 0.0
             for cmd in ways[name]:
-                console.log(shlex.join(cmd)[:150])
+                console.log(f"{name}: {shlex.join(cmd[:3]) if cmd[1] == '-c' else shlex.join(cmd)}"[:150])
                 wall, rss = run_child(cmd, None)
                 total += wall
                 peaks[name] = max(peaks[name], rss)

@@ -129,6 +129,7 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
                     record(src, "done")
                 except DarkfixError as e:
                     record(src, "failed", str(e))
+                decoded = None  # this mosaic goes before the next one arrives
     except KeyboardInterrupt:
         report.interrupted = True
     finally:

@@ -7,6 +7,7 @@ This module imports no torch, so a worker starts in a fraction of a second.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 from pathlib import Path
@@ -30,6 +31,11 @@ def decode(path: str, ratio: float | None, brightness: float) -> tuple[RawFrame,
 def _worker(conn, fn: Callable, ratio: float | None, brightness: float) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what happens, the worker carries on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # decoding ahead should fill the network's idle moments, not take cores from it
+    try:
+        os.nice(10)
+    except OSError:
+        pass
     while True:
         path = conn.recv()
         if path is None:
@@ -79,16 +85,21 @@ class DecodeWorker:
             return value
         if status == "error":
             raise DarkfixError(value)
-        self.kill()
+        code = self.kill()
         if status == "timeout":
             raise DarkfixError(f"{path}: decoder hung for {self.timeout:g} s; skipped")
-        raise DarkfixError(f"{path}: decoder crashed (exit code {self.proc.exitcode if self.proc else '?'})")
+        raise DarkfixError(f"{path}: decoder crashed (exit code {'?' if code is None else code})")
 
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.join(5)
-            self.proc = None
+    def kill(self) -> int | None:
+        """Stop the worker now; returns its exit code if it had already ended by itself."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        code = proc.exitcode
+        if proc.pid is not None:  # None: it never started
+            proc.kill()
+            proc.join(5)
+        return code
 
     def close(self) -> None:
         if self.proc is not None and self.proc.is_alive():

@@ -8,11 +8,14 @@ import rawpy
 import tifffile
 import torch
 
-from _util import CODES, dng_tags
-
+import darkfix.pngio as pngio
+from _util import CODES, dng_tags, read_png
 from darkfix.errors import OutputError
-from darkfix.pipeline import RestoreOptions, check_output, default_output, prepare_frame, quantise
+from darkfix.inference import ALIGN, STEM_REACH, STEM_ROWS, Restorer
+from darkfix.pipeline import (RestoreOptions, check_output, default_output, infer_and_render, prepare_frame, quantise,
+                              restore_frame)
 from darkfix.rawio import read_raw
+from darkfix.weights import load_weights
 
 
 def test_quantise_rounds_and_clips():
@@ -87,3 +90,50 @@ def test_cfa_of_the_visible_area(tmp_path, area):
     frame = read_raw(path)
     assert frame.mosaic.shape == shape
     assert frame.cfa == "".join("RGBG"[c] for c in colours[:2, :2].ravel())
+
+
+def test_restore_holds_tiles_and_bands_never_the_whole_frame(make_dng, weights_file, tmp_path):
+    """The memory bound, structurally: the network reads the normalised frame only in windows of a tile
+    plus its margins (or the first pass's strips), and the PNG writer gets bands of one tile row, so no
+    float frame and no whole image exist; the PNG is still the whole, correct image."""
+    src = make_dng(size=(1200, 640), cfa="GBRG", seed=5)
+    model, info = load_weights(weights_file)
+    restorer = Restorer(model, "cpu", tile=64)
+    frame = read_raw(src)
+    opts = RestoreOptions()
+    prep = prepare_frame(frame, opts)
+    packed = prep.packed
+    _, h, w = packed.shape
+    regions = []
+
+    class Recorder:
+        shape = packed.shape
+
+        def __getitem__(self, key):
+            out = packed[key]
+            regions.append(out.shape[1:])
+            return out
+
+        def __array__(self, *args, **kw):
+            raise AssertionError("the whole normalised frame was requested")
+
+    whole = infer_and_render(frame, prep, restorer, info, opts)
+    prep.packed = Recorder()
+    bands = []
+    write = pngio.PngStream.write
+
+    def spy(self, rows):
+        bands.append(rows.shape[0])
+        write(self, rows)
+
+    pngio.PngStream.write = spy
+    try:
+        restore_frame(src, frame, prep, tmp_path / "out.png", restorer, info, opts)
+    finally:
+        pngio.PngStream.write = write
+    strip_rows = ALIGN * (STEM_ROWS + 2 * STEM_REACH)  # the first pass reads the frame in strips
+    assert all(rh * rw <= (64 + 2 * 32) ** 2 or rh <= strip_rows for rh, rw in regions)
+    assert max(rh * rw for rh, rw in regions) <= strip_rows * w < h * w
+    assert max(bands) <= 2 * 64 and sum(bands) == 1200
+    img, _ = read_png(tmp_path / "out.png")
+    assert np.array_equal(img, whole)
