@@ -48,6 +48,18 @@ def _worker(conn, fn: Callable, ratio: float | None, brightness: float) -> None:
             conn.send(("error", f"{path}: decode failed ({type(e).__name__}: {e})"))
 
 
+def _ending(code: int | None) -> str:
+    """How a process ended, from its exit code (negative: killed by that signal)."""
+    if code is None:
+        return "exit code ?"
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
+
+
 class DecodeWorker:
     """A child process that decodes and prepares one file at a time, replaceable when it dies or hangs."""
 
@@ -85,10 +97,12 @@ class DecodeWorker:
             return value
         if status == "error":
             raise DarkfixError(value)
-        code = self.kill()
         if status == "timeout":
+            self.kill()
             raise DarkfixError(f"{path}: decoder hung for {self.timeout:g} s; skipped")
-        raise DarkfixError(f"{path}: decoder crashed (exit code {'?' if code is None else code})")
+        if self.proc is not None:
+            self.proc.join(1)  # it is gone (its pipe closed): collect how it ended
+        raise DarkfixError(f"{path}: decoder crashed ({_ending(self.kill())})")
 
     def kill(self) -> int | None:
         """Stop the worker now; returns its exit code if it had already ended by itself."""
