@@ -194,7 +194,7 @@ class _Replay(Restorer):
 
     def __init__(self, restorer: Restorer, sample: torch.Tensor) -> None:  # no network of its own
         self.device, self.dtype = restorer.device, restorer.dtype
-        self.tile, self.margin = restorer.tile, restorer.margin
+        self.tile, self.margin, self.large_frame_tile = restorer.tile, restorer.margin, restorer.large_frame_tile
         self.sample = sample
 
     def _coarse(self, frame) -> None:
@@ -334,7 +334,7 @@ def _report(timer: _Timer, size: tuple[int, int], runs: int, restorer: Restorer,
     result = {
         "machine": machine(),
         "device": str(restorer.device), "precision": str(restorer.dtype).replace("torch.", ""),
-        "tile": restorer.tile, "margin": restorer.margin,
+        "tile": restorer.tile_for((size[1] + 1) // 2, (size[0] + 1) // 2), "margin": restorer.margin,
         "input": str(input_path) if input_path else "synthetic", "size": list(size), "megapixels": mp,
         "weights": weights_text, "runs": runs, "png_compression": compression, "png_bytes": png_bytes,
         "stages": stages,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import ctypes.util
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -40,6 +41,11 @@ STEM_ROWS = 16  # 1/32 cell rows per strip of the first convolution (bounds its 
 # tiles of 512 are as fast as 768 or 1024 (whole frames are slower: cache) and keep `darkfix restore` of a
 # 12 MP raw at 480-535 MB peak; 768 and 1024 reach 590-600 MB.
 DEFAULT_CPU_TILE = 512
+# Above this many packed pixels (30 MP mosaics) the CPU default is LARGE_FRAME_CPU_TILE instead: a quarter
+# of the working set and half the height of the image bands in flight, so that memory stays near 0.6 GB
+# up to 100 MP, for 11-20% more time (benchmarks/RESULTS.md, section 4).
+LARGE_FRAME = 30_000_000 // 4
+LARGE_FRAME_CPU_TILE = 256
 DEFAULT_CUDA_TILE = 2048
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -148,22 +154,29 @@ def release_memory() -> None:
     cost of a few milliseconds. (Making every large block an mmap instead costs ~50% more CPU time in
     page faults, measured.) A no-op where malloc_trim does not exist.
     """
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
 
-def _malloc_trim():
-    global _TRIM
-    if _TRIM is False:
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError, TypeError):
-            _TRIM = None
-    return _TRIM
+def limit_malloc_arenas(arenas: int = 1) -> None:
+    """Let glibc's malloc keep at most `arenas` heaps for all threads (M_ARENA_MAX).
+
+    Each thread that allocates (the PNG writer, the deflate pool, the network's) otherwise gets a heap of
+    its own that keeps freed memory: 25-30 MB more resident at 100 MP, measured. Must run before those
+    threads start; a no-op without glibc.
+    """
+    mallopt = _libc_function("mallopt")
+    if mallopt is not None:
+        mallopt(-8, arenas)  # M_ARENA_MAX
 
 
-_TRIM = False
+@functools.lru_cache(maxsize=None)
+def _libc_function(name: str):
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 class InferenceNet(nn.Module):
@@ -251,11 +264,14 @@ class Restorer:
         self.dtype = pick_precision(precision, self.device)
         # CUDA memory runs out per tile and is returned at once: retry smaller; on CPU, fail
         self.split_on_oom = self.device.type == "cuda"
+        if self.device.type == "cpu":
+            limit_malloc_arenas()
         self.net = InferenceNet(model).to(self.device, self.dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         default = DEFAULT_CUDA_TILE if self.device.type == "cuda" else DEFAULT_CPU_TILE
         self.tile = max(ALIGN, (tile or default) // ALIGN * ALIGN)
+        self.large_frame_tile = LARGE_FRAME_CPU_TILE if tile is None and self.device.type == "cpu" else None
         self.margin = math.ceil(margin / ALIGN) * ALIGN
 
     @torch.inference_mode()
@@ -283,9 +299,10 @@ class Restorer:
             release_memory()
         # every tile reads a window of the same size (edge tiles read more context inward), so that the
         # allocator and oneDNN see one shape: less memory held, fewer kernels made
-        ty, tx = _steps(frame.h, frame.w, self.tile)
+        tile = self.tile_for(frame.h, frame.w)
+        ty, tx = _steps(frame.h, frame.w, tile)
         span = (ty + 2 * self.margin, tx + 2 * self.margin)
-        for band in bands(frame.h, frame.w, self.tile, by_columns, reverse):
+        for band in bands(frame.h, frame.w, tile, by_columns, reverse):
             region = Tile(band[0].y0, band[-1].y1, band[0].x0, band[-1].x1)
             if band_start is not None:
                 band_start(region)
@@ -297,6 +314,13 @@ class Restorer:
                 release_memory()
         if self.device.type == "cpu":
             release_memory()
+
+    def tile_for(self, h: int, w: int) -> int:
+        """Tile side for an (h, w) packed frame: the chosen one, or on CPU by default a smaller one for
+        large frames (see LARGE_FRAME)."""
+        if self.large_frame_tile is not None and h * w > LARGE_FRAME:
+            return min(self.tile, self.large_frame_tile)
+        return self.tile
 
     def _coarse(self, frame: _Frame) -> torch.Tensor:
         """The 1/32 branch for the whole (padded) frame, in blocks that read all the context they need."""
@@ -318,6 +342,9 @@ class Restorer:
             if b is None:
                 b = out.new_empty((1, out.shape[1], hc, wc))
             b[..., blk.y0 : blk.y1, blk.x0 : blk.x1] = out
+            del a, out
+            if self.device.type == "cpu":
+                release_memory()
         return b
 
     def _window(self, start: int, stop: int, n: int, padded: int, span: int | None) -> tuple[int, int]:

@@ -170,3 +170,13 @@ def test_restorer_folds_and_freezes():
     assert r.tile == 96 and r.margin == 32  # tile rounded down, margin up, to ALIGN
     assert all(not p.requires_grad for p in r.net.parameters())
     assert not any(type(m).__name__ == "WNConv2d" for m in r.net.modules())
+
+
+def test_large_frames_get_smaller_tiles_by_default_on_cpu():
+    """Memory stays flat with frame size: above 30 MP the CPU default tile drops to 256, unless the user
+    chose a tile."""
+    small, large = (1424, 2128), (4096, 6144)  # packed sizes of 12 MP and 100 MP mosaics
+    r = Restorer(LambaNet(), "cpu", "fp32")
+    assert r.tile_for(*small) == 512 and r.tile_for(*large) == 256
+    chosen = Restorer(LambaNet(), "cpu", "fp32", tile=768)
+    assert chosen.tile_for(*small) == chosen.tile_for(*large) == 768
