@@ -54,14 +54,17 @@ def test_output_under_a_file_refused(make_dng, weights_file, tmp_path):
     assert blocker.read_text() == "x"
 
 
-def test_write_failure_removes_partial_file(make_dng, weights_file, tmp_path, monkeypatch):
-    """A disk that fills up mid-write: one line, no PNG, no temporary file."""
-    src = make_dng()
+@pytest.mark.parametrize("good_writes", [0, 3])
+def test_write_failure_removes_partial_file(make_dng, weights_file, tmp_path, monkeypatch, good_writes):
+    """A disk that fills up at the first write, or mid-image on the PNG writer's thread (small tiles: many
+    bands, each written as it is done): one line, no PNG, no temporary file."""
+    src = make_dng(size=(300, 410))
     real_fdopen = os.fdopen
 
     class FullDisk:
         def __init__(self, f):
             self.f = f
+            self.writes = 0
 
         def __enter__(self):
             return self
@@ -70,11 +73,14 @@ def test_write_failure_removes_partial_file(make_dng, weights_file, tmp_path, mo
             self.f.close()
 
         def write(self, data):
+            self.writes += 1
+            if self.writes <= good_writes:
+                return self.f.write(data)
             self.f.write(data[: len(data) // 2])
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("darkfix.pngio.os.fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
-    r = restore(weights_file, src)
+    r = restore(weights_file, src, "--tile", "64")
     assert_refused(r, src.with_suffix(".png"), "disk full")
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
