@@ -124,7 +124,7 @@ def main(count, size, weights, rounds, processes, folder, json_path) -> None:
     rows = []
     table = Table(title=f"{count} raws of {w}x{h}: wall time, process start to last PNG on disk "
                         f"({machine()['cpu']}, {machine()['cpu_count']} CPUs)")
-    for col in ("way", "wall (median)", "per file", "throughput vs one after another", "peak RSS"):
+    for col in ("way", "wall (median)", "per file", "throughput vs one after another", "peak RSS (largest process)"):
         table.add_column(col, justify="right")
     for name in names:
         t = statistics.median(times[name])

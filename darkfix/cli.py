@@ -63,16 +63,19 @@ def restore_options(f):
 def _restorer(weights, device, precision, threads, tile):
     import torch
 
-    from .inference import Restorer
+    from .inference import Restorer, limit_malloc_arenas
     from .weights import load_weights
 
     if threads:
         torch.set_num_threads(threads)
     model, info = load_weights(weights)
     try:
-        return Restorer(model, device=device, precision=precision, tile=tile), info
+        restorer = Restorer(model, device=device, precision=precision, tile=tile)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    if restorer.device.type == "cpu":
+        limit_malloc_arenas()
+    return restorer, info
 
 
 def _opts(brightness, ratio, wb, bit_depth, compression, overwrite):
@@ -124,9 +127,15 @@ def restore(files, output, brightness, ratio, wb, bit_depth, compression, overwr
             check_output(src, dst, overwrite)
         restorer, info = _restorer(weights, device, precision, threads, tile)
         failures = 0
+        done = 0
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         for src, dst in jobs:
             try:
                 res = restore_file(src, dst, restorer, info, opts)
+            except KeyboardInterrupt:
+                # the PNG being written is a temporary file until it is whole: it has been removed
+                click.echo(f"darkfix: interrupted: {done} of {len(jobs)} restored, {src} not written", err=True)
+                sys.exit(130)
             except DarkfixError as e:
                 if not several:
                     raise
@@ -138,6 +147,7 @@ def restore(files, output, brightness, ratio, wb, bit_depth, compression, overwr
                 click.echo(f"{src}: amplification {amp:.2f} "
                            f"({'ratio' if ratio else 'estimate'} {res.amplification:.2f} x brightness {brightness:g})")
             click.echo(str(res.output))
+            done += 1
     except DarkfixError as e:
         _fail(str(e), e.exit_code)
     if failures:

@@ -47,15 +47,6 @@ def channel_black(black: np.ndarray, layout: Layout) -> np.ndarray:
                     dtype=np.float32)
 
 
-def normalise(packed_raw: np.ndarray, black: np.ndarray, white: float) -> np.ndarray:
-    """Integer planes (C, h, w) -> float32 max(raw - black, 0) / (white - black), clipped to [0, 1]."""
-    b = np.asarray(black, dtype=np.float32).reshape(-1, 1, 1)
-    x = packed_raw.astype(np.float32)
-    x -= b
-    x /= np.float32(white) - b
-    return np.clip(x, 0.0, 1.0, out=x)
-
-
 def unpack(packed: np.ndarray, layout: Layout) -> np.ndarray:
     """Inverse of `pack`: the (H, W) mosaic in its original phase and size."""
     _, h2, w2 = packed.shape
@@ -97,7 +88,8 @@ class PackedFrame:
 
     Slicing `[:, y0:y1, x0:x1]` computes that region from the uint16 mosaic, so a tiled network never
     holds the whole float frame (8 bytes per mosaic pixel, 0.8 GB at 100 MP). `np.asarray(frame)`
-    gives the whole frame, equal to `pack` + `normalise` times the gain.
+    gives the whole frame: `pack`'s planes, max(raw - black, 0) / (white - black) clipped at 1, times the
+    gain (to float rounding).
     """
 
     dtype = np.dtype(np.float32)

@@ -1,8 +1,9 @@
 """One raw file to one PNG: decode -> pack + amplify -> network (tiled) -> colour -> encode -> atomic write.
 
-Each stage is a function of its own so that `darkfix bench` can time them separately. The stages after
-decoding stream: the mosaic is normalised tile by tile (packing.PackedFrame), and the image leaves as
-bands of rows straight into the PNG encoder, so memory does not grow with the frame beyond the mosaic.
+After decoding the stages stream, tile by tile: the network reads regions of the lazily normalised
+mosaic (packing.PackedFrame), colour is applied to each tile's output, and each finished band of tiles
+leaves as rows straight into the PNG encoder, so that beyond the mosaic memory is bounded by the tile
+and the band (benchmarks/RESULTS.md). `darkfix bench` times the same functions stage by stage.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
     """Network and colour, tile by tile; `emit` gets the upright image's rows in order, a band at a time.
 
     The network walks its tiles in the order the orientation reads them (columns for a 90-degree turn,
-    backwards for a flip), so every band can be emitted as soon as it is done: only one band of the
-    image is ever held.
+    backwards for a flip), so every band can be emitted as soon as it is done: the band being filled is
+    the only part of the image held here (`emit` may keep the previous one a while, as PngStream does).
     """
     wb = torch.from_numpy(frame.wb_camera if opts.wb == "camera" else frame.wb_daylight).to(restorer.device)
     rgb_cam = torch.from_numpy(frame.rgb_cam).to(restorer.device)
@@ -129,8 +130,12 @@ def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, r
                 PngStream(f, w, h, opts.bit_depth, opts.compression, background=True) as png:
             render_bands(frame, prep, restorer, info, opts, png.write)
     except MemoryError:
-        raise OutputError(f"{source}: out of memory while restoring; try a smaller --tile") from None
+        raise _out_of_memory(source) from None
     return Result(source, output, prep.amplification, (w, h))
+
+
+def _out_of_memory(source: Path) -> OutputError:
+    return OutputError(f"{source}: out of memory while restoring; try a smaller --tile")
 
 
 def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsInfo,
@@ -138,7 +143,11 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
     """Restore one raw file into `output` (written atomically); raises DarkfixError subclasses."""
     check_output(source, output, opts.overwrite)
     frame = read_raw(source)
-    return restore_frame(source, frame, prepare_frame(frame, opts), output, restorer, info, opts)
+    try:
+        prep = prepare_frame(frame, opts)
+    except MemoryError:
+        raise _out_of_memory(source) from None
+    return restore_frame(source, frame, prep, output, restorer, info, opts)
 
 
 def check_output(source: Path, output: Path, overwrite: bool) -> None:

@@ -84,7 +84,8 @@ def _decode(p: Path) -> RawFrame:
         with _quiet_stderr():
             raw = rawpy.imread(str(p))
             # not closed on success: the mosaic is a view of LibRaw's buffer (no copy of the largest array
-            # darkfix holds), and the view keeps the RawPy object, and so the buffer, alive until it goes
+            # darkfix holds), and the view keeps the RawPy object, and so the buffer and LibRaw's open
+            # file, alive until the frame goes
             return _frame_from(raw, p)
     except BaseException:
         if raw is not None:

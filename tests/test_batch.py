@@ -66,7 +66,7 @@ def test_batch_recursive_pattern_and_symlink_loop(make_dng, weights_file, tmp_pa
 
 def test_decoder_crash_and_hang_fail_only_that_file(make_dng, weights_file, tmp_path):
     folder = tmp_path / "shots"
-    names = ["a.dng", "crash.dng", "b.dng", "hang.dng", "c.dng"]
+    names = ["a.dng", "crash.dng", "b.dng", "hang.dng", "exit.dng", "c.dng"]
     files = [make_dng(n, size=(40, 58), directory=folder) for n in names]
     outputs = [tmp_path / "out" / f"{p.stem}.png" for p in files]
     model, info = load_weights(weights_file)
@@ -75,6 +75,7 @@ def test_decoder_crash_and_hang_fail_only_that_file(make_dng, weights_file, tmp_
     assert [p.name for p in report.done] == ["a.dng", "b.dng", "c.dng"]
     reasons = dict((p.name, why) for p, why in report.failed)
     assert "crashed (signal SIGSEGV)" in reasons["crash.dng"] and "hung" in reasons["hang.dng"]
+    assert "crashed (exit code 3)" in reasons["exit.dng"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -130,3 +134,23 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
     cpu.net.fine = fine
     with pytest.raises(torch.OutOfMemoryError):
         run(cpu)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_path, sig):
+    """The PNG streams into a temporary file while the network runs: a signal then must remove it."""
+    src = make_dng(size=(1200, 1600))
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "darkfix", "restore", str(src), "-o", str(out / "x.png"), "--weights",
+           str(weights_file), "--threads", "1", "--tile", "64"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".x.png.*.part")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []

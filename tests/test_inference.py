@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from _util import psnr
 from conftest import reference_dir
-from darkfix.inference import ALIGN, DEFAULT_MARGIN, Restorer, pick_device, pick_precision, tiles
+from darkfix.inference import ALIGN, DEFAULT_MARGIN, Restorer, bands, pick_device, pick_precision, tiles
 from darkfix.packing import pad_to_multiple
 from darkfix.model import LambaNet
 from darkfix.weights import load_weights
@@ -180,3 +180,15 @@ def test_large_frames_get_smaller_tiles_by_default_on_cpu():
     assert r.tile_for(*small) == 512 and r.tile_for(*large) == 256
     chosen = Restorer(LambaNet(), "cpu", "fp32", tile=768)
     assert chosen.tile_for(*small) == chosen.tile_for(*large) == 768
+
+
+def test_bands_order():
+    """Rows of tiles top to bottom, or columns left to right, either one reversed; every band complete."""
+    rows = bands(40, 70, 32)
+    assert [(b[0].y0, b[-1].y1, len(b)) for b in rows] == [(0, 32, 3), (32, 40, 3)]
+    assert [t.x0 for t in rows[0]] == [0, 32, 64]
+    cols = bands(40, 70, 32, by_columns=True)
+    assert [(b[0].x0, b[-1].x1) for b in cols] == [(0, 32), (32, 64), (64, 70)]
+    assert all(t.x0 == b[0].x0 for b in cols for t in b) and [t.y0 for t in cols[0]] == [0, 32]
+    assert bands(40, 70, 32, by_columns=True, reverse=True) == cols[::-1]
+    assert bands(40, 70, 32, reverse=True) == rows[::-1]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _util import CFA_PHASES
-from darkfix.packing import Layout, channel_black, crop, normalise, pack, pad_to_multiple, unpack
+from darkfix.packing import Layout, channel_black, crop, pack, pad_to_multiple, prepare, unpack
 
 SETTINGS = settings(max_examples=80, deadline=None)
 sizes = st.integers(2, 41)
@@ -90,20 +90,43 @@ def test_channel_black_per_phase(cfa, shape):
 
 @SETTINGS
 @given(phases, sizes, sizes)
-def test_normalise_with_channel_black_zeroes_every_plane(cfa, h, w):
+def test_packed_frame_zeroes_every_planes_own_black(cfa, h, w):
     black = np.array([[500, 510], [520, 530]], np.float32)
     mosaic = np.tile(black.astype(np.uint16), ((h + 1) // 2, (w + 1) // 2))[:h, :w]
-    packed, layout = pack(mosaic, cfa)
-    assert np.all(normalise(packed, channel_black(black, layout), 16383.0) == 0.0)
-    bright = normalise(packed + np.uint16(100), channel_black(black, layout), 16383.0)
-    for c, b in enumerate(channel_black(black, layout)):
-        assert np.allclose(bright[c], 100.0 / (16383.0 - b), rtol=1e-6)
+    assert np.all(np.asarray(prepare(mosaic, cfa, black, 16383.0, ratio=1.0).packed) == 0.0)
+    prep = prepare(mosaic + np.uint16(100), cfa, black, 16383.0, ratio=3.0)
+    bright = np.asarray(prep.packed)
+    for c, b in enumerate(channel_black(black, prep.layout)):
+        assert np.allclose(bright[c], 3.0 * 100.0 / (16383.0 - b), rtol=1e-6)
 
 
-def test_normalise_clips():
-    x = normalise(np.array([[[0, 512, 1000, 16383, 65535]]], np.uint16), np.array([512.0]), 16383.0)
+def test_packed_frame_clips_at_white_then_amplifies():
+    mosaic = np.array([[0, 512, 1000, 16383, 65535, 700]], np.uint16).repeat(2, axis=0)
+    x = np.asarray(prepare(mosaic, "RGGB", np.full((2, 2), 512.0), 16383.0, ratio=2.0).packed)
     assert x.dtype == np.float32
-    assert np.allclose(x[0, 0], [0.0, 0.0, 488 / 15871, 1.0, 1.0])
+    assert np.allclose(x[0, 0], 2.0 * np.array([0.0, 488 / 15871, 1.0]))  # R: 0, 1000, 65535
+    assert np.allclose(x[1, 0], 2.0 * np.array([0.0, 1.0, 188 / 15871]))  # G1: 512, 16383, 700
+
+
+@SETTINGS
+@given(phases, sizes, sizes, st.data())
+def test_packed_frame_regions_equal_the_whole(cfa, h, w, data):
+    """Every region the network may ask for equals that part of the whole frame, and the whole frame is
+    the packed mosaic, normalised per plane and amplified."""
+    mosaic = np.random.default_rng(h * 100 + w).integers(0, 16384, (h, w)).astype(np.uint16)
+    black = np.array([[500, 510], [520, 530]], np.float32)
+    prep = prepare(mosaic, cfa, black, 16383.0, ratio=5.0)
+    whole = np.asarray(prep.packed)
+    planes, layout = pack(mosaic, cfa)
+    b = channel_black(black, layout).reshape(4, 1, 1)
+    assert layout == prep.layout and whole.shape == planes.shape == prep.packed.shape
+    assert np.allclose(whole, np.clip((planes - b) / (16383.0 - b), 0, 1) * 5.0, rtol=1e-6, atol=1e-6)
+    _, ph, pw = whole.shape
+    y0 = data.draw(st.integers(0, ph - 1))
+    y1 = data.draw(st.integers(y0 + 1, ph))
+    x0 = data.draw(st.integers(0, pw - 1))
+    x1 = data.draw(st.integers(x0 + 1, pw))
+    assert np.array_equal(prep.packed[:, y0:y1, x0:x1], whole[:, y0:y1, x0:x1])
 
 
 @SETTINGS

@@ -137,3 +137,28 @@ def test_restore_holds_tiles_and_bands_never_the_whole_frame(make_dng, weights_f
     assert max(bands) <= 2 * 64 and sum(bands) == 1200
     img, _ = read_png(tmp_path / "out.png")
     assert np.array_equal(img, whole)
+
+
+@pytest.mark.parametrize("cfa", ["GBRG", "GRBG"])  # red one row down / one column right: mirrored edges
+def test_streamed_bands_match_an_independent_whole_frame_for_every_flip(make_dng, weights_file, cfa):
+    """Band walking, cropping and orientation against the network run once on the whole frame, then
+    rendered, cropped and turned as one image (odd sizes, every LibRaw flip, many bands)."""
+    from dataclasses import replace
+
+    from darkfix.colour import orient, to_display
+    from darkfix.packing import crop
+
+    frame = read_raw(make_dng(size=(131, 171), cfa=cfa, seed=11))
+    model, info = load_weights(weights_file)
+    restorer = Restorer(model, "cpu", tile=32)
+    opts = RestoreOptions()
+    prep = prepare_frame(frame, opts)
+    out = restorer.run_tile(torch.from_numpy(np.asarray(prep.packed))[None])
+    wb, m = torch.from_numpy(frame.wb_camera), torch.from_numpy(frame.rgb_cam)
+    upright = crop(to_display(out, wb, m, 8).transpose(2, 0, 1), prep.layout).transpose(1, 2, 0)
+    for flip in range(8):
+        turned = replace(frame, flip=flip)
+        got = infer_and_render(turned, prep, restorer, info, opts)
+        expected = orient(upright, flip)
+        assert got.shape == expected.shape, flip
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, flip
