@@ -72,7 +72,7 @@ def estimate_from_raw(mosaic: np.ndarray, black: np.ndarray, white: float) -> fl
         for r in range(0, plane.shape[0], _HIST_ROWS):
             hist += np.bincount(plane[r : r + _HIST_ROWS].reshape(-1), minlength=hist.size)
         values = np.arange(hist.size)
-        # the float32 normalisation of packing.PackedFrame, before its gain
+        # the normalisation in float32 (packing.PackedFrame agrees to rounding, before its gain)
         x = np.clip((values.astype(np.float32) - np.float32(b)) / (np.float32(white) - np.float32(b)), 0.0, 1.0)
         x = x.reshape(-1)
         c, s = _bin_sums(x, hist)

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from darkfix.amplify import AMP_MAX, AMP_MIN, estimate_amplification, estimate_from_raw
-from darkfix.packing import channel_black, normalise, pack
+from darkfix.packing import channel_black, pack
+
+
+def normalise(planes: np.ndarray, black: np.ndarray, white: float) -> np.ndarray:
+    """The paper's normalisation in float32: max(raw - black, 0) / (white - black), clipped at 1."""
+    b = np.asarray(black, dtype=np.float32).reshape(-1, 1, 1)
+    return np.clip((planes.astype(np.float32) - b) / (np.float32(white) - b), 0.0, 1.0)
 
 BLACK, WHITE = 512.0, 16383.0
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
