@@ -51,8 +51,12 @@ def _curve_table(device: torch.device) -> torch.Tensor:
     return torch.floor(bt709(x) * 255 + 0.5).to(torch.uint8).to(device)
 
 
-def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor, bit_depth: int) -> np.ndarray:
+def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor, bit_depth: int,
+               clipped: torch.Tensor | None = None) -> np.ndarray:
     """`render` of one (1, 3, H, W) image, quantised: an (H, W, 3) uint8 or uint16 array.
+
+    `clipped` (H, W) bool marks where the raw was saturated: those pixels come out white, as in the SID
+    ground truth (LibRaw clips after white balance), whatever colour the network gave them.
 
     The same function in fewer passes over memory: white balance folded into the matrix (clipping at
     1 / wb instead of 1), the network's channels-last layout kept so that the (H, W, 3) result needs no
@@ -61,6 +65,9 @@ def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor
     x = camera_rgb[:1]
     wb = wb.to(x).reshape(1, 3, 1, 1)
     m = rgb_cam.to(x).reshape(3, 3) * wb.reshape(1, 3)
+    if clipped is not None and bool(clipped.any()):
+        # 1 / wb becomes 1 after white balance, and white after the matrix (its rows sum to 1)
+        x = torch.where(clipped.to(x.device)[None, None], 1.0 / wb, x)
     # a 1x1 convolution applies the matrix several times faster than a matmul on the (H, W, 3) view
     linear = F.conv2d(torch.minimum(x, 1.0 / wb).clamp_min_(0.0), m[:, :, None, None])
     linear = linear.permute(0, 2, 3, 1)[0]  # (H, W, 3): contiguous when the input is channels-last

@@ -104,6 +104,9 @@ class PackedFrame:
         # normalise then amplify as one multiply; clipping at the gain is clipping the normalised value at 1
         self.scale = np.float32(gain) / (np.float32(white) - b)
         self.gain = np.float32(gain)
+        # a little under the white level: sensors clip at slightly different codes per photosite
+        self.clip = b + np.float32(0.99) * (np.float32(white) - b)
+        self._any_saturated: bool | None = None
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         if not (isinstance(key, tuple) and len(key) == 3 and key[0] == slice(None)
@@ -112,14 +115,27 @@ class PackedFrame:
         _, h, w = self.shape
         y0, y1, _ = key[1].indices(h)
         x0, x1, _ = key[2].indices(w)
-        y1, x1 = max(y0, y1), max(x0, x1)
+        out = np.subtract(self._raw(y0, max(y0, y1), x0, max(x0, x1)), self.black, dtype=np.float32)
+        out *= self.scale
+        return np.clip(out, 0.0, self.gain, out=out)
+
+    def saturated(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
+        """(y1 - y0, x1 - x0) bool: packed pixels where a photosite reached the sensor's white level, so
+        that the light's colour there is unknown (rendered white, as LibRaw's default clipping does).
+        None where there is none in the region (and, checked once, for frames without any)."""
+        if self._any_saturated is None:
+            self._any_saturated = bool(self.mosaic.max() >= self.clip.min())
+        if not self._any_saturated:
+            return None
+        mask = (self._raw(y0, y1, x0, x1) >= self.clip).any(axis=0)
+        return mask if mask.any() else None
+
+    def _raw(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The (4, y1 - y0, x1 - x0) uint16 planes of a region (0 <= y0 <= y1 <= h, same for x)."""
         rows = _source_index(2 * y0, 2 * y1, self.layout.top, self.layout.height, self.reflect)
         cols = _source_index(2 * x0, 2 * x1, self.layout.left, self.layout.width, self.reflect)
         block = self.mosaic[rows][:, cols]
-        planes = block.reshape(y1 - y0, 2, x1 - x0, 2).transpose(1, 3, 0, 2).reshape(4, y1 - y0, x1 - x0)
-        out = np.subtract(planes, self.black, dtype=np.float32)
-        out *= self.scale
-        return np.clip(out, 0.0, self.gain, out=out)
+        return block.reshape(y1 - y0, 2, x1 - x0, 2).transpose(1, 3, 0, 2).reshape(4, y1 - y0, x1 - x0)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self[:, :, :]

@@ -88,7 +88,14 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
         tx0, tx1 = max(2 * t.x0 - left, x0), min(2 * t.x1 - left, x0 + band.shape[1])
         oy, ox = ty0 - (2 * t.y0 - top), tx0 - (2 * t.x0 - left)
         out = out[..., oy : oy + ty1 - ty0, ox : ox + tx1 - tx0]
-        q = to_display(out, wb, rgb_cam, opts.bit_depth) if info.output == "camera" else quantise(out, opts.bit_depth)
+        if info.output == "camera":
+            sat = prep.packed.saturated(t.y0, t.y1, t.x0, t.x1)
+            if sat is not None:
+                sat = sat.repeat(2, axis=0).repeat(2, axis=1)[oy : oy + ty1 - ty0, ox : ox + tx1 - tx0]
+                sat = torch.from_numpy(np.ascontiguousarray(sat))
+            q = to_display(out, wb, rgb_cam, opts.bit_depth, clipped=sat)
+        else:
+            q = quantise(out, opts.bit_depth)
         band[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = q
 
     by_columns = bool(frame.flip & 4)

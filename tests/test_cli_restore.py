@@ -111,6 +111,22 @@ def test_every_orientation_streams_band_by_band(make_dng, weights_file, tmp_path
         assert np.abs(img.astype(int) - expected.astype(int)).max() <= 1, orientation
 
 
+def test_saturated_photosites_come_out_white(make_dng, weights_file, tmp_path):
+    """A lamp that clipped the sensor has no known colour: like LibRaw (and so the SID ground truth),
+    darkfix renders it white, whatever the network made of it."""
+    rng = np.random.default_rng(0)
+    m = (512 + rng.poisson(40, (96, 128))).astype(np.uint16)
+    lamp = m.copy()
+    lamp[30:60, 41:81] = 16383  # every photosite of a 30 x 40 patch at the white level
+    plain, lit = make_dng("plain.dng", mosaic=m), make_dng("lamp.dng", mosaic=lamp)
+    assert restore(weights_file, plain, lit, "--ratio", "50").exit_code == 0
+    a, _ = read_png(plain.with_suffix(".png"))
+    b, _ = read_png(lit.with_suffix(".png"))
+    assert (a[30:60, 41:81] < 250).any()  # the network alone does not make it white
+    assert (b[30:60, 41:81] == 255).all()
+    assert (b[:30] < 255).any(axis=-1).mean() > 0.9  # only the patch: the dark rest stays dark
+
+
 # --- colour, black levels, phases and orientation against LibRaw --------------------------------
 
 # linear camera RGB after amplification, per quadrant (top-left, top-right, bottom-left, bottom-right)
