@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -130,6 +131,7 @@ def restore(files, output, brightness, ratio, wb, bit_depth, compression, overwr
         done = 0
         signal.signal(signal.SIGTERM, _raise_interrupt)
         for src, dst in jobs:
+            started = time.monotonic()
             try:
                 res = restore_file(src, dst, restorer, info, opts)
             except KeyboardInterrupt:
@@ -145,7 +147,8 @@ def restore(files, output, brightness, ratio, wb, bit_depth, compression, overwr
             if verbose:
                 amp = res.amplification * brightness
                 click.echo(f"{src}: amplification {amp:.2f} "
-                           f"({'ratio' if ratio else 'estimate'} {res.amplification:.2f} x brightness {brightness:g})")
+                           f"({'ratio' if ratio else 'estimate'} {res.amplification:.2f} x brightness {brightness:g}); "
+                           f"{res.size[0]}x{res.size[1]} in {time.monotonic() - started:.2f} s")
             click.echo(str(res.output))
             done += 1
     except DarkfixError as e:

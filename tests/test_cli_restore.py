@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -365,6 +366,8 @@ def test_verbose_prints_the_amplification(make_dng, weights_file):
     r = restore(weights_file, src, "-v", "--overwrite", "--ratio", "50", "-m", "2")
     assert r.exit_code == 0, r.output
     assert "amplification 100.00 (ratio 50.00 x brightness 2)" in r.stdout
+    h, w = frame.mosaic.shape
+    assert re.search(rf"; {w}x{h} in \d+\.\d\d s", r.stdout), r.stdout  # and how long it took
 
 
 # --- refusals -----------------------------------------------------------------------------------------
