@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.progress import ProgressColumn
-from rich.text import Text
 
 from . import __version__
 from .errors import DarkfixError
@@ -176,9 +174,16 @@ def info(weights) -> None:
         if key not in ("output",):
             click.echo(f"{key + ':':<14} {meta.metadata[key]}")
 
-class _FilesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed or 0:.2f} files/s", style="cyan")
+def _files_per_second():
+    """A progress column showing files per second (rich is imported only where progress is shown)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class FilesPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed or 0:.2f} files/s", style="cyan")
+
+    return FilesPerSecond()
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -223,7 +228,7 @@ def batch(folder, outdir, recursive, pattern, brightness, ratio, wb, bit_depth, 
         _fail(str(e), e.exit_code)
     console = Console(stderr=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _FilesPerSecond(),
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _files_per_second(),
                TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("restoring", total=len(files))
