@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -122,8 +121,9 @@ def main(count, size, weights, rounds, processes, folder, json_path) -> None:
                 times[name].append(run(name))
     base = statistics.median(times["one after another"])
     rows = []
+    where = machine()
     table = Table(title=f"{count} raws of {w}x{h}: wall time, process start to last PNG on disk "
-                        f"({machine()['cpu']}, {machine()['cpu_count']} CPUs)")
+                        f"({where['cpu']}, {where['cpu_count']} CPUs)")
     for col in ("way", "wall (median)", "per file", "throughput vs one after another", "peak RSS (largest process)"):
         table.add_column(col, justify="right")
     for name in names:
@@ -134,7 +134,7 @@ def main(count, size, weights, rounds, processes, folder, json_path) -> None:
     console.print(table)
     console.print(f"weights: {note}")
     if json_path:
-        json_path.write_text(json.dumps({"machine": machine(), "count": count, "size": [w, h], "rows": rows},
+        json_path.write_text(json.dumps({"machine": where, "count": count, "size": [w, h], "rows": rows},
                                         indent=1))
 
 

@@ -174,6 +174,7 @@ def info(weights) -> None:
         if key not in ("output",):
             click.echo(f"{key + ':':<14} {meta.metadata[key]}")
 
+
 def _files_per_second():
     """A progress column showing files per second (rich is imported only where progress is shown)."""
     from rich.progress import ProgressColumn

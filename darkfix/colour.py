@@ -60,16 +60,18 @@ def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor
 
     The same function in fewer passes over memory: white balance folded into the matrix (clipping at
     1 / wb instead of 1), the network's channels-last layout kept so that the (H, W, 3) result needs no
-    copy, and for 8 bits the curve and rounding taken from a lookup table. Agrees with `render` + rounding to within one code.
+    copy, and for 8 bits the curve and rounding taken from a lookup table. Agrees with `render` and
+    rounding to within one code.
     """
     x = camera_rgb[:1]
     wb = wb.to(x).reshape(1, 3, 1, 1)
     m = rgb_cam.to(x).reshape(3, 3) * wb.reshape(1, 3)
+    full = 1.0 / wb  # 1 after white balance
     if clipped is not None and bool(clipped.any()):
-        # 1 / wb becomes 1 after white balance, and white after the matrix (its rows sum to 1)
-        x = torch.where(clipped.to(x.device)[None, None], 1.0 / wb, x)
+        # full in every channel is white after the matrix (its rows sum to 1)
+        x = torch.where(clipped.to(x.device)[None, None], full, x)
     # a 1x1 convolution applies the matrix several times faster than a matmul on the (H, W, 3) view
-    linear = F.conv2d(torch.minimum(x, 1.0 / wb).clamp_min_(0.0), m[:, :, None, None])
+    linear = F.conv2d(torch.minimum(x, full).clamp_min_(0.0), m[:, :, None, None])
     linear = linear.permute(0, 2, 3, 1)[0]  # (H, W, 3): contiguous when the input is channels-last
     if bit_depth == 8:
         steps = _CURVE_STEPS - 1

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-
 from .errors import DarkfixError
 from .packing import Prepared, prepare
 from .rawio import RawFrame, read_raw

@@ -288,8 +288,8 @@ class Restorer:
 
         `sink(out, tile)` gets (1, 3, 2 (y1 - y0), 2 (x1 - x0)) for the kept region of `tile`, band by band
         (see `bands` for the order); `band_start(band)` and `band_done(band)` get the region a band covers
-        before its first tile and after its last. The result is the same as one pass over the whole frame padded to a multiple of
-        ALIGN (as `run_tile` pads it) whenever the margin is at least FINE_REACH.
+        before its first tile and after its last. The result is the same as one pass over the whole frame
+        padded to a multiple of ALIGN (as `run_tile` pads it) whenever the margin is at least FINE_REACH.
         """
         frame = _Frame(packed, self.device, self.dtype)
         b = self._coarse(frame)
@@ -310,8 +310,6 @@ class Restorer:
                 band_done(region)
             if self.device.type == "cpu":
                 release_memory()
-        if self.device.type == "cpu":
-            release_memory()
 
     def tile_for(self, h: int, w: int) -> int:
         """Tile side for an (h, w) packed frame: the chosen one, or on CPU by default a smaller one for

@@ -29,13 +29,16 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def _filtered_rows(image: np.ndarray, above: np.ndarray | None) -> np.ndarray:
-    """Rows prefixed with PNG filter 2 ("up"): cheap to compute and compresses smooth photos well.
-    `above` is the raw bytes of the row before the first (None at the top of the image)."""
-    h, w, c = image.shape
-    big = image.astype(">u2") if image.dtype == np.uint16 else image
-    raw = big.reshape(h, -1).view(np.uint8)
-    out = np.empty((h, raw.shape[1] + 1), dtype=np.uint8)
+def _raw_rows(rows: np.ndarray) -> np.ndarray:
+    """(n, W, 3) pixels -> (n, W * 3 * itemsize) bytes as PNG stores them (16 bits big-endian)."""
+    big = rows.astype(">u2") if rows.dtype == np.uint16 else rows
+    return big.reshape(rows.shape[0], -1).view(np.uint8)
+
+
+def _filtered_rows(raw: np.ndarray, above: np.ndarray | None) -> np.ndarray:
+    """Byte rows prefixed with PNG filter 2 ("up"): cheap to compute and compresses smooth photos well.
+    `above` is the byte row before the first (None at the top of the image)."""
+    out = np.empty((raw.shape[0], raw.shape[1] + 1), dtype=np.uint8)
     out[:, 0] = 2
     if above is None:
         out[0, 1:] = raw[0]
@@ -43,12 +46,6 @@ def _filtered_rows(image: np.ndarray, above: np.ndarray | None) -> np.ndarray:
         np.subtract(raw[0], above, out=out[0, 1:])
     np.subtract(raw[1:], raw[:-1], out=out[1:, 1:])  # uint8 arithmetic wraps mod 256 as PNG requires
     return out
-
-
-def _row_bytes(row: np.ndarray) -> np.ndarray:
-    """One (W, 3) row as PNG's big-endian bytes."""
-    big = row.astype(">u2") if row.dtype == np.uint16 else row
-    return np.ascontiguousarray(big).reshape(-1).view(np.uint8)
 
 
 class PngStream:
@@ -90,16 +87,14 @@ class PngStream:
             raise ValueError("more rows than the image's height")
         if rows.shape[0] == 0:
             return
-        above, first = self._above, self.rows == 0
-        self._above = _row_bytes(rows[-1])  # the up filter of the next band's first row reads it
         self.rows += rows.shape[0]
         if self._writer is None:
-            self._emit(rows, above, first)
+            self._emit(rows)
         else:
             self._wait()
-            self._pending = self._writer.submit(self._emit, rows, above, first)
+            self._pending = self._writer.submit(self._emit, rows)
 
-    def _emit(self, rows: np.ndarray, above: np.ndarray | None, first: bool) -> None:
+    def _emit(self, rows: np.ndarray) -> None:
         """Filter, deflate and write `rows` in chunks of a few slices (the filtered copy stays small)."""
         row_bytes = rows.shape[1] * rows.shape[2] * rows.itemsize + 1
         chunk = max(1, _SLICE_BYTES * self._threads // row_bytes)
@@ -110,15 +105,16 @@ class PngStream:
             return c.compress(part) + c.flush(zlib.Z_FULL_FLUSH)
 
         for i in range(0, rows.shape[0], chunk):
-            data = _filtered_rows(np.ascontiguousarray(rows[i : i + chunk]),
-                                  above if i == 0 else _row_bytes(rows[i - 1])).reshape(-1)
+            raw = _raw_rows(rows[i : i + chunk])
+            header = b"\x78\x01" if self._above is None else b""  # zlib header before the first row
+            data = _filtered_rows(raw, self._above).reshape(-1)
+            self._above = raw[-1].copy()  # the up filter of the next row reads it
             self._adler = zlib.adler32(data, self._adler)
             slices = [data[j : j + step] for j in range(0, data.size, step)]
             if self._slicer is not None and len(slices) > 1:
                 bodies = list(self._slicer.map(deflate, slices))
             else:
                 bodies = [deflate(p) for p in slices]
-            header = b"\x78\x01" if first and i == 0 else b""  # zlib header: deflate, 32 KiB window
             self.f.write(_chunk(b"IDAT", b"".join([header, *bodies])))
 
     def _wait(self) -> None:
