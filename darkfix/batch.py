@@ -86,7 +86,7 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
                 on_file(src, "skipped")
         else:
             todo.append((src, dst))
-    worker = worker or DecodeWorker(opts.ratio, opts.brightness)
+    worker = worker or DecodeWorker(opts, info.input == "balanced")
     queue = iter(todo)
 
     def record(src: Path, status: str, reason: str = "") -> None:

@@ -269,7 +269,7 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
 
         say("warming up")
         frame = read_raw(source)
-        prep = prepare_frame(frame, opts)
+        prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
         packed = np.asarray(prep.packed)
         restorer(packed, keep_first)
         image = infer_and_render(frame, prep, restorer, info, opts)  # the real image, for the encoder
@@ -283,7 +283,7 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
             # restore normalises tile by tile inside the network stage; here the whole frame is made once
             # so that the network is timed alone
             def pack() -> tuple:
-                p = prepare_frame(frame, opts)
+                p = prepare_frame(frame, opts, balanced=info.input == "balanced")
                 return p, np.asarray(p.packed)
 
             prep, packed = timer("pack+amplify", pack)

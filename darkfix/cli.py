@@ -17,6 +17,25 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 PRECISION = click.Choice(["auto", "fp32", "fp16", "bf16"])
 
 
+class Brightness(click.ParamType):
+    """A brightness change: a factor (2, 0.5) or stops with an `ev` suffix (+1ev, -0.5ev)."""
+
+    name = "FACTOR|STOPSev"
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, (int, float)):
+            factor = float(value)
+        else:
+            text = str(value).strip().lower()
+            try:
+                factor = 2.0 ** float(text[:-2]) if text.endswith("ev") else float(text)
+            except ValueError:
+                self.fail(f"{value!r} is neither a factor (e.g. 2) nor stops (e.g. +1ev)", param, ctx)
+        if not 0.01 <= factor <= 100.0:
+            self.fail(f"{value!r} is a factor of {factor:g}; expected 0.01 to 100 (-6.6ev to +6.6ev)", param, ctx)
+        return factor
+
+
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"darkfix: error: {message}", err=True)
     sys.exit(code)
@@ -44,10 +63,14 @@ def network_options(f):
 def restore_options(f):
     """Options that decide how a frame is amplified, coloured and written."""
     for option in reversed([
-        click.option("--brightness", "-m", type=click.FloatRange(0.01, 100.0), default=1.0, show_default=True,
-                     help="Multiplier on top of the amplification (the paper's m; 1 to 9 are typical)."),
+        click.option("--brightness", "-m", type=Brightness(), default="1", show_default=True,
+                     help="Brighter or darker than the chosen amplification: a factor (2 = twice as bright) or "
+                          "stops (+1ev, -0.5ev)."),
+        click.option("--exposure", type=click.Choice(["auto", "paper"]), default="auto", show_default=True,
+                     help="How the amplification is chosen without --ratio: auto = a normally exposed picture; "
+                          "paper = Lamba & Mitra's estimate (darker; the authors brighten it with -m 5 to 8)."),
         click.option("--ratio", type=click.FloatRange(1.0, 10000.0), default=None,
-                     help="Amplify by this exposure ratio instead of the automatic estimate (SID protocol)."),
+                     help="Amplify by this exposure ratio instead of an estimate (SID protocol)."),
         click.option("--wb", type=click.Choice(["camera", "daylight"]), default="camera", show_default=True,
                      help="White balance: as shot, or the camera's daylight multipliers."),
         click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True),
@@ -77,10 +100,10 @@ def _restorer(weights, device, precision, threads, tile):
     return restorer, info
 
 
-def _opts(brightness, ratio, wb, bit_depth, compression, overwrite):
-    from .pipeline import RestoreOptions
+def _opts(brightness, exposure, ratio, wb, bit_depth, compression, overwrite):
+    from .options import RestoreOptions
 
-    return RestoreOptions(brightness=brightness, ratio=ratio, wb=wb, bit_depth=int(bit_depth),
+    return RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=int(bit_depth),
                           compression=compression, overwrite=overwrite)
 
 
@@ -98,12 +121,12 @@ def main() -> None:
 @restore_options
 @network_options
 @click.option("-v", "--verbose", is_flag=True, help="Print the amplification used and timings.")
-def restore(files, output, brightness, ratio, wb, bit_depth, compression, overwrite, weights, device,
+def restore(files, output, brightness, exposure, ratio, wb, bit_depth, compression, overwrite, weights, device,
             precision, threads, tile, verbose) -> None:
     """Restore each raw FILE into a PNG."""
     from .pipeline import check_output, default_output, restore_file
 
-    opts = _opts(brightness, ratio, wb, bit_depth, compression, overwrite)
+    opts = _opts(brightness, exposure, ratio, wb, bit_depth, compression, overwrite)
     several = len(files) > 1
     as_dir = output is not None and (several or output.endswith(("/", os.sep)) or Path(output).is_dir())
     out = Path(output) if output is not None else None
@@ -144,8 +167,9 @@ def restore(files, output, brightness, ratio, wb, bit_depth, compression, overwr
                 continue
             if verbose:
                 amp = res.amplification * brightness
+                what = {"ratio": "ratio", "auto": "automatic exposure", "paper": "paper's estimate"}[res.how]
                 click.echo(f"{src}: amplification {amp:.2f} "
-                           f"({'ratio' if ratio else 'estimate'} {res.amplification:.2f} x brightness {brightness:g}); "
+                           f"({what} {res.amplification:.2f} x brightness {brightness:g}); "
                            f"{res.size[0]}x{res.size[1]} in {time.monotonic() - started:.2f} s")
             click.echo(str(res.output))
             done += 1
@@ -199,8 +223,8 @@ def _raise_interrupt(signum, frame) -> None:
 @click.option("--pattern", default=None, help="Glob on file names, e.g. '*.ARW'. Default: every raw extension.")
 @restore_options
 @network_options
-def batch(folder, outdir, recursive, pattern, brightness, ratio, wb, bit_depth, compression, overwrite, weights,
-          device, precision, threads, tile) -> None:
+def batch(folder, outdir, recursive, pattern, brightness, exposure, ratio, wb, bit_depth, compression, overwrite,
+          weights, device, precision, threads, tile) -> None:
     """Restore every raw file in FOLDER; files already restored are skipped, so a rerun resumes."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -215,7 +239,7 @@ def batch(folder, outdir, recursive, pattern, brightness, ratio, wb, bit_depth, 
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             _fail(f"{outdir}: cannot create output directory ({e.strerror})")
-    opts = _opts(brightness, ratio, wb, bit_depth, compression, overwrite)
+    opts = _opts(brightness, exposure, ratio, wb, bit_depth, compression, overwrite)
     files = list(find_raws(folder, recursive, pattern))
     outputs = [output_for(f, folder, outdir) for f in files]
     for d in {o.parent for o in outputs if o.parent.is_dir()}:
@@ -298,11 +322,13 @@ def synth(photos, out, ratios, seed, limit, max_side) -> None:
 @click.option("--threads", type=click.IntRange(1, 256), default=None)
 @click.option("--resume", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Checkpoint to continue from exactly (OUT.ckpt of an earlier run).")
+@click.option("--init", "init_weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Start from these weights (fine-tune) instead of a random initialisation.")
 @click.option("--validate-every", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--msssim-from", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
               help="Fraction of the run after which 0.2 (1 - MS-SSIM) joins the L1 loss (it doubles a CPU step).")
-def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, validate_every,
-          msssim_from) -> None:
+def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
+          validate_every, msssim_from) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -320,7 +346,8 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
         raise click.BadParameter(str(e), param_hint="--device") from None
     cfg = TrainConfig(images=str(images), val=str(val) if val else None, out=str(out), iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
-                      validate_every=validate_every, msssim_from=msssim_from)
+                      validate_every=validate_every, msssim_from=msssim_from,
+                      init=str(init_weights) if init_weights else None)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
     with Progress(*columns) as progress:
@@ -394,10 +421,12 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
                    "Sony_test_list.txt (amplification min(long/short exposure, 300), ground truth = LibRaw's "
                    "rendering of the long exposure).")
 @click.option("--ratio-from-manifest/--auto-amp", "use_ratio", default=True, show_default=True,
-              help="Amplify every method by the true exposure ratio, or by the paper's automatic estimate.")
-@click.option("--brightness", "-m", type=click.FloatRange(0.01, 100.0), default=1.0, show_default=True,
-              help="Multiply the amplification by this (the paper's m; useful with --auto-amp, whose m = 1 "
-                   "estimate is darker than the ground truth's exposure).")
+              help="Amplify every method by the true exposure ratio, or by an estimate (--exposure).")
+@click.option("--exposure", type=click.Choice(["auto", "paper"]), default="auto", show_default=True,
+              help="The estimate --auto-amp uses: darkfix's automatic exposure or the paper's (whose m = 1 "
+                   "is darker than the ground truth's exposure).")
+@click.option("--brightness", "-m", type=Brightness(), default="1", show_default=True,
+              help="Multiply the amplification by this factor (or stops, e.g. +1ev).")
 @click.option("--baseline-weights", "baseline_weights", multiple=True,
               type=click.Path(path_type=Path, dir_okay=False),
               help="Also evaluate these weights (e.g. the authors' .pth checkpoint); repeatable.")
@@ -411,7 +440,7 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
               help="Print the per-image table, or only the per-ratio and overall one.")
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def eval_command(benchmark, sid_dir, use_ratio, brightness, baseline_weights, no_libraw, limit, ratios, json_path,
+def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, ratios, json_path,
                  per_image, weights, device, precision, threads, tile, quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
@@ -441,7 +470,7 @@ def eval_command(benchmark, sid_dir, use_ratio, brightness, baseline_weights, no
             methods.append(ev.NetworkMethod(name, restorer, info))
         if not no_libraw:
             methods.append(ev.LibRawMethod())
-        report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio,
+        report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio, exposure=exposure,
                              brightness=brightness, ratios=wanted, limit=limit,
                              progress=None if quiet else (lambda line: click.echo(line, err=True)))
         # a pipe or file gets full-width rows rather than rich's 80-column default

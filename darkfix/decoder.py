@@ -14,20 +14,21 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import DarkfixError
-from .packing import Prepared, prepare
+from .options import RestoreOptions
+from .packing import Prepared, prepare_frame
 from .rawio import RawFrame, read_raw
 
 DECODE_TIMEOUT = 120.0  # seconds for one file's decode before its worker is killed
 
 
-def decode(path: str, ratio: float | None, brightness: float) -> tuple[RawFrame, Prepared]:
+def decode(path: str, opts: RestoreOptions, balanced: bool) -> tuple[RawFrame, Prepared]:
     """Read and prepare one file (what the worker runs)."""
     frame = read_raw(path)
     # prep refers to frame.mosaic: one pickle sends the mosaic once for both
-    return frame, prepare(frame.mosaic, frame.cfa, frame.black, frame.white, ratio, brightness)
+    return frame, prepare_frame(frame, opts, balanced)
 
 
-def _worker(conn, fn: Callable, ratio: float | None, brightness: float) -> None:
+def _worker(conn, fn: Callable, opts: RestoreOptions, balanced: bool) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what happens, the worker carries on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # decoding ahead should fill the network's idle moments, not take cores from it
@@ -40,7 +41,7 @@ def _worker(conn, fn: Callable, ratio: float | None, brightness: float) -> None:
         if path is None:
             return
         try:
-            conn.send(("ok", fn(path, ratio, brightness)))
+            conn.send(("ok", fn(path, opts, balanced)))
         except DarkfixError as e:
             conn.send(("error", str(e)))
         except Exception as e:  # anything else from the decoder is this file's failure, not the batch's
@@ -62,10 +63,10 @@ def _ending(code: int | None) -> str:
 class DecodeWorker:
     """A child process that decodes and prepares one file at a time, replaceable when it dies or hangs."""
 
-    def __init__(self, ratio: float | None = None, brightness: float = 1.0, timeout: float = DECODE_TIMEOUT,
-                 fn: Callable = decode) -> None:
+    def __init__(self, opts: RestoreOptions | None = None, balanced: bool = False,
+                 timeout: float = DECODE_TIMEOUT, fn: Callable = decode) -> None:
         # fn must be importable by name in a fresh interpreter (spawn); tests pass faulty decoders
-        self.args, self.timeout = (fn, ratio, brightness), timeout
+        self.args, self.timeout = (fn, opts or RestoreOptions(), balanced), timeout
         self.ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
         self.proc = None
         self.pending: str | None = None

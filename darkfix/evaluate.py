@@ -318,7 +318,8 @@ class NetworkMethod:
 
     def __call__(self, case: Case, frame: RawFrame, amplification: float) -> np.ndarray:
         opts = RestoreOptions(ratio=amplification, bit_depth=16)
-        return infer_and_render(frame, prepare_frame(frame, opts), self.restorer, self.info, opts)
+        prep = prepare_frame(frame, opts, balanced=self.info.input == "balanced")
+        return infer_and_render(frame, prep, self.restorer, self.info, opts)
 
 
 def brighten_raw(raw: rawpy.RawPy, gain: float) -> None:
@@ -382,17 +383,17 @@ def ratio_key(ratio: float) -> str:
     return f"{ratio:g}"
 
 
-def auto_amplification(frame: RawFrame) -> float:
-    """The paper's estimate, exactly as `darkfix restore` computes it when no ratio is given."""
-    return prepare_frame(frame, RestoreOptions()).amplification
+def auto_amplification(frame: RawFrame, exposure: str = "auto") -> float:
+    """The estimate `darkfix restore --exposure EXPOSURE` makes when no ratio is given."""
+    return prepare_frame(frame, RestoreOptions(exposure=exposure)).amplification
 
 
 def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = False, brightness: float = 1.0,
-                   progress: Callable[[str], None] | None = None) -> dict:
+                   progress: Callable[[str], None] | None = None, exposure: str = "auto") -> dict:
     """Restore every case with every method and score it; returns the report (see `evaluate`).
 
-    Every method gets the same amplification: the true ratio (or the paper's estimate with `auto_amp`)
-    times `brightness` (the paper's m).
+    Every method gets the same amplification: the true ratio (or, with `auto_amp`, the estimate named by
+    `exposure`: darkfix's automatic exposure or the paper's) times `brightness`.
     """
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
@@ -401,7 +402,7 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
     truth_cache: tuple[Path, np.ndarray] | None = None  # SID pairs share long exposures
     for i, case in enumerate(cases, 1):
         frame = read_raw(case.raw)
-        amp = (auto_amplification(frame) if auto_amp else case.ratio) * brightness
+        amp = (auto_amplification(frame, exposure) if auto_amp else case.ratio) * brightness
         if truth_cache is None or truth_cache[0] != case.truth:
             truth_cache = (case.truth, as_float(load_truth(case)))
         truth = truth_cache[1]
@@ -423,7 +424,7 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
             progress(f"[{i}/{len(cases)}] {case.name} x{ratio_key(case.ratio)} (amp {amp:.1f}): {scores}")
     ratios = sorted({r["ratio"] for r in rows})
     return {
-        "amplification": "auto" if auto_amp else "ratio",
+        "amplification": exposure if auto_amp else "ratio",
         "brightness": brightness,
         "metrics": {"psnr": "dB on [0, 1] floats (mean of per-image PSNR), capped at 100",
                     "ssim": "pytorch_msssim.ssim, data_range 1, Gaussian window 11, sigma 1.5 (mean per image)",
@@ -437,7 +438,7 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
 
 def evaluate(folder: str | Path, methods: list[Method], *, sid: bool = False, auto_amp: bool = False,
              brightness: float = 1.0, ratios: Iterable[float] | None = None, limit: int | None = None,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, exposure: str = "auto") -> dict:
     """Evaluate a `darkfix synth` folder (or, with `sid`, a SID Sony folder) with `methods`.
 
     The report: {"protocol", "source", "amplification", "brightness", "metrics", "methods": {name: description},
@@ -446,7 +447,8 @@ def evaluate(folder: str | Path, methods: list[Method], *, sid: bool = False, au
     "overall": {method: {...}}}.
     """
     cases = sid_cases(folder, ratios, limit) if sid else benchmark_cases(folder, ratios, limit)
-    report = evaluate_cases(cases, methods, auto_amp=auto_amp, brightness=brightness, progress=progress)
+    report = evaluate_cases(cases, methods, auto_amp=auto_amp, brightness=brightness, progress=progress,
+                            exposure=exposure)
     from . import __version__
 
     return {"darkfix": __version__, "protocol": "sid" if sid else "synthetic", "source": str(folder), **report}

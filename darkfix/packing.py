@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .amplify import estimate_from_raw
+from .amplify import estimate_exposure, estimate_from_raw
 
 if TYPE_CHECKING:  # torch is imported lazily: batch's decode workers run this module without it
     import torch
+
+    from .options import RestoreOptions
+    from .rawio import RawFrame
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,14 @@ class PackedFrame:
     Slicing `[:, y0:y1, x0:x1]` computes that region from the uint16 mosaic, so a tiled network never
     holds the whole float frame (8 bytes per mosaic pixel, 0.8 GB at 100 MP). `np.asarray(frame)`
     gives the whole frame: `pack`'s planes, max(raw - black, 0) / (white - black) clipped at 1, times the
-    gain (to float rounding).
+    gain (to float rounding). With `wb` (4 multipliers, for the R, G1, G2, B planes) each plane is also
+    white-balanced and the result clipped at 1 instead.
     """
 
     dtype = np.dtype(np.float32)
 
-    def __init__(self, mosaic: np.ndarray, layout: Layout, black: np.ndarray, white: float, gain: float) -> None:
+    def __init__(self, mosaic: np.ndarray, layout: Layout, black: np.ndarray, white: float, gain: float,
+                 wb: np.ndarray | None = None) -> None:
         self.mosaic, self.layout = mosaic, layout
         h, w = mosaic.shape
         self.shape = (4, (layout.top + h + 1) // 2, (layout.left + w + 1) // 2)
@@ -104,6 +109,11 @@ class PackedFrame:
         # normalise then amplify as one multiply; clipping at the gain is clipping the normalised value at 1
         self.scale = np.float32(gain) / (np.float32(white) - b)
         self.gain = np.float32(gain)
+        if wb is not None:
+            # white-balanced input (weights trained so): each plane times its multiplier, then clipped at
+            # 1, where a normal exposure clips; what is brighter than white is white
+            self.scale = self.scale * np.asarray(wb, np.float32).reshape(4, 1, 1)
+            self.gain = np.float32(1.0)
         # a little under the white level: sensors clip at slightly different codes per photosite
         self.clip = b + np.float32(0.99) * (np.float32(white) - b)
         self._any_saturated: bool | None = None
@@ -149,13 +159,43 @@ class Prepared:
     packed: PackedFrame
     layout: Layout
     amplification: float  # the estimate or the given ratio, before the brightness factor
+    source: str  # what the amplification came from: "ratio", "auto" or "paper"
+    wb: np.ndarray  # (3,) the white balance the frame is rendered with
+    balanced: bool  # whether `packed` is white-balanced (then the network's output is too)
+
+
+EXPOSURES = ("auto", "paper")
 
 
 def prepare(mosaic: np.ndarray, cfa: str, black: np.ndarray, white: float, ratio: float | None = None,
-            brightness: float = 1.0) -> Prepared:
-    """Align the CFA, estimate the amplification (unless `ratio`) and wrap the mosaic as a lazy packed frame."""
-    amp = float(ratio) if ratio is not None else estimate_from_raw(mosaic, black, white)
+            brightness: float = 1.0, *, exposure: str = "auto", wb: np.ndarray | None = None,
+            balanced: bool = False) -> Prepared:
+    """Align the CFA, choose the amplification and wrap the mosaic as a lazy packed frame.
+
+    The amplification is `ratio` when given, else darkfix's automatic exposure (`exposure="auto"`,
+    which needs the frame's white balance `wb`, R, G, B) or the paper's estimate ("paper"); the
+    brightness factor multiplies it. `balanced` white-balances the packed planes (by `wb / wb[G]`).
+    """
+    if exposure not in EXPOSURES:
+        raise ValueError(f"unknown exposure {exposure!r} (expected one of {', '.join(EXPOSURES)})")
+    wb3 = np.ones(3, np.float32) if wb is None else np.asarray(wb, np.float32).reshape(3)
+    rel = wb3 / wb3[1]
+    cell = np.array([rel["RGB".index(c)] for c in cfa], np.float32).reshape(2, 2)
+    if ratio is not None:
+        amp, source = float(ratio), "ratio"
+    elif exposure == "auto":
+        amp, source = estimate_exposure(mosaic, black, white, cell), "auto"
+    else:
+        amp, source = estimate_from_raw(mosaic, black, white), "paper"
     red = cfa.index("R")
     layout = Layout(red // 2, red % 2, *mosaic.shape)
-    packed = PackedFrame(mosaic, layout, channel_black(black, layout), white, amp * brightness)
-    return Prepared(packed, layout, amp)
+    planes = rel[[0, 1, 1, 2]] if balanced else None
+    packed = PackedFrame(mosaic, layout, channel_black(black, layout), white, amp * brightness, wb=planes)
+    return Prepared(packed, layout, amp, source, wb3, balanced)
+
+
+def prepare_frame(frame: "RawFrame", opts: "RestoreOptions", balanced: bool = False) -> Prepared:
+    """`prepare` for a decoded frame with the user's options (its white balance as `opts.wb` says)."""
+    wb = frame.wb_camera if opts.wb == "camera" else frame.wb_daylight
+    return prepare(frame.mosaic, frame.cfa, frame.black, frame.white, opts.ratio, opts.brightness,
+                   exposure=opts.exposure, wb=wb, balanced=balanced)

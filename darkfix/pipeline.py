@@ -19,7 +19,8 @@ import torch
 from .colour import orient, to_display
 from .errors import OutputError
 from .inference import Restorer, Tile
-from .packing import Prepared, prepare
+from .options import RestoreOptions
+from .packing import Prepared, prepare_frame
 from .pngio import PngStream, atomic_output
 from .rawio import RawFrame, read_raw
 from .weights import WeightsInfo
@@ -27,23 +28,6 @@ from .weights import WeightsInfo
 RAW_SUFFIXES = {".arw", ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".rw2", ".orf", ".pef", ".raf",
                 ".srw", ".3fr", ".fff", ".iiq", ".erf", ".kdc", ".dcr", ".mos", ".mef", ".mrw", ".x3f",
                 ".rwl", ".raw", ".sr2", ".srf", ".dcs", ".k25"}
-
-
-@dataclass
-class RestoreOptions:
-    """What the user chose for one restoration."""
-
-    brightness: float = 1.0  # the paper's m, on top of the amplification
-    ratio: float | None = None  # fixed amplification (SID's exposure ratio) instead of the estimate
-    wb: str = "camera"  # camera | daylight
-    bit_depth: int = 8
-    compression: int = 1  # zlib level: 1 costs a fraction of the network's time at ~the size of 6
-    overwrite: bool = False
-
-
-def prepare_frame(frame: RawFrame, opts: RestoreOptions) -> Prepared:
-    """The packed, amplified network input for a decoded frame."""
-    return prepare(frame.mosaic, frame.cfa, frame.black, frame.white, opts.ratio, opts.brightness)
 
 
 def quantise(image: torch.Tensor, bit_depth: int) -> np.ndarray:
@@ -68,7 +52,9 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
     backwards for a flip), so every band can be emitted as soon as it is done: the band being filled is
     the only part of the image held here (`emit` may keep the previous one a while, as PngStream does).
     """
-    wb = torch.from_numpy(frame.wb_camera if opts.wb == "camera" else frame.wb_daylight).to(restorer.device)
+    wb = torch.from_numpy(prep.wb).to(restorer.device)
+    if prep.balanced:  # the network's output is white-balanced already (relative to green)
+        wb = wb[1].expand(3)
     rgb_cam = torch.from_numpy(frame.rgb_cam).to(restorer.device)
     top, left, height, width = prep.layout.top, prep.layout.left, prep.layout.height, prep.layout.width
     dtype = np.uint8 if opts.bit_depth == 8 else np.uint16
@@ -126,6 +112,7 @@ class Result:
     output: Path
     amplification: float
     size: tuple[int, int]  # width, height of the PNG
+    how: str  # what the amplification came from: "ratio", "auto" or "paper"
 
 
 def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, restorer: Restorer,
@@ -138,7 +125,7 @@ def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, r
             render_bands(frame, prep, restorer, info, opts, png.write)
     except MemoryError:
         raise _out_of_memory(source) from None
-    return Result(source, output, prep.amplification, (w, h))
+    return Result(source, output, prep.amplification, (w, h), prep.source)
 
 
 def _out_of_memory(source: Path) -> OutputError:
@@ -151,7 +138,7 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
     check_output(source, output, opts.overwrite)
     frame = read_raw(source)
     try:
-        prep = prepare_frame(frame, opts)
+        prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
     except MemoryError:
         raise _out_of_memory(source) from None
     return restore_frame(source, frame, prep, output, restorer, info, opts)

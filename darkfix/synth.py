@@ -12,7 +12,8 @@ import torch
 
 from .colour import XYZ_FROM_SRGB
 
-BLACK, WHITE = 512.0, 16383.0  # Sony A7S II levels, used for every synthetic sensor
+BLACK, WHITE = 512.0, 16383.0  # Sony A7S II levels: the reference sensor of the ELD calibration
+SONY_RANGE = WHITE - BLACK  # the ELD parameters are in DN of this range; other sensors scale them
 
 # XYZ -> camera matrices (DNG ColorMatrix, D65) of real cameras; random convex mixes make new "cameras".
 CAMERA_XYZ = torch.tensor(
@@ -22,6 +23,9 @@ CAMERA_XYZ = torch.tensor(
         [[0.8380, -0.2630, -0.0639], [-0.2887, 1.0725, 0.2496], [-0.0627, 0.1427, 0.5438]],
         [[0.6596, -0.2079, -0.0562], [-0.4782, 1.3016, 0.1933], [-0.0970, 0.1581, 0.5181]],
         [[0.5838, -0.1430, -0.0246], [-0.3497, 1.1477, 0.2297], [-0.0748, 0.1885, 0.5778]],  # Sony A7S II
+        [[0.6722, -0.0635, -0.0963], [-0.4287, 1.2460, 0.2028], [-0.0908, 0.2162, 0.5668]],  # Canon 5D Mk III
+        [[1.0405, -0.3755, -0.1270], [-0.5461, 1.3787, 0.1793], [-0.1040, 0.2015, 0.6785]],  # Nikon D850
+        [[0.5271, -0.0712, -0.0347], [-0.6153, 1.3653, 0.2763], [-0.1601, 0.2366, 0.7242]],  # Sony A7 III
     ],
     dtype=torch.float64,
 )
@@ -41,32 +45,49 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
 
 
-def sample_camera(n: int, g: torch.Generator) -> Camera:
-    weights = torch.rand(n, len(CAMERA_XYZ), generator=g, dtype=torch.float64)
+def _log_uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return torch.exp(_uniform(n, math.log(lo), math.log(hi), g))
+
+
+# Red and blue white-balance gains: Brooks et al.'s ranges (the training cameras), and the span of real
+# sensors (phones and Raspberry Pi cameras sit near 1.1-1.6, daylight DSLRs near 2).
+WB_SONY = ((1.9, 2.4), (1.5, 1.9))
+WB_BROAD = (1.0, 3.0)
+
+
+def sample_camera(n: int, g: torch.Generator, broad: bool = True) -> Camera:
+    """Random cameras: a convex mix of real colour matrices and white balance in the broad range
+    (log-uniform in [1, 3] for red and blue), or Brooks et al.'s narrower one with `broad=False`."""
+    weights = torch.rand(n, len(CAMERA_XYZ), generator=g, dtype=torch.float64) ** 2
     weights = weights / weights.sum(1, keepdim=True)
     cam_xyz = torch.einsum("nk,kij->nij", weights, CAMERA_XYZ)
     cam_rgb = cam_xyz @ torch.from_numpy(XYZ_FROM_SRGB)
     cam_rgb = cam_rgb / cam_rgb.sum(-1, keepdim=True)
-    wb = torch.stack([_uniform(n, 1.9, 2.4, g), torch.ones(n, dtype=torch.float64), _uniform(n, 1.5, 1.9, g)], 1)
+    if broad:
+        red, blue = _log_uniform(n, *WB_BROAD, g), _log_uniform(n, *WB_BROAD, g)
+    else:
+        red, blue = _uniform(n, *WB_SONY[0], g), _uniform(n, *WB_SONY[1], g)
+    wb = torch.stack([red, torch.ones(n, dtype=torch.float64), blue], 1)
     return Camera(cam_xyz.float(), torch.linalg.inv(cam_rgb).float(), wb.float())
 
 
 def unprocess(srgb: torch.Tensor, camera: Camera, g: torch.Generator) -> torch.Tensor:
-    """sRGB (N, 3, H, W) in [0, 1] -> plausible linear camera RGB in [0, 1] for `camera`."""
+    """sRGB (N, 3, H, W) in [0, 1] -> plausible linear camera RGB in [0, 1] for `camera`.
+
+    White in the photo stays white after the camera's white balance: it becomes (1/wb_R, 1, 1/wb_B)
+    times the brightness in camera RGB, as a real white object below saturation does. (Protecting
+    near-white pixels from the inverse white balance, as Brooks et al. do, turns them pink once the
+    white balance is applied again.)
+    """
     n = srgb.shape[0]
     x = srgb.clamp(0.0, 1.0)
     x = 0.5 - torch.sin(torch.asin((1.0 - 2.0 * x).clamp(-1.0, 1.0)) / 3.0)  # inverse smoothstep tone curve
     x = x.clamp_min(1e-8) ** 2.2
     cam_rgb = torch.linalg.inv(camera.rgb_cam.double()).float().to(x.device)
-    x = torch.einsum("nij,njhw->nihw", cam_rgb, x)
-    brightness = (0.8 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)).clamp(0.5, 1.2)
-    gains = (1.0 / camera.wb.double()) * brightness[:, None]
-    gains = gains.float().to(x.device)[:, :, None, None]
-    # protect near-white pixels from being darkened, so highlights stay saturated
-    grey = x.mean(1, keepdim=True)
-    mask = ((grey - 0.9).clamp_min(0.0) / 0.1) ** 2
-    safe = torch.maximum(mask + (1.0 - mask) * gains, gains)
-    return (x * safe).clamp(0.0, 1.0)
+    x = torch.einsum("nij,njhw->nihw", cam_rgb, x).clamp(0.0, 1.0)
+    brightness = (0.8 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)).clamp(0.5, 1.0)
+    gains = (brightness[:, None] / camera.wb.double()).float().to(x.device)[:, :, None, None]
+    return x * gains
 
 
 def mosaic(camera_rgb: torch.Tensor) -> torch.Tensor:
@@ -76,6 +97,47 @@ def mosaic(camera_rgb: torch.Tensor) -> torch.Tensor:
     g2 = camera_rgb[:, 1, 1::2, 0::2]
     b = camera_rgb[:, 2, 1::2, 1::2]
     return torch.stack([r, g1, g2, b], 1)
+
+
+def packed_wb(wb: torch.Tensor) -> torch.Tensor:
+    """(N, 3) R, G, B multipliers -> (N, 4, 1, 1) for the packed R, G1, G2, B planes."""
+    return wb[:, [0, 1, 1, 2], None, None]
+
+
+@dataclass
+class Sensor:
+    """Per-image ADC levels of a synthetic sensor, in its own DN."""
+
+    black: torch.Tensor  # (N,)
+    white: torch.Tensor  # (N,)
+
+    @property
+    def range(self) -> torch.Tensor:
+        return self.white - self.black
+
+
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+_BIT_WEIGHTS = torch.tensor([0.1, 0.15, 0.25, 0.35, 0.15])
+
+
+def sony_sensor(n: int) -> Sensor:
+    return Sensor(torch.full((n,), BLACK), torch.full((n,), WHITE))
+
+
+def sample_sensor(n: int, g: torch.Generator) -> Sensor:
+    """Bit depths 8-16; black at 0 (clamped: the noise below it is lost) for a fifth, else up to 10 % of
+    white, as real sensors have."""
+    bits = torch.tensor(BIT_DEPTHS, dtype=torch.float64)[torch.multinomial(_BIT_WEIGHTS, n, True, generator=g)]
+    white = 2.0**bits - 1.0
+    frac = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < 0.2, torch.zeros(n, dtype=torch.float64),
+                       _uniform(n, 0.005, 0.1, g))
+    return Sensor(torch.round(frac * white).float(), white.float())
+
+
+def ratio_limit(sensor: Sensor) -> torch.Tensor:
+    """A sensor with fewer levels than the Sony's cannot be darkened as far and still hold a picture:
+    1 at 14 bits and above, about 0.08 at 8 bits (ratio 300 becomes ~25)."""
+    return (sensor.range / SONY_RANGE).clamp(max=1.0) ** 0.6
 
 
 @dataclass
@@ -115,31 +177,44 @@ def _tukey(u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return torch.where(lam.abs() < 1e-6, torch.log(u / (1.0 - u)), general)
 
 
-def noisy_dn(clean: torch.Tensor, ratio: torch.Tensor, p: NoiseParams, g: torch.Generator) -> torch.Tensor:
-    """Packed clean linear signal (N, 4, h, w) in [0, 1] -> the dark raw an exposure 1/ratio gives,
-    in DN above black (negative below it), limited to what the ADC can hold."""
+def noisy_dn(clean: torch.Tensor, ratio: torch.Tensor, p: NoiseParams, g: torch.Generator,
+             sensor: Sensor | None = None) -> torch.Tensor:
+    """Packed clean linear signal (N, 4, h, w) in [0, 1] of white -> the dark exposure 1/ratio gives, in
+    the sensor's DN above black, before the ADC rounds and clips it (`to_raw`). The ELD parameters are
+    calibrated in the Sony's DN; a sensor with another range has them scaled to its own."""
     n, _, h, w = clean.shape
     dev = clean.device
+    sensor = sensor or sony_sensor(n)
     col = lambda t: t.to(dev).view(n, 1, 1, 1)  # noqa: E731
-    signal = clean * (WHITE - BLACK) / col(ratio)
-    k = col(p.K)
+    scale = col(sensor.range / SONY_RANGE)
+    signal = clean * col(sensor.range) / col(ratio)
+    k = col(p.K) * scale
     shot = k * torch.poisson(signal / k, generator=g if dev.type == "cpu" else None)
     u = torch.rand(clean.shape, generator=g, device=dev).clamp(1e-6, 1.0 - 1e-6)
     lam = col(p.read_lambda)
     gaussian = torch.randn(clean.shape, generator=g, device=dev)
     read = torch.where(torch.isnan(lam), gaussian, _tukey(u, torch.nan_to_num(lam)))
-    read = read * col(p.read_sigma)
-    rows = torch.randn(n, 2, h, generator=g, device=dev) * col(p.row_sigma).view(n, 1, 1)
+    read = read * col(p.read_sigma) * scale
+    rows = torch.randn(n, 2, h, generator=g, device=dev) * (col(p.row_sigma) * scale).view(n, 1, 1)
     # mosaic rows 2i and 2i+1 hold channels (R, G1) and (G2, B): each row's offset is shared along it
     row_noise = rows[:, [0, 0, 1, 1], :, None]
-    quant = torch.rand(clean.shape, generator=g, device=dev) - 0.5
-    dn = shot + read + row_noise + quant + p.bias.to(dev)[:, :, None, None]
-    return dn.clamp(-BLACK, WHITE - BLACK)
+    return shot + read + row_noise + p.bias.to(dev)[:, :, None, None] * scale
 
 
-def add_noise(clean: torch.Tensor, ratio: torch.Tensor, p: NoiseParams, g: torch.Generator) -> torch.Tensor:
-    """Like `noisy_dn`, normalised as real files are: max(raw - black, 0) / (white - black)."""
-    return (noisy_dn(clean, ratio, p, g) / (WHITE - BLACK)).clamp(0.0, 1.0)
+def to_raw(dn: torch.Tensor, sensor: Sensor) -> torch.Tensor:
+    """The ADC: DN above black -> integer codes (as float), rounded and clipped to [0, white]. A black
+    level of 0 clips the noise below it, as such sensors do."""
+    n = dn.shape[0]
+    black = sensor.black.to(dn.device).view(n, 1, 1, 1)
+    white = sensor.white.to(dn.device).view(n, 1, 1, 1)
+    return torch.minimum(torch.round(dn + black).clamp_min(0.0), white)
+
+
+def normalise(raw: torch.Tensor, sensor: Sensor) -> torch.Tensor:
+    """max(raw - black, 0) / (white - black), as darkfix reads real files."""
+    n = raw.shape[0]
+    black = sensor.black.to(raw.device).view(n, 1, 1, 1)
+    return ((raw - black).clamp_min(0.0) / sensor.range.to(raw.device).view(n, 1, 1, 1)).clamp(max=1.0)
 
 
 def sample_ratio(n: int, g: torch.Generator, low_fraction: float = 0.15) -> torch.Tensor:
@@ -147,3 +222,64 @@ def sample_ratio(n: int, g: torch.Generator, low_fraction: float = 0.15) -> torc
     sid = _uniform(n, 100.0, 300.0, g)
     mild = torch.exp(_uniform(n, math.log(10.0), math.log(100.0), g))
     return torch.where(torch.rand(n, generator=g, dtype=torch.float64) < low_fraction, mild, sid).float()
+
+
+def sample_exposure(n: int, g: torch.Generator, over_fraction: float = 0.25) -> torch.Tensor:
+    """How much brighter than the photo the restored picture should be: mostly within +-0.7 stops (an
+    amplification that misses the scene's exposure), a quarter 0.6-2.6 stops over, so that highlights
+    are pushed past white as lamps and windows in night shots are."""
+    near = _log_uniform(n, 0.6, 1.6, g)
+    over = _log_uniform(n, 1.5, 6.0, g)
+    return torch.where(torch.rand(n, generator=g, dtype=torch.float64) < over_fraction, over, near).float()
+
+
+@dataclass
+class Synthetic:
+    """One batch of synthetic dark raws and what their restoration must look like."""
+
+    raw: torch.Tensor  # (N, 4, h, w) packed RGGB ADC codes (integer-valued floats)
+    sensor: Sensor
+    camera: Camera
+    noise: NoiseParams
+    ratio: torch.Tensor  # (N,) the true exposure ratio: the amplification that restores `linear`
+    linear: torch.Tensor  # (N, 3, H, W) the clean linear camera RGB at the restored exposure (may exceed 1)
+
+    def network_input(self, amplification: torch.Tensor | None = None) -> torch.Tensor:
+        """The packed input darkfix's camera-balanced weights see: normalised, amplified, white-balanced,
+        clipped at 1 (packing.PackedFrame does the same to real files)."""
+        amp = self.ratio if amplification is None else amplification
+        n = amp.shape[0]
+        x = normalise(self.raw, self.sensor) * amp.to(self.raw.device).view(n, 1, 1, 1)
+        return (x * packed_wb(self.camera.wb).to(x.device)).clamp(0.0, 1.0)
+
+    def target_balanced(self) -> torch.Tensor:
+        """The clean image white-balanced and clipped, as LibRaw clips a normal exposure: highlights white."""
+        return (self.linear * self.camera.wb.to(self.linear.device)[:, :, None, None]).clamp(0.0, 1.0)
+
+
+def synthesise(srgb: torch.Tensor, g: torch.Generator, *, broad: bool = True, ratio: torch.Tensor | None = None,
+               exposure: torch.Tensor | None = None) -> Synthetic:
+    """The one synthetic-pair recipe (training, validation and `darkfix synth`): sRGB photos (N, 3, H, W)
+    -> unprocessed camera RGB -> exposure -> mosaic -> ELD noise -> ADC.
+
+    `broad` draws cameras, white balance, bit depth and black level from the whole range of real sensors
+    (and 25 % virtual-camera noise gains); otherwise a Sony A7S II with Brooks et al.'s white balance.
+    `ratio` and `exposure` default to random draws (`sample_ratio` scaled by `ratio_limit`, and
+    `sample_exposure`); pass ones for fixed benchmarks.
+    """
+    n = srgb.shape[0]
+    camera = sample_camera(n, g, broad=broad)
+    linear = unprocess(srgb, camera, g)
+    sensor = sample_sensor(n, g) if broad else sony_sensor(n)
+    if ratio is None:
+        ratio = (sample_ratio(n, g) * ratio_limit(sensor)).clamp_min(4.0)
+    if exposure is None:
+        exposure = sample_exposure(n, g) if broad else torch.ones(n)
+    noise = sample_noise(n, g, broad=0.25 if broad else 0.0)
+    if broad:
+        # black levels that the file states a little wrong, per channel, by up to a few DN of 14 bits
+        noise.bias = noise.bias + torch.randn(n, 4, generator=g) * _uniform(n, 0.0, 3.0, g).float()[:, None]
+    linear = linear * exposure.to(linear.device).view(n, 1, 1, 1)
+    dark = mosaic(linear)
+    raw = to_raw(noisy_dn(dark, ratio.float(), noise, g, sensor), sensor)
+    return Synthetic(raw, sensor, camera, noise, ratio.float(), linear)

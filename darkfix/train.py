@@ -43,6 +43,7 @@ class TrainConfig:
     validate_every: int = 1000
     val_crops: int = 12
     msssim_from: float = 0.75  # fraction of the run after which the MS-SSIM term joins the L1 loss
+    init: str | None = None  # weights to start from (fine-tuning) instead of a random initialisation
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -89,28 +90,36 @@ class PhotoPool:
         return torch.stack(out).float() / 255.0
 
 
+INPUT = "balanced"  # what the network of weights trained here sees (metadata key "input")
+
+
 @dataclass
 class Pair:
-    """A synthetic batch: the amplified network input and what its rendering must look like."""
+    """A synthetic batch: the network input and what its rendering must look like.
 
-    inputs: torch.Tensor  # (N, 4, h, w) packed, amplified by the true ratio
-    target_linear: torch.Tensor  # (N, 3, H, W) clean camera RGB
-    wb: torch.Tensor
+    The input is white-balanced before the network and the target is the balanced camera RGB, so the
+    network never has to know a camera's white balance (colour survives any sensor) and clipping the
+    balanced input at 1 is what makes highlights white.
+    """
+
+    inputs: torch.Tensor  # (N, 4, h, w) packed, amplified by the true ratio, white-balanced, clipped at 1
+    target_linear: torch.Tensor  # (N, 3, H, W) clean camera RGB, white-balanced, clipped at 1
     rgb_cam: torch.Tensor
     ratio: torch.Tensor
 
     def target(self) -> torch.Tensor:
-        return render(self.target_linear, self.wb, self.rgb_cam)
+        return render(self.target_linear, torch.ones(3), self.rgb_cam)
+
+    def render(self, pred: torch.Tensor) -> torch.Tensor:
+        return render(pred, torch.ones(3), self.rgb_cam.to(pred.device))
+
+
+def pair_from(s: synth.Synthetic, device: torch.device) -> Pair:
+    return Pair(s.network_input().to(device), s.target_balanced().to(device), s.camera.rgb_cam.to(device), s.ratio)
 
 
 def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device) -> Pair:
-    n = srgb.shape[0]
-    camera = synth.sample_camera(n, g)
-    linear = synth.unprocess(srgb, camera, g)
-    ratio = synth.sample_ratio(n, g)
-    noisy = synth.add_noise(synth.mosaic(linear), ratio, synth.sample_noise(n, g), g)
-    inputs = noisy * ratio.view(-1, 1, 1, 1)
-    return Pair(inputs.to(device), linear.to(device), camera.wb.to(device), camera.rgb_cam.to(device), ratio)
+    return pair_from(synth.synthesise(srgb, g, broad=True), device)
 
 
 def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True) -> torch.Tensor:
@@ -118,7 +127,7 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True) -> 
 
     MS-SSIM costs twice the network on a CPU, so the early part of a run may use L1 alone.
     """
-    pred = render(pred_linear, pair.wb, pair.rgb_cam)
+    pred = pair.render(pred_linear)
     target = pair.target()
     loss = F.l1_loss(pred, target)
     if with_msssim:
@@ -133,7 +142,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def validation_pairs(folder: str, count: int, crop: int = 512) -> list[Pair]:
-    """A fixed set of validation crops at ratios 100, 250 and 300 (same seed every run)."""
+    """A fixed set of validation crops at ratios 100, 250 and 300 (same seed every run); every other
+    crop from the broad range of sensors, the rest from the Sony A7S II."""
     g = torch.Generator().manual_seed(1234)
     pairs = []
     for i, path in enumerate(list_images(folder)[:count]):
@@ -142,11 +152,12 @@ def validation_pairs(folder: str, count: int, crop: int = 512) -> list[Pair]:
         s = min(crop, w, h) // 32 * 32
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
         srgb = torch.from_numpy(np.asarray(img.crop(box)).copy()).permute(2, 0, 1)[None].float() / 255.0
-        camera = synth.sample_camera(1, g)
-        linear = synth.unprocess(srgb, camera, g)
+        broad = i % 2 == 1
         ratio = torch.tensor([(100.0, 250.0, 300.0)[i % 3]])
-        noisy = synth.add_noise(synth.mosaic(linear), ratio, synth.sample_noise(1, g, broad=0.0), g)
-        pairs.append(Pair(noisy * ratio.view(-1, 1, 1, 1), linear, camera.wb, camera.rgb_cam, ratio))
+        if broad:
+            ratio = ratio / 4
+        pairs.append(pair_from(synth.synthesise(srgb, g, broad=broad, ratio=ratio, exposure=torch.ones(1)),
+                               torch.device("cpu")))
     return pairs
 
 
@@ -155,7 +166,7 @@ def validate(model: LambaNet, pairs: list[Pair], device: torch.device) -> tuple[
     model.eval()
     ps, ss = [], []
     for p in pairs:
-        pred = render(model(p.inputs.to(device)), p.wb.to(device), p.rgb_cam.to(device))
+        pred = p.render(model(p.inputs.to(device)))
         target = p.target().to(device)
         ps.append(psnr(pred, target).item())
         ss.append(ssim(pred, target, data_range=1.0).item())
@@ -186,6 +197,10 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     step, best, history, seconds = 0, -1.0, [], 0.0
+    if cfg.init and not resume:
+        from .weights import load_weights
+
+        model.load_state_dict(load_weights(cfg.init)[0].state_dict())
     if resume:
         # our own checkpoints hold only tensors and plain values: no arbitrary unpickling needed
         state = torch.load(resume, map_location=device, weights_only=True)
@@ -208,11 +223,13 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     def export(val_psnr: float, val_ssim: float) -> None:
         save_weights(model, cfg.out, {
             "output": "camera",
-            "amplification": "trained with the true exposure ratio; the paper's estimate at inference",
+            "input": INPUT,
+            "amplification": "trained with the true exposure ratio times an exposure of 0.6-6",
             "training": {"iterations": step, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
                          "loss": "L1 on the sRGB rendering" + (
                              f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else ""),
-                         "data": "synthetic (unprocess + ELD noise) from " + Path(cfg.images).name,
+                         "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name,
+                         "init": Path(cfg.init).name if cfg.init else None,
                          "seconds": round(time.time() - started), "device": cfg.device},
             "validation": {"psnr": round(val_psnr, 3), "ssim": round(val_ssim, 4), "crops": len(val_pairs)},
         })

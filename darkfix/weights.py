@@ -32,6 +32,11 @@ class WeightsInfo:
     output: str  # "camera" (camera RGB, rendered with the file's metadata) or "srgb" (written as is)
     metadata: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def input(self) -> str:
+        """"balanced" when the network takes (and gives) white-balanced camera RGB, else "raw"."""
+        return self.metadata.get("input", "raw")
+
 
 def default_weights_path() -> Path:
     """The weights that ship inside the package: the wheel installs the repository's weights/ folder
@@ -120,5 +125,7 @@ def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, Weigh
                                                   "source": "Lamba & Mitra 2021 checkpoint"})
     if info.output not in ("camera", "srgb"):
         raise WeightsError(f"{p}: unknown output colour space {info.output!r}")
+    if info.input not in ("raw", "balanced") or (info.input == "balanced" and info.output != "camera"):
+        raise WeightsError(f"{p}: unknown input convention {info.input!r} for {info.output!r} output")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval(), info

@@ -9,7 +9,7 @@ import time
 from darkfix.decoder import decode
 
 
-def crash_or_hang(path: str, ratio: float | None, brightness: float):
+def crash_or_hang(path: str, opts, balanced: bool):
     name = os.path.basename(path)
     if name.startswith("crash"):
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -17,4 +17,4 @@ def crash_or_hang(path: str, ratio: float | None, brightness: float):
         os._exit(3)
     if name.startswith("hang"):
         time.sleep(600)
-    return decode(path, ratio, brightness)
+    return decode(path, opts, balanced)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from _util import CFA_PHASES, SONY_XYZ, read_png, set_orientation, write_cfa_dng, write_linear_dng
-from darkfix.amplify import estimate_from_raw
+from darkfix.amplify import estimate_exposure, estimate_from_raw
 from darkfix.colour import orient
 from darkfix.cli import main
 from darkfix.rawio import read_raw
@@ -358,11 +358,16 @@ def test_existing_output_refused_then_overwritten(make_dng, weights_file):
 def test_verbose_prints_the_amplification(make_dng, weights_file):
     src = make_dng(level=25)
     frame = read_raw(src)
-    expected = estimate_from_raw(frame.mosaic, frame.black, frame.white)
-    assert 5 < expected < 300  # a dark frame: the estimate is neither clipped nor trivial
+    paper = estimate_from_raw(frame.mosaic, frame.black, frame.white)
+    wb = frame.wb_camera / frame.wb_camera[1]
+    auto = estimate_exposure(frame.mosaic, frame.black, frame.white, np.array([[wb[0], 1], [1, wb[2]]]))
+    assert 5 < paper < auto < 300  # a dark frame: neither estimate is clipped or trivial
     r = restore(weights_file, src, "-v")
     assert r.exit_code == 0, r.output
-    assert f"amplification {expected:.2f} (estimate {expected:.2f} x brightness 1)" in r.stdout
+    assert f"amplification {auto:.2f} (automatic exposure {auto:.2f} x brightness 1)" in r.stdout
+    r = restore(weights_file, src, "-v", "--overwrite", "--exposure", "paper", "-m", "+1ev")
+    assert r.exit_code == 0, r.output
+    assert f"amplification {2 * paper:.2f} (paper's estimate {paper:.2f} x brightness 2)" in r.stdout
     r = restore(weights_file, src, "-v", "--overwrite", "--ratio", "50", "-m", "2")
     assert r.exit_code == 0, r.output
     assert "amplification 100.00 (ratio 50.00 x brightness 2)" in r.stdout
