@@ -289,7 +289,10 @@ def batch(folder, outdir, recursive, pattern, brightness, exposure, ratio, wb, b
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N photos.")
 @click.option("--max-side", type=click.IntRange(32), default=None, help="Shrink photos to this long side first.")
-def synth(photos, out, ratios, seed, limit, max_side) -> None:
+@click.option("--sensors", type=click.Choice(["sony", "broad"]), default="sony", show_default=True,
+              help="sony: SID's Sony A7S II; broad: a random sensor per photo (8-16 bits, black 0-10 %, "
+                   "white balance 1-3; ratios scaled to what the bit depth holds).")
+def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
     """Make a benchmark folder of dark DNGs and ground truth from clean PHOTOS."""
     from .benchset import make_benchmark
 
@@ -298,7 +301,7 @@ def synth(photos, out, ratios, seed, limit, max_side) -> None:
     except ValueError:
         raise click.BadParameter(f"not a list of numbers: {ratios!r}", param_hint="--ratios") from None
     try:
-        manifest = make_benchmark(photos, out, ratio_list, seed=seed, limit=limit, max_side=max_side,
+        manifest = make_benchmark(photos, out, ratio_list, seed=seed, limit=limit, max_side=max_side, sensors=sensors,
                                   progress=lambda name: click.echo(f"wrote {out / name}", err=True))
     except (FileNotFoundError, OSError) as e:
         _fail(str(e))

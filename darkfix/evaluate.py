@@ -197,6 +197,12 @@ class Case:
     # unrotated); None = LibRaw's own (SID's ground truth is LibRaw's upright rendering)
     libraw_flip: int | None = 0
     meta: dict = field(default_factory=dict)
+    # the nominal ratio a case is reported under: a broad-sensor benchmark scales each sensor's ratio
+    level: float | None = None
+
+    @property
+    def group(self) -> float:
+        return self.ratio if self.level is None else self.level
 
 
 def parse_ratios(text: str | None) -> list[float] | None:
@@ -215,7 +221,7 @@ def parse_ratios(text: str | None) -> list[float] | None:
 def _select(cases: list[Case], ratios: Iterable[float] | None, limit: int | None) -> list[Case]:
     if ratios is not None:
         wanted = list(ratios)
-        cases = [c for c in cases if any(abs(c.ratio - r) <= 1e-6 * r for r in wanted)]
+        cases = [c for c in cases if any(abs(c.group - r) <= 1e-6 * r for r in wanted)]
     if limit is not None:
         cases = cases[:limit]
     if not cases:
@@ -241,7 +247,8 @@ def benchmark_cases(folder: str | Path, ratios: Iterable[float] | None = None,
         pairs = json.loads(manifest.read_text())["pairs"]
         cases = [Case(name=Path(p["raw"]).stem, raw=folder / p["raw"], ratio=float(p["ratio"]),
                       truth=folder / p["gt"], truth_kind="png", libraw_flip=0,
-                      meta={k: p[k] for k in ("photo", "cfa", "noise") if k in p}) for p in pairs]
+                      meta={k: p[k] for k in ("photo", "cfa", "noise", "black", "white", "wb") if k in p},
+                      level=float(p["level"]) if "level" in p else None) for p in pairs]
     except (ValueError, KeyError, TypeError) as e:
         raise EvalError(f"{manifest}: malformed manifest ({type(e).__name__}: {e})") from None
     return _select(cases, ratios, limit)
@@ -416,12 +423,13 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
                                 f"{case.truth.name} is {truth.shape[1]}x{truth.shape[0]}")
             image = as_float(image)
             results[method.name] = {"psnr": psnr(image, truth), "ssim": ssim(image, truth), "seconds": seconds}
-        rows.append({"name": case.name, "raw": str(case.raw), "truth": str(case.truth), "ratio": case.ratio,
+        rows.append({"name": case.name, "raw": str(case.raw), "truth": str(case.truth), "ratio": case.group,
+                     "true_ratio": case.ratio,
                      "amplification": amp, "size": [int(truth.shape[1]), int(truth.shape[0])],
                      "results": results, **({"meta": case.meta} if case.meta else {})})
         if progress:
             scores = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in results.items())
-            progress(f"[{i}/{len(cases)}] {case.name} x{ratio_key(case.ratio)} (amp {amp:.1f}): {scores}")
+            progress(f"[{i}/{len(cases)}] {case.name} x{ratio_key(case.group)} (amp {amp:.1f}): {scores}")
     ratios = sorted({r["ratio"] for r in rows})
     return {
         "amplification": exposure if auto_amp else "ratio",

@@ -257,20 +257,39 @@ class Synthetic:
         return (self.linear * self.camera.wb.to(self.linear.device)[:, :, None, None]).clamp(0.0, 1.0)
 
 
-def synthesise(srgb: torch.Tensor, g: torch.Generator, *, broad: bool = True, ratio: torch.Tensor | None = None,
-               exposure: torch.Tensor | None = None) -> Synthetic:
-    """The one synthetic-pair recipe (training, validation and `darkfix synth`): sRGB photos (N, 3, H, W)
-    -> unprocessed camera RGB -> exposure -> mosaic -> ELD noise -> ADC.
+@dataclass
+class Scene:
+    """A clean photo as some camera saw it: everything of a synthetic pair but the exposure and noise."""
 
-    `broad` draws cameras, white balance, bit depth and black level from the whole range of real sensors
-    (and 25 % virtual-camera noise gains); otherwise a Sony A7S II with Brooks et al.'s white balance.
-    `ratio` and `exposure` default to random draws (`sample_ratio` scaled by `ratio_limit`, and
-    `sample_exposure`); pass ones for fixed benchmarks.
-    """
+    camera: Camera
+    sensor: Sensor
+    linear: torch.Tensor  # (N, 3, H, W) clean linear camera RGB at the photo's exposure, in [0, 1]
+
+
+def make_scene(srgb: torch.Tensor, g: torch.Generator, broad: bool = True) -> Scene:
+    """sRGB photos (N, 3, H, W) -> a random camera and sensor and the photo unprocessed for them.
+
+    `broad` draws cameras, white balance, bit depth and black level from the whole range of real sensors;
+    otherwise a Sony A7S II with Brooks et al.'s white balance."""
     n = srgb.shape[0]
     camera = sample_camera(n, g, broad=broad)
     linear = unprocess(srgb, camera, g)
-    sensor = sample_sensor(n, g) if broad else sony_sensor(n)
+    return Scene(camera, sample_sensor(n, g) if broad else sony_sensor(n), linear)
+
+
+def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = True,
+               ratio: torch.Tensor | None = None, exposure: torch.Tensor | None = None,
+               scene: Scene | None = None) -> Synthetic:
+    """The one synthetic-pair recipe (training, validation and `darkfix synth`): sRGB photos (N, 3, H, W)
+    -> `make_scene` (or a given `scene`) -> exposure -> mosaic -> ELD noise (25 % virtual-camera gains
+    when `broad`) -> ADC.
+
+    `ratio` and `exposure` default to random draws (`sample_ratio` scaled by `ratio_limit`, and
+    `sample_exposure`; 1 unless `broad`); pass them for fixed benchmarks.
+    """
+    scene = scene or make_scene(srgb, g, broad)
+    camera, sensor = scene.camera, scene.sensor
+    n = scene.linear.shape[0]
     if ratio is None:
         ratio = (sample_ratio(n, g) * ratio_limit(sensor)).clamp_min(4.0)
     if exposure is None:
@@ -279,7 +298,6 @@ def synthesise(srgb: torch.Tensor, g: torch.Generator, *, broad: bool = True, ra
     if broad:
         # black levels that the file states a little wrong, per channel, by up to a few DN of 14 bits
         noise.bias = noise.bias + torch.randn(n, 4, generator=g) * _uniform(n, 0.0, 3.0, g).float()[:, None]
-    linear = linear * exposure.to(linear.device).view(n, 1, 1, 1)
-    dark = mosaic(linear)
-    raw = to_raw(noisy_dn(dark, ratio.float(), noise, g, sensor), sensor)
+    linear = scene.linear * exposure.to(scene.linear.device).view(n, 1, 1, 1)
+    raw = to_raw(noisy_dn(mosaic(linear), ratio.float(), noise, g, sensor), sensor)
     return Synthetic(raw, sensor, camera, noise, ratio.float(), linear)

@@ -119,7 +119,14 @@ def pair_from(s: synth.Synthetic, device: torch.device) -> Pair:
 
 
 def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device) -> Pair:
-    return pair_from(synth.synthesise(srgb, g, broad=True), device)
+    """Half the batch from the Sony A7S II (SID's camera: its benchmarks are the reference), half from the
+    broad range of sensors; both with the exposure draws that push highlights past white."""
+    half = srgb.shape[0] // 2
+    sony = synth.synthesise(srgb[:half], g, broad=False, exposure=synth.sample_exposure(half, g))
+    broad = synth.synthesise(srgb[half:], g, broad=True)
+    a, b = pair_from(sony, device), pair_from(broad, device)
+    return Pair(*(torch.cat([x, y]) for x, y in ((a.inputs, b.inputs), (a.target_linear, b.target_linear),
+                                                  (a.rgb_cam, b.rgb_cam), (a.ratio, b.ratio))))
 
 
 def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True) -> torch.Tensor:

@@ -20,7 +20,7 @@ from .errors import WeightsError
 from .model import ARCHITECTURE, LambaNet
 
 FORMAT_VERSION = "1"
-DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v1.safetensors"
+DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v2.safetensors"
 
 
 @dataclass

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from darkfix.amplify import AMP_MAX, AMP_MIN, estimate_amplification, estimate_from_raw
+from darkfix.amplify import (AMP_MAX, AMP_MIN, AUTO_MAX, AUTO_MEAN, AUTO_P98, estimate_amplification,
+                             estimate_exposure, estimate_from_raw)
 from darkfix.packing import channel_black, pack
 
 
@@ -127,3 +128,62 @@ def test_estimate_from_raw_equals_estimate_of_normalised(args):
     b = estimate_amplification(normalise(planes, channel_black(black, layout), white))
     assert np.isfinite(a) and AMP_MIN <= a <= AMP_MAX
     assert a == pytest.approx(b, rel=1e-9)
+
+
+# --- automatic exposure (the default) ---
+
+
+def _synthetic_dark(balanced: np.ndarray, wb: tuple[float, float, float], ratio: float, black: float = 512.0,
+                    white: float = 16383.0, seed: int = 0) -> np.ndarray:
+    """An RGGB mosaic of the white-balanced linear image (3, H, W) at exposure 1/ratio with shot noise."""
+    rng = np.random.default_rng(seed)
+    cam = balanced / np.asarray(wb)[:, None, None]
+    mosaic = np.empty(balanced.shape[1:])
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = cam[0, 0::2, 0::2], cam[1, 0::2, 1::2]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = cam[1, 1::2, 0::2], cam[2, 1::2, 1::2]
+    dn = rng.poisson(mosaic * (white - black) / ratio) + rng.normal(0, 2.0, mosaic.shape)
+    return np.clip(np.round(dn + black), 0, white).astype(np.uint16)
+
+
+def _cell(wb):
+    return np.array([[wb[0], wb[1]], [wb[1], wb[2]]]) / wb[1]
+
+
+@pytest.mark.parametrize("ratio", [20.0, 100.0, 300.0])
+@pytest.mark.parametrize("wb", [(1.0, 1.0, 1.0), (2.4, 1.0, 1.6), (1.2, 1.0, 2.9)])
+def test_auto_exposure_recovers_the_ratio_of_a_typical_scene(ratio, wb):
+    """A scene with the training photos' typical levels (mean and 98th percentile of its 16 px cells at
+    AUTO_MEAN and AUTO_P98 of white) is given back its true ratio, whatever the white balance and noise."""
+    rng = np.random.default_rng(1)
+    h, w = 256, 384
+    # cells drawn so that their mean and 98th percentile are what the calibration expects
+    cells = np.clip(rng.gamma(1.6, AUTO_MEAN / 1.6, (h // 16, w // 16)), 0, 1)
+    cells *= AUTO_MEAN / cells.mean()
+    balanced = np.repeat(np.repeat(cells, 16, 0), 16, 1)[None].repeat(3, 0)
+    raw = _synthetic_dark(balanced, wb, ratio)
+    estimate = estimate_exposure(raw, np.full((2, 2), 512.0), 16383.0, _cell(wb))
+    p98 = np.percentile(cells, 98)
+    expected = ratio * np.sqrt(AUTO_P98 / p98)  # only the percentile's own spread moves it
+    assert abs(np.log2(estimate / expected)) < 0.1
+
+
+def test_auto_exposure_is_robust_to_lamps_and_black_error():
+    rng = np.random.default_rng(2)
+    balanced = np.full((3, 256, 256), 0.18) * rng.uniform(0.5, 1.5, (1, 256, 256))
+    base = estimate_exposure(_synthetic_dark(balanced, (2, 1, 1.5), 100.0), np.full((2, 2), 512.0), 16383.0,
+                             _cell((2, 1, 1.5)))
+    lamps = balanced.copy()
+    lamps[:, 10:20, 10:20] = 50.0  # a lamp, saturating the sensor
+    lit = estimate_exposure(_synthetic_dark(lamps, (2, 1, 1.5), 100.0), np.full((2, 2), 512.0), 16383.0,
+                            _cell((2, 1, 1.5)))
+    off = estimate_exposure(_synthetic_dark(balanced, (2, 1, 1.5), 100.0), np.full((2, 2), 515.0), 16383.0,
+                            _cell((2, 1, 1.5)))
+    assert abs(np.log2(lit / base)) < 0.5 and abs(np.log2(off / base)) < 0.5
+
+
+def test_auto_exposure_limits_and_tiny_frames():
+    black = np.full((2, 2), 512.0)
+    assert estimate_exposure(np.full((64, 64), 512, np.uint16), black, 16383.0, np.ones((2, 2))) == AUTO_MAX
+    assert estimate_exposure(np.full((64, 64), 16383, np.uint16), black, 16383.0, np.ones((2, 2))) == AMP_MIN
+    tiny = np.full((6, 10), 600, np.uint16)  # smaller than one 16 px cell
+    assert AMP_MIN < estimate_exposure(tiny, black, 16383.0, np.ones((2, 2))) < AUTO_MAX

@@ -231,6 +231,17 @@ def test_brightness_factor_is_a_multiplier(make_dng, passthrough_weights, tmp_pa
     assert restore(passthrough_weights, src, "-o", a, "--ratio", "20", "-m", "2").exit_code == 0
     assert restore(passthrough_weights, src, "-o", b, "--ratio", "40").exit_code == 0
     assert a.read_bytes() == b.read_bytes()
+    c = tmp_path / "c.png"
+    assert restore(passthrough_weights, src, "-o", c, "--ratio", "80", "-m", "-1EV").exit_code == 0
+    assert c.read_bytes() == b.read_bytes()  # stops: -1ev halves
+
+
+@pytest.mark.parametrize("value", ["bright", "0", "+7ev", "200", "ev"])
+def test_bad_brightness_is_refused(make_dng, passthrough_weights, tmp_path, value):
+    src = make_dng()
+    r = restore(passthrough_weights, src, "-o", tmp_path / "x.png", "-m", value)
+    assert r.exit_code == 2 and "brightness" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_ratio_changes_brightness_monotonically(make_dng, passthrough_weights, tmp_path):

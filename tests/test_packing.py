@@ -108,6 +108,20 @@ def test_packed_frame_clips_at_white_then_amplifies():
     assert np.allclose(x[1, 0], 2.0 * np.array([0.0, 1.0, 188 / 15871]))  # G1: 512, 16383, 700
 
 
+@pytest.mark.parametrize("cfa", ["RGGB", "GRBG", "GBRG", "BGGR"])
+def test_balanced_frame_white_balances_each_plane_then_clips_at_one(cfa):
+    mosaic = np.full((4, 6), 612, np.uint16)
+    wb = np.array([2.0, 1.0, 1.5], np.float32)
+    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=50.0, wb=wb, balanced=True)
+    x = np.asarray(prep.packed)
+    level = 50.0 * 100 / 15871
+    assert np.allclose(x[:, 0, 0], level * np.array([2.0, 1.0, 1.0, 1.5]), rtol=1e-6)  # R, G1, G2, B
+    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=200.0, wb=wb, balanced=True)
+    assert np.asarray(prep.packed).max() == 1.0 and prep.balanced and prep.source == "ratio"
+    raw = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=200.0, wb=wb)
+    assert np.allclose(np.asarray(raw.packed), 200.0 * 100 / 15871)  # raw input: neither balanced nor clipped
+
+
 @SETTINGS
 @given(phases, sizes, sizes, st.data())
 def test_packed_frame_regions_equal_the_whole(cfa, h, w, data):

@@ -44,8 +44,11 @@ def test_noise_model_statistics():
     signal = 0.5 * (synth.WHITE - synth.BLACK) / 100.0
     for i in range(n):
         assert dn[i].mean().item() == pytest.approx(signal, rel=0.01)
-        expected = p.K[i].item() * signal + p.read_sigma[i].item() ** 2 + 1 / 12
+        expected = p.K[i].item() * signal + p.read_sigma[i].item() ** 2
         assert dn[i].var().item() == pytest.approx(expected, rel=0.05)
+        # the ADC's rounding adds its 1/12 DN^2
+        raw = synth.to_raw(dn, synth.sony_sensor(n))
+        assert torch.equal(raw, raw.round()) and raw[i].var().item() == pytest.approx(expected + 1 / 12, rel=0.05)
 
 
 def test_row_noise_is_shared_along_mosaic_rows():
@@ -54,9 +57,9 @@ def test_row_noise_is_shared_along_mosaic_rows():
                           read_lambda=torch.tensor([float("nan")]), row_sigma=torch.tensor([5.0]),
                           bias=torch.zeros(1, 4))
     dn = synth.noisy_dn(torch.zeros(1, 4, 16, 32), torch.tensor([100.0]), p, g)
-    # R and G1 share mosaic row 2i, G2 and B row 2i+1: equal up to the quantisation noise
-    assert (dn[0, 0] - dn[0, 1]).abs().max() <= 1.0
-    assert (dn[0, 2] - dn[0, 3]).abs().max() <= 1.0
+    # R and G1 share mosaic row 2i, G2 and B row 2i+1: equal up to the (tiny) read noise
+    assert (dn[0, 0] - dn[0, 1]).abs().max() <= 1e-3
+    assert (dn[0, 2] - dn[0, 3]).abs().max() <= 1e-3
     assert dn[0, 0].std(dim=1).max() < 0.5 < dn[0, 0].mean(dim=1).std()
 
 
@@ -120,3 +123,43 @@ def test_train_command(photos, tmp_path):
     assert load_weights(out)[1].format == "darkfix"
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--crop", "200"])
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
+
+
+def test_sensor_scaling_of_the_noise_model():
+    """Another sensor's range scales the Sony-calibrated parameters: same noise relative to white."""
+    g = torch.Generator().manual_seed(2)
+    p = synth.NoiseParams(K=torch.tensor([2.0, 2.0]), read_sigma=torch.tensor([3.0, 3.0]),
+                          read_lambda=torch.tensor([float("nan")] * 2), row_sigma=torch.zeros(2),
+                          bias=torch.zeros(2, 4))
+    sensor = synth.Sensor(torch.tensor([0.0, 64.0]), torch.tensor([1023.0, 65535.0]))
+    dn = synth.noisy_dn(torch.full((2, 4, 128, 128), 0.5), torch.tensor([50.0, 50.0]), p, g, sensor)
+    rel = dn / sensor.range.view(2, 1, 1, 1)
+    assert rel[0].mean().item() == pytest.approx(rel[1].mean().item(), rel=0.02)
+    assert rel[0].std().item() == pytest.approx(rel[1].std().item(), rel=0.05)
+    raw = synth.to_raw(dn - 40.0, sensor)  # far below black: the 0-black sensor clamps its noise at 0
+    assert raw[0].min().item() == 0.0 and raw[1].min().item() > 0.0
+
+
+def test_white_stays_white_after_white_balance():
+    """Unprocessing a white photo gives camera RGB that the camera's white balance makes neutral again
+    (the example's pink sun came from highlights protected from the inverse white balance)."""
+    g = torch.Generator().manual_seed(3)
+    cam = synth.sample_camera(4, g)
+    linear = synth.unprocess(torch.ones(4, 3, 8, 8), cam, g)
+    balanced = linear * cam.wb[:, :, None, None]
+    assert torch.allclose(balanced.amax(1), balanced.amin(1), rtol=1e-5)
+    assert ((cam.wb[:, 0] >= 1.0) & (cam.wb[:, 0] <= 3.0)).all() and cam.wb[:, 1].eq(1).all()
+
+
+def test_synthetic_pairs_cover_real_sensors_and_highlights():
+    g = torch.Generator().manual_seed(4)
+    s = synth.synthesise(torch.rand(64, 3, 32, 32), g, broad=True)
+    bits = torch.log2(s.sensor.white + 1).round()
+    assert {8.0, 10.0, 12.0, 14.0, 16.0} <= set(bits.tolist())
+    assert (s.sensor.black == 0).any() and (s.sensor.black / s.sensor.white).max() <= 0.1
+    x = s.network_input()
+    assert x.min() >= 0 and x.max() <= 1.0
+    over = (s.linear * s.camera.wb[:, :, None, None]).amax((1, 2, 3)) > 1.0
+    assert over.float().mean() > 0.1  # a good share of crops is pushed past white
+    t = s.target_balanced()
+    assert t.max() <= 1.0 and (t == 1.0).any()

@@ -1,0 +1,165 @@
+"""What the shipped weights do to pictures, on sensors made here: colour balance kept across white balance,
+bit depth, black level and CFA phase; highlights pushed past white come out white; default exposure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from _util import SONY_XYZ, read_png
+from darkfix import synth
+from darkfix.cli import main
+from darkfix.colour import render, rgb_cam_from_xyz_cam
+from darkfix.dng import DngSpec, write_dng
+from darkfix.inference import Restorer
+from darkfix.options import RestoreOptions
+from darkfix.packing import crop, prepare_frame
+from darkfix.rawio import read_raw
+from darkfix.weights import load_weights
+
+PHASES = {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    torch.set_num_threads(2)
+    model, info = load_weights()
+    assert info.input == "balanced"
+    return Restorer(model, device="cpu"), info
+
+
+def smooth_colours(h: int, w: int, seed: int, lo: float = 0.04, hi: float = 0.6,
+                   saturation: float = 0.5) -> np.ndarray:
+    """(3, h, w) white-balanced linear camera RGB: soft patches of many colours, none near white, with
+    chroma scaled by `saturation` (1: each channel drawn independently, as no photo's colours are)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(lo, hi, (3, h // 16 + 2, w // 16 + 2))
+    coarse = coarse.mean(0) + saturation * (coarse - coarse.mean(0))
+    up = torch.nn.functional.interpolate(torch.from_numpy(coarse)[None], size=(h + 32, w + 32), mode="bicubic",
+                                         align_corners=False)[0, :, 16:-16, 16:-16]
+    return up.clamp(lo, hi).numpy()
+
+
+def dark_dng(path, balanced: np.ndarray, wb: tuple[float, float, float], ratio: float, bits: int, black: float,
+             cfa: str, seed: int, noise_gain: float = 1.0) -> tuple[np.ndarray, object]:
+    """A dark DNG of the clean camera RGB `balanced / wb` at exposure 1/ratio, with ELD-style noise of a
+    mid-ISO Sony scaled to the sensor's range; returns the clean camera RGB in the file's CFA phase."""
+    g = torch.Generator().manual_seed(seed)
+    camera = torch.from_numpy(balanced / np.asarray(wb, np.float64)[:, None, None]).float()[None]
+    white = 2.0**bits - 1.0
+    sensor = synth.Sensor(torch.tensor([round(black * white)], dtype=torch.float32), torch.tensor([white]))
+    noise = synth.NoiseParams(K=torch.tensor([noise_gain]), read_sigma=torch.tensor([2.0 * noise_gain]),
+                              read_lambda=torch.tensor([float("nan")]), row_sigma=torch.tensor([0.3]),
+                              bias=torch.zeros(1, 4))
+    raw = synth.to_raw(synth.noisy_dn(synth.mosaic(camera), torch.tensor([ratio]), noise, g, sensor), sensor)
+    planes = raw[0].numpy()
+    _, hh, ww = planes.shape
+    dy, dx = PHASES[cfa]
+    mosaic = planes.reshape(2, 2, hh, ww).transpose(2, 0, 3, 1).reshape(2 * hh, 2 * ww)[dy:, dx:]
+    spec = DngSpec(cfa=cfa, black=float(sensor.black[0]), white=int(white),
+                   as_shot_neutral=tuple(1.0 / np.asarray(wb)), color_matrix=SONY_XYZ)
+    write_dng(path, np.ascontiguousarray(mosaic.astype(np.uint16)), spec)
+    return camera[0, :, dy:, dx:].numpy(), spec
+
+
+def test_colour_balance_survives_every_sensor(shipped, tmp_path):
+    """Over white balance x bit depth x black level x CFA phase, the network's camera RGB keeps the clean
+    input's mean R/G and B/G within 5 % (where neither is clipped)."""
+    restorer, _ = shipped
+    worst = (0.0, None)
+    case = 0
+    for wb in ((1.05, 1.35), (2.0, 1.6), (2.9, 2.7), (1.3, 2.9)):
+        for bits in (8, 10, 12, 14, 16):
+            for black in (0.0, 0.06):
+                cfa = tuple(PHASES)[case % 4]
+                case += 1
+                balanced = smooth_colours(96, 128, seed=case)
+                ratio = float(max(4.0, 100 * min(1.0, (2.0**bits - 1) / 15871) ** 0.6))
+                wb3 = (wb[0], 1.0, wb[1])
+                clean, _ = dark_dng(tmp_path / "c.dng", balanced, wb3, ratio, bits, black, cfa, seed=case)
+                frame = read_raw(tmp_path / "c.dng")
+                prep = prepare_frame(frame, RestoreOptions(ratio=ratio), balanced=True)
+                with torch.no_grad():
+                    out = restorer.run_tile(torch.from_numpy(np.asarray(prep.packed))[None])
+                out = crop(out, prep.layout)[0].float().numpy() / (prep.wb / prep.wb[1])[:, None, None]
+                unclipped = (out * np.asarray(wb3)[:, None, None]).max(0) < 0.98
+                for c in (0, 2):
+                    got = out[c][unclipped].mean() / out[1][unclipped].mean()
+                    want = clean[c][unclipped].mean() / clean[1][unclipped].mean()
+                    err = abs(got / want - 1.0)
+                    if err > worst[0]:
+                        worst = (err, (wb, bits, black, cfa, "RB"[c // 2]))
+    assert worst[0] < 0.05, f"balance off by {worst[0]:.1%} at (wb, bits, black, cfa, channel) = {worst[1]}"
+
+
+def _chroma(image: np.ndarray) -> np.ndarray:
+    return image.max(-1) - image.min(-1)
+
+
+@pytest.mark.parametrize("sensor_clipped", [False, True])
+def test_window_past_white_renders_white_without_fringe(shipped, tmp_path, sensor_clipped):
+    """A window far brighter than the room: after amplification it is past white. Inside it and in a 6 px
+    band around it the output's chroma (max - min channel) is within 0.05 of the ground truth's."""
+    h, w = 128, 160
+    balanced = smooth_colours(h, w, seed=7, lo=0.05, hi=0.4)
+    win = (slice(32, 80), slice(48, 112))
+    balanced[:, win[0], win[1]] = np.array([3.0, 2.6, 2.2])[:, None, None]  # a warm lamp-lit window
+    wb, ratio = (2.2, 1.0, 1.7), 120.0
+    clean, spec = dark_dng(tmp_path / "w.dng", balanced, wb, ratio, 14, 512 / 16383, "RGGB", seed=3)
+    if sensor_clipped:  # the same window clipped by the sensor itself
+        with __import__("rawpy").imread(str(tmp_path / "w.dng")) as raw:
+            mosaic = raw.raw_image_visible.copy()
+        mosaic[win] = 16383
+        write_dng(tmp_path / "w.dng", mosaic, spec)
+    out = tmp_path / "w.png"
+    r = CliRunner().invoke(main, ["restore", str(tmp_path / "w.dng"), "-o", str(out), "--ratio", str(ratio),
+                                  "--bit-depth", "16", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    got = read_png(out)[0].astype(np.float64) / 65535.0
+    rgb_cam = torch.from_numpy(rgb_cam_from_xyz_cam(SONY_XYZ)).float()
+    truth = render(torch.from_numpy(clean)[None].float(), torch.tensor(wb), rgb_cam)[0].permute(1, 2, 0).numpy()
+    inside = np.zeros((h, w), bool)
+    inside[win] = True
+    grown = np.zeros_like(inside)
+    grown[win[0].start - 6 : win[0].stop + 6, win[1].start - 6 : win[1].stop + 6] = True
+    band = grown & ~inside
+    assert _chroma(truth)[inside].max() < 1e-3  # the ground truth's window is white
+    for name, region in (("window", inside), ("6 px band", band)):
+        diff = np.abs(_chroma(got) - _chroma(truth))[region].mean()
+        assert diff <= 0.05, f"{name}: chroma off by {diff:.3f} on average"
+
+
+def photo_like(h: int, w: int, seed: int) -> np.ndarray:
+    """An sRGB (3, h, w) scene with a photo's statistics: a sky-to-ground gradient, soft objects, texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([0.55 - 0.3 * yy, 0.6 - 0.25 * yy, 0.75 - 0.45 * yy])
+    objects = smooth_colours(h, w, seed + 100, lo=0.05, hi=0.9)
+    mix = (smooth_colours(h, w, seed + 200, 0.0, 1.0, saturation=1.0)[0] > 0.5)[None]
+    texture = rng.normal(0.0, 0.04, (1, h, w))
+    return np.clip(np.where(mix, objects, base) + texture, 0.0, 1.0)
+
+
+def test_default_exposure_is_normal(shipped, tmp_path):
+    """Dark frames of photo-like scenes from several sensors, restored with no options, come out with a
+    mean level between 25 % and 60 % of white (the paper's estimate leaves them at a few per cent)."""
+    runner = CliRunner()
+    for i, (bits, ratio, wb) in enumerate(((14, 200.0, (2.1, 1.0, 1.6)), (12, 60.0, (1.3, 1.0, 1.5)),
+                                           (10, 25.0, (1.8, 1.0, 2.6)), (8, 8.0, (1.1, 1.0, 1.2)))):
+        srgb = torch.from_numpy(photo_like(128, 192, seed=i)).float()[None]
+        g = torch.Generator().manual_seed(i)
+        camera = synth.sample_camera(1, g)
+        camera.wb = torch.tensor([wb])
+        balanced = (synth.unprocess(srgb, camera, g) * camera.wb[:, :, None, None])[0].numpy()
+        black = 0.0 if bits == 8 else 0.03
+        dark_dng(tmp_path / f"p{i}.dng", balanced, wb, ratio, bits, black, "GRBG", seed=i)
+        r = runner.invoke(main, ["restore", str(tmp_path / f"p{i}.dng"), "--device", "cpu", "-v"])
+        assert r.exit_code == 0, r.output
+        level = read_png(tmp_path / f"p{i}.png")[0].mean() / 255.0
+        assert 0.25 <= level <= 0.6, f"{bits}-bit frame at 1/{ratio:g}: mean level {level:.2f} ({r.output})"
+        r = runner.invoke(main, ["restore", str(tmp_path / f"p{i}.dng"), "-o", str(tmp_path / "paper.png"),
+                                 "--exposure", "paper", "--overwrite", "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        assert read_png(tmp_path / "paper.png")[0].mean() / 255.0 < level - 0.1
