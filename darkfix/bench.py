@@ -26,7 +26,7 @@ import torch
 
 from .dng import DngSpec, write_dng
 from .errors import WeightsError
-from .inference import ALIGN, Restorer, Tile
+from .inference import ALIGN, Restorer, Tile, precision_reason
 from .model import LambaNet
 from .packing import pad_to_multiple
 from .pipeline import RestoreOptions, infer_and_render, prepare_frame
@@ -334,6 +334,7 @@ def _report(timer: _Timer, size: tuple[int, int], runs: int, restorer: Restorer,
     result = {
         "machine": machine(),
         "device": str(restorer.device), "precision": str(restorer.dtype).replace("torch.", ""),
+        "precision_reason": precision_reason(precision, restorer.device),
         "tile": restorer.tile_for((size[1] + 1) // 2, (size[0] + 1) // 2), "margin": restorer.margin,
         "input": str(input_path) if input_path else "synthetic", "size": list(size), "megapixels": mp,
         "weights": weights_text, "runs": runs, "png_compression": compression, "png_bytes": png_bytes,
@@ -365,6 +366,7 @@ def print_report(r: dict, console=None) -> None:
                   f"median of {r['runs']} runs after a warm-up")
     console.print(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} with "
                   f"{m['torch_threads']} threads ({m['cpu_capability']})" + (f", {m['gpu']}" if "gpu" in m else ""))
+    console.print(f"precision: {r['precision']} ({r['precision_reason']})")
     console.print(f"weights: {r['weights']}")
     table = Table()
     table.add_column("stage")

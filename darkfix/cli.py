@@ -49,7 +49,7 @@ def network_options(f):
         click.option("--device", type=DEVICE, default="auto", show_default=True,
                      help="auto = CUDA when available."),
         click.option("--precision", type=PRECISION, default="auto", show_default=True,
-                     help="auto = fp16 on CUDA, fp32 on CPU; bf16 is an option on CPUs that support it."),
+                     help="auto = fp16 on CUDA; on CPU bf16 where the CPU has native bf16 (AMX, AVX512-BF16), else fp32."),
         click.option("--threads", type=click.IntRange(1, 256), default=None,
                      help="CPU threads for the network (default: torch's choice)."),
         click.option("--tile", type=click.IntRange(64, 65536), default=None,

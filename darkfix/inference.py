@@ -62,15 +62,39 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def native_bf16() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 convolutions natively, and what says so: oneDNN's own bf16 check and
+    the AMX or AVX512-BF16 units torch reports (emulated bf16 is many times slower than fp32)."""
+    cpu = getattr(torch, "cpu", None)
+    units = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+             if cpu is not None and hasattr(cpu, probe) and getattr(cpu, probe)()]
+    onednn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if units and onednn is not None and onednn():
+        return True, f"{' and '.join(units)} reported by torch, oneDNN bf16 supported"
+    return False, "no AMX or AVX512-BF16 reported by torch" if not units else "oneDNN reports no bf16 support"
+
+
 def pick_precision(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> fp16 on CUDA, fp32 on CPU."""
+    """'auto' -> fp16 on CUDA; on CPU bf16 where the CPU runs it natively (`native_bf16`), else fp32."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if native_bf16()[0] else torch.float32
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r} (expected fp32, fp16 or bf16)")
     if name == "fp16" and device.type == "cpu":
         raise ValueError("fp16 is for CUDA; on CPU use fp32 or bf16")
     return PRECISIONS[name]
+
+
+def precision_reason(name: str, device: torch.device) -> str:
+    """Why `pick_precision` chose what it did, for `darkfix bench`."""
+    if name != "auto":
+        return "as requested"
+    if device.type == "cuda":
+        return "auto: fp16 on CUDA"
+    native, why = native_bf16()
+    return f"auto: {'bf16' if native else 'fp32'} ({why})"
 
 
 @dataclass(frozen=True)

@@ -192,3 +192,19 @@ def test_bands_order():
     assert all(t.x0 == b[0].x0 for b in cols for t in b) and [t.y0 for t in cols[0]] == [0, 32]
     assert bands(40, 70, 32, by_columns=True, reverse=True) == cols[::-1]
     assert bands(40, 70, 32, reverse=True) == rows[::-1]
+
+
+def test_auto_precision_follows_what_the_cpu_reports(monkeypatch):
+    """bf16 only where torch reports native bf16 units and oneDNN supports them; fp32 elsewhere."""
+    from darkfix import inference
+
+    cpu = torch.device("cpu")
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(inference, "native_bf16", lambda native=native: (native, "test"))
+        assert inference.pick_precision("auto", cpu) == want
+        assert inference.precision_reason("auto", cpu).startswith(f"auto: {'bf16' if native else 'fp32'}")
+    assert inference.pick_precision("fp32", cpu) == torch.float32
+    assert inference.precision_reason("bf16", cpu) == "as requested"
+    monkeypatch.undo()
+    native, why = inference.native_bf16()
+    assert isinstance(native, bool) and why
