@@ -1,0 +1,76 @@
+"""The library: what `darkfix restore` does, returning the picture as a numpy array.
+
+    import darkfix
+    image = darkfix.restore("night.dng")              # (H, W, 3) uint8, upright sRGB
+    model = darkfix.load(device="cpu")                # load the weights once for many files
+    for path in paths:
+        image16 = model.restore(path, bit_depth=16)   # uint16
+
+The array equals, pixel for pixel, the PNG the CLI writes with the same options.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .options import RestoreOptions
+from .weights import WeightsInfo
+
+
+class Darkfix:
+    """Loaded weights on a device, ready to restore many files (see `load`)."""
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
+                 tile: int | None = None) -> None:
+        from .inference import Restorer
+        from .weights import load_weights
+
+        model, self.info = load_weights(weights)
+        self.restorer = Restorer(model, device=device, precision=precision, tile=tile)
+
+    @property
+    def weights(self) -> WeightsInfo:
+        """What the loaded weights are (path, format, input and output conventions, metadata)."""
+        return self.info
+
+    def restore(self, source: str | os.PathLike, *, ratio: float | None = None, brightness: float = 1.0,
+                exposure: str = "auto", wb: str = "camera", bit_depth: int = 8) -> np.ndarray:
+        """Restore one raw file into an upright sRGB (H, W, 3) array: uint8, or uint16 with bit_depth=16.
+
+        `ratio` amplifies by a known exposure ratio; otherwise `exposure` picks the estimate ("auto": a
+        normal exposure; "paper": Lamba & Mitra's). `brightness` multiplies the amplification. Raises
+        `RawReadError` for files darkfix cannot read, `ValueError` for bad options.
+        """
+        from .packing import EXPOSURES, prepare_frame
+        from .pipeline import infer_and_render
+        from .rawio import read_raw
+
+        if bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth!r}")
+        if wb not in ("camera", "daylight"):
+            raise ValueError(f"wb must be 'camera' or 'daylight', not {wb!r}")
+        if exposure not in EXPOSURES:
+            raise ValueError(f"exposure must be one of {', '.join(EXPOSURES)}, not {exposure!r}")
+        if not brightness > 0 or (ratio is not None and not ratio > 0):
+            raise ValueError("brightness and ratio must be positive")
+        opts = RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=bit_depth)
+        frame = read_raw(Path(source))
+        prep = prepare_frame(frame, opts, balanced=self.info.input == "balanced")
+        return infer_and_render(frame, prep, self.restorer, self.info, opts)
+
+
+def load(weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
+         tile: int | None = None) -> Darkfix:
+    """Load weights (default: the packaged ones) once, for `Darkfix.restore` on many files."""
+    return Darkfix(weights, device=device, precision=precision, tile=tile)
+
+
+def restore(source: str | os.PathLike, *, ratio: float | None = None, brightness: float = 1.0,
+            exposure: str = "auto", wb: str = "camera", bit_depth: int = 8,
+            weights: str | os.PathLike | None = None, device: str = "auto") -> np.ndarray:
+    """Restore one raw file with freshly loaded weights; see `Darkfix.restore`."""
+    return load(weights, device=device).restore(source, ratio=ratio, brightness=brightness, exposure=exposure,
+                                                wb=wb, bit_depth=bit_depth)
