@@ -17,13 +17,17 @@ from typing import Callable
 from .decoder import DecodeWorker
 from .errors import DarkfixError
 from .inference import Restorer
-from .pipeline import RAW_SUFFIXES, RestoreOptions, check_output, restore_frame
+from .imagefile import default_suffix
+from .pipeline import RAW_SUFFIXES, RestoreOptions, check_output, default_output, restore_frame
 from .weights import WeightsInfo
 
 
 def find_raws(folder: Path, recursive: bool = False, pattern: str | None = None) -> Iterator[Path]:
-    """Raw files under `folder` in name order, lazily; symlinked directories are not followed (no loops)."""
+    """Raw files under `folder` in name order, lazily; symlinked directories are not followed (no loops).
+    darkfix's own linear DNGs (`*.darkfix.dng`) are outputs, not inputs."""
     def wanted(name: str) -> bool:
+        if name.lower().endswith(default_suffix("dng")):
+            return False
         if pattern:
             return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.lower(), pattern.lower())
         return Path(name).suffix.lower() in RAW_SUFFIXES
@@ -37,11 +41,10 @@ def find_raws(folder: Path, recursive: bool = False, pattern: str | None = None)
                 yield Path(root) / name
 
 
-def output_for(source: Path, folder: Path, outdir: Path | None) -> Path:
-    """Beside the input, or under `outdir` with the same relative sub-folder."""
-    if outdir is None:
-        return source.with_suffix(".png")
-    return outdir / source.relative_to(folder).with_suffix(".png")
+def output_for(source: Path, folder: Path, outdir: Path | None, fmt: str = "png") -> Path:
+    """Beside the input, or under `outdir` with the same relative sub-folder (named as `restore` names it)."""
+    return default_output(source, None if outdir is None else outdir / source.relative_to(folder).parent, True,
+                          fmt)
 
 
 @dataclass
@@ -105,7 +108,7 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
                     dst.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as e:
                     raise DarkfixError(f"{dst}: cannot create output directory ({e.strerror})") from None
-                check_output(src, dst, opts.overwrite)
+                check_output(src, dst, opts.overwrite, opts.format)
             except DarkfixError as e:
                 record(src, "failed", str(e))
                 continue

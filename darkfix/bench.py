@@ -26,7 +26,7 @@ import torch
 
 from .dng import DngSpec, write_dng
 from .errors import WeightsError
-from .inference import ALIGN, Restorer, Tile, precision_reason
+from .inference import ALIGN, Restorer, Tile
 from .model import LambaNet
 from .packing import pad_to_multiple
 from .pipeline import RestoreOptions, infer_and_render, prepare_frame
@@ -334,7 +334,7 @@ def _report(timer: _Timer, size: tuple[int, int], runs: int, restorer: Restorer,
     result = {
         "machine": machine(),
         "device": str(restorer.device), "precision": str(restorer.dtype).replace("torch.", ""),
-        "precision_reason": precision_reason(precision, restorer.device),
+        "precision_reason": restorer.precision_reason,
         "tile": restorer.tile_for((size[1] + 1) // 2, (size[0] + 1) // 2), "margin": restorer.margin,
         "input": str(input_path) if input_path else "synthetic", "size": list(size), "megapixels": mp,
         "weights": weights_text, "runs": runs, "png_compression": compression, "png_bytes": png_bytes,

@@ -73,7 +73,13 @@ def restore_options(f):
                      help="Amplify by this exposure ratio instead of an estimate (SID protocol)."),
         click.option("--wb", type=click.Choice(["camera", "daylight"]), default="camera", show_default=True,
                      help="White balance: as shot, or the camera's daylight multipliers."),
-        click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True),
+        click.option("--format", "fmt", type=click.Choice(["png", "tiff", "jpeg", "dng"]), default=None,
+                     help="Output format (default: from the -o suffix, else png). dng = the denoised linear "
+                          "camera RGB as a DNG that raw editors open (darkfix weights only)."),
+        click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
+                     help="Bits per channel of PNG and TIFF (JPEG is 8, DNG 16)."),
+        click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
+                     help="JPEG quality."),
         click.option("--compression", type=click.IntRange(0, 9), default=1, show_default=True,
                      help="PNG zlib level: 0 is fastest and largest, 9 smallest and slowest."),
         click.option("--overwrite", is_flag=True, help="Replace existing output files."),
@@ -100,11 +106,13 @@ def _restorer(weights, device, precision, threads, tile):
     return restorer, info
 
 
-def _opts(brightness, exposure, ratio, wb, bit_depth, compression, overwrite):
+def _opts(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite):
     from .options import RestoreOptions
 
+    if fmt == "jpeg" and bit_depth == "16":
+        _fail("JPEG holds 8 bits per channel: use --bit-depth 8, or --format tiff/png for 16")
     return RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=int(bit_depth),
-                          compression=compression, overwrite=overwrite)
+                          compression=compression, overwrite=overwrite, format=fmt or "png", quality=quality)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,15 +129,20 @@ def main() -> None:
 @restore_options
 @network_options
 @click.option("-v", "--verbose", is_flag=True, help="Print the amplification used and timings.")
-def restore(files, output, brightness, exposure, ratio, wb, bit_depth, compression, overwrite, weights, device,
-            precision, threads, tile, verbose) -> None:
-    """Restore each raw FILE into a PNG."""
+def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
+            weights, device, precision, threads, tile, verbose) -> None:
+    """Restore each raw FILE into a picture (PNG unless --format or the -o suffix says otherwise)."""
+    from .imagefile import format_of
     from .pipeline import check_output, default_output, restore_file
 
-    opts = _opts(brightness, exposure, ratio, wb, bit_depth, compression, overwrite)
     several = len(files) > 1
     as_dir = output is not None and (several or output.endswith(("/", os.sep)) or Path(output).is_dir())
     out = Path(output) if output is not None else None
+    try:
+        fmt = format_of(None if as_dir else out, fmt)
+    except DarkfixError as e:
+        _fail(str(e), e.exit_code)
+    opts = _opts(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite)
     if as_dir and out.exists() and not out.is_dir():
         _fail(f"{out}: -o must be a directory when restoring several files")
     try:
@@ -138,7 +151,7 @@ def restore(files, output, brightness, exposure, ratio, wb, bit_depth, compressi
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise DarkfixError(f"{out}: cannot create output directory ({e.strerror})") from None
-        jobs = [(Path(f), default_output(Path(f), out, as_dir)) for f in files]
+        jobs = [(Path(f), default_output(Path(f), out, as_dir, opts.format)) for f in files]
         seen: dict[Path, Path] = {}
         for src, dst in jobs:  # refuse before loading the network
             if not src.exists():
@@ -146,8 +159,12 @@ def restore(files, output, brightness, exposure, ratio, wb, bit_depth, compressi
             if dst.resolve() in seen:
                 raise DarkfixError(f"{src}: would write {dst}, as {seen[dst.resolve()]} does; restore them separately")
             seen[dst.resolve()] = src
-            check_output(src, dst, overwrite)
+            check_output(src, dst, overwrite, opts.format)
         restorer, info = _restorer(weights, device, precision, threads, tile)
+        if opts.format == "dng":
+            from .pipeline import check_camera_output
+
+            check_camera_output(jobs[0][1], info)
         failures = 0
         done = 0
         signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -223,8 +240,8 @@ def _raise_interrupt(signum, frame) -> None:
 @click.option("--pattern", default=None, help="Glob on file names, e.g. '*.ARW'. Default: every raw extension.")
 @restore_options
 @network_options
-def batch(folder, outdir, recursive, pattern, brightness, exposure, ratio, wb, bit_depth, compression, overwrite,
-          weights, device, precision, threads, tile) -> None:
+def batch(folder, outdir, recursive, pattern, brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression,
+          overwrite, weights, device, precision, threads, tile) -> None:
     """Restore every raw file in FOLDER; files already restored are skipped, so a rerun resumes."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -239,9 +256,9 @@ def batch(folder, outdir, recursive, pattern, brightness, exposure, ratio, wb, b
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             _fail(f"{outdir}: cannot create output directory ({e.strerror})")
-    opts = _opts(brightness, exposure, ratio, wb, bit_depth, compression, overwrite)
+    opts = _opts(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite)
     files = list(find_raws(folder, recursive, pattern))
-    outputs = [output_for(f, folder, outdir) for f in files]
+    outputs = [output_for(f, folder, outdir, opts.format) for f in files]
     for d in {o.parent for o in outputs if o.parent.is_dir()}:
         remove_stale_parts(d)
     if not files:
@@ -249,6 +266,10 @@ def batch(folder, outdir, recursive, pattern, brightness, exposure, ratio, wb, b
         return
     try:
         restorer, info = _restorer(weights, device, precision, threads, tile)
+        if opts.format == "dng":
+            from .pipeline import check_camera_output
+
+            check_camera_output(outputs[0], info)
     except DarkfixError as e:
         _fail(str(e), e.exit_code)
     console = Console(stderr=True)

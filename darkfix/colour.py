@@ -8,11 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# LibRaw's xyz_rgb (linear sRGB -> XYZ, D65)
-XYZ_FROM_SRGB = np.array(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
-)
-
+from .rawio import XYZ_FROM_SRGB
 
 def rgb_cam_from_xyz_cam(cam_xyz: np.ndarray) -> np.ndarray:
     """LibRaw's camera -> sRGB matrix from a ColorMatrix (XYZ -> camera): rows normalised so white stays white."""

@@ -29,6 +29,9 @@ class DngSpec:
     make: str = "darkfix"
     model: str = "synthetic"
     exposure_time: float | None = None
+    iso: int | None = None
+    fnumber: float | None = None
+    datetime: str | None = None  # "YYYY:MM:DD HH:MM:SS"
     description: str = ""
 
 
@@ -67,8 +70,15 @@ def write_dng(path: str | os.PathLike, mosaic: np.ndarray, spec: DngSpec) -> Pat
         (271, "s", 0, spec.make, True),  # Make
         (272, "s", 0, spec.model, True),  # Model
     ]
+    # capture fields in IFD0 itself, as some raws keep them (darkfix reads either place)
     if spec.exposure_time is not None:
         extratags.append((33434, "2I", 1, _srational(np.array([spec.exposure_time])), True))
+    if spec.fnumber is not None:
+        extratags.append((33437, "2I", 1, _srational(np.array([spec.fnumber])), True))
+    if spec.iso is not None:
+        extratags.append((34855, "H", 1, int(spec.iso), True))
+    if spec.datetime is not None:
+        extratags.append((306, "s", 0, spec.datetime, True))
     path = Path(path)
     tifffile.imwrite(
         path,

@@ -286,6 +286,7 @@ class Restorer:
                  tile: int | None = None, margin: int = DEFAULT_MARGIN) -> None:
         self.device = pick_device(device)
         self.dtype = pick_precision(precision, self.device)
+        self.precision_reason = precision_reason(precision, self.device)
         # CUDA memory runs out per tile and is returned at once: retry smaller; on CPU, fail
         self.split_on_oom = self.device.type == "cuda"
         self.net = InferenceNet(model).to(self.device, self.dtype).eval()

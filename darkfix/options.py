@@ -16,3 +16,5 @@ class RestoreOptions:
     bit_depth: int = 8
     compression: int = 1  # zlib level: 1 costs a fraction of the network's time at ~the size of 6
     overwrite: bool = False
+    format: str = "png"  # png | tiff | jpeg | dng (imagefile.FORMATS)
+    quality: int = 95  # JPEG quality

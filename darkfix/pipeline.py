@@ -18,7 +18,9 @@ import torch
 
 from .colour import orient, to_display
 from .errors import OutputError
+from .imagefile import default_suffix, format_of, write_jpeg, write_linear_dng, write_tiff
 from .inference import Restorer, Tile
+from .metadata import exif_tiff
 from .options import RestoreOptions
 from .packing import Prepared, prepare_frame
 from .pngio import PngStream, atomic_output
@@ -115,17 +117,63 @@ class Result:
     how: str  # what the amplification came from: "ratio", "auto" or "paper"
 
 
+def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo) -> np.ndarray:
+    """The network's linear camera RGB (white balance undone), as stored (not turned upright), cropped to
+    the mosaic: (H, W, 3) float32 in [0, 1]. Photosites the sensor clipped are white, as in `to_display`."""
+    top, left, height, width = prep.layout.top, prep.layout.left, prep.layout.height, prep.layout.width
+    image = np.empty((height, width, 3), np.float32)
+    rel = (prep.wb / prep.wb[1]) if prep.balanced else np.ones(3, np.float32)
+    white = (1.0 / rel).astype(np.float32)
+
+    def sink(out: torch.Tensor, t: Tile) -> None:
+        y0, y1 = max(2 * t.y0 - top, 0), min(2 * t.y1 - top, height)
+        x0, x1 = max(2 * t.x0 - left, 0), min(2 * t.x1 - left, width)
+        oy, ox = y0 - (2 * t.y0 - top), x0 - (2 * t.x0 - left)
+        tile = out[0, :, oy : oy + y1 - y0, ox : ox + x1 - x0].float().permute(1, 2, 0).cpu().numpy() / rel
+        sat = prep.packed.saturated(t.y0, t.y1, t.x0, t.x1)
+        if sat is not None:
+            sat = sat.repeat(2, axis=0).repeat(2, axis=1)[oy : oy + y1 - y0, ox : ox + x1 - x0]
+            tile[sat] = white
+        image[y0:y1, x0:x1] = tile
+
+    restorer(prep.packed, sink)
+    return image
+
+
 def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, restorer: Restorer,
                   info: WeightsInfo, opts: RestoreOptions) -> Result:
-    """Network, colour and PNG encoding of a decoded frame, streamed into `output` (atomically)."""
+    """Network, colour and encoding of a decoded frame into `output` (atomically, in `opts.format`): a PNG
+    streams band by band; TIFF, JPEG and DNG are encoded from the whole image."""
     w, h = output_size(frame, prep)
+    exif = exif_tiff(frame.capture)
     try:
-        with atomic_output(output, opts.overwrite) as f, \
-                PngStream(f, w, h, opts.bit_depth, opts.compression, background=True) as png:
-            render_bands(frame, prep, restorer, info, opts, png.write)
+        if opts.format == "png":
+            with atomic_output(output, opts.overwrite) as f, \
+                    PngStream(f, w, h, opts.bit_depth, opts.compression, background=True, exif=exif) as png:
+                render_bands(frame, prep, restorer, info, opts, png.write)
+        elif opts.format == "dng":
+            check_camera_output(output, info)
+            camera = camera_image(frame, prep, restorer, info)
+            codes = (np.clip(camera, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+            with atomic_output(output, opts.overwrite) as f:
+                write_linear_dng(f, codes, frame.cam_xyz, 1.0 / prep.wb, frame.flip, frame.capture)
+        else:
+            image = infer_and_render(frame, prep, restorer, info, opts)
+            with atomic_output(output, opts.overwrite) as f:
+                if opts.format == "tiff":
+                    write_tiff(f, image, frame.capture)
+                else:
+                    write_jpeg(f, image, opts.quality, frame.capture)
     except MemoryError:
         raise _out_of_memory(source) from None
     return Result(source, output, prep.amplification, (w, h), prep.source)
+
+
+def check_camera_output(output: Path, info: WeightsInfo) -> None:
+    """A linear DNG holds camera RGB: weights whose network outputs sRGB cannot make one."""
+    if info.output != "camera":
+        raise OutputError(f"{output}: a linear DNG needs camera-RGB output; {info.path.name} outputs sRGB "
+                          "(use darkfix's own weights, or PNG/TIFF/JPEG)")
 
 
 def _out_of_memory(source: Path) -> OutputError:
@@ -135,7 +183,9 @@ def _out_of_memory(source: Path) -> OutputError:
 def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsInfo,
                  opts: RestoreOptions) -> Result:
     """Restore one raw file into `output` (written atomically); raises DarkfixError subclasses."""
-    check_output(source, output, opts.overwrite)
+    check_output(source, output, opts.overwrite, opts.format)
+    if opts.format == "dng":
+        check_camera_output(output, info)
     frame = read_raw(source)
     try:
         prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
@@ -144,12 +194,14 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
     return restore_frame(source, frame, prep, output, restorer, info, opts)
 
 
-def check_output(source: Path, output: Path, overwrite: bool) -> None:
-    """Refuse before any work: an output that is an input, exists, or cannot be written."""
+def check_output(source: Path, output: Path, overwrite: bool, fmt: str = "png") -> None:
+    """Refuse before any work: an output that is an input, exists, cannot be written, or whose suffix
+    names another format (or a raw format, for anything but a DNG)."""
     if output.exists() and source.exists() and os.path.samefile(source, output):
         raise OutputError(f"{output}: output would overwrite its input")
-    if output.suffix.lower() in RAW_SUFFIXES:
-        raise OutputError(f"{output}: refusing to write a PNG under a raw file's name")
+    if output.suffix.lower() in RAW_SUFFIXES and fmt != "dng":
+        raise OutputError(f"{output}: refusing to write a {fmt.upper()} under a raw file's name")
+    format_of(output, fmt)
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
     if output.exists() and not overwrite:
@@ -161,8 +213,10 @@ def check_output(source: Path, output: Path, overwrite: bool) -> None:
         raise OutputError(f"{output}: output directory {parent} is not writable")
 
 
-def default_output(source: Path, out: Path | None, out_is_dir: bool) -> Path:
-    """`<stem>.png` beside the input, inside `out` when it is a directory, else `out` itself."""
+def default_output(source: Path, out: Path | None, out_is_dir: bool, fmt: str = "png") -> Path:
+    """`<stem>.png` (or the format's suffix; `<stem>.darkfix.dng` for DNG) beside the input, inside `out`
+    when it is a directory, else `out` itself."""
+    name = source.stem + default_suffix(fmt)
     if out is None:
-        return source.with_suffix(".png")
-    return out / f"{source.stem}.png" if out_is_dir else out
+        return source.with_name(name)
+    return out / name if out_is_dir else out

@@ -59,7 +59,7 @@ class PngStream:
     """
 
     def __init__(self, f: BinaryIO, width: int, height: int, depth: int = 8, compression: int = 1,
-                 threads: int = 0, background: bool = False) -> None:
+                 threads: int = 0, background: bool = False, exif: bytes | None = None) -> None:
         if depth not in (8, 16):
             raise ValueError("depth must be 8 or 16")
         if not 0 <= compression <= 9:
@@ -74,7 +74,9 @@ class PngStream:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="darkfix-png") if background else None
         self._pending: Future | None = None
         ihdr = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
-        self.f.write(_SIGNATURE + _chunk(b"IHDR", ihdr))
+        # sRGB (perceptual intent) for colour-managed viewers; eXIf holds the capture metadata
+        head = _SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"sRGB", b"\x00")
+        self.f.write(head + (_chunk(b"eXIf", exif) if exif else b""))
 
     def write(self, rows: np.ndarray) -> None:
         """Append the next rows, (n, width, 3) uint8 (depth 8) or uint16 (depth 16). With `background`

@@ -13,6 +13,12 @@ import numpy as np
 import rawpy
 
 from .errors import RawReadError
+from .metadata import Capture, read_capture
+
+# LibRaw's xyz_rgb (linear sRGB -> XYZ, D65)
+XYZ_FROM_SRGB = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
 
 _COLOUR_LETTERS = "RGBG"  # LibRaw colour indices 0..3 (3 is the second green)
 
@@ -29,6 +35,8 @@ class RawFrame:
     wb_daylight: np.ndarray  # (3,)
     rgb_cam: np.ndarray  # (3, 3) camera RGB -> linear sRGB
     flip: int  # LibRaw orientation: 0 none, 3 = 180, 5 = 90 CCW, 6 = 90 CW
+    cam_xyz: np.ndarray  # (3, 3) XYZ -> camera RGB, a ColorMatrix from which LibRaw derives rgb_cam
+    capture: Capture  # camera, date, exposure... where the file has them (metadata.read_capture)
 
 
 @contextmanager
@@ -127,8 +135,11 @@ def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
     if wb_camera is None:
         wb_camera = wb_daylight
     rgb_cam = np.asarray(raw.color_matrix, dtype=np.float32)[:, :3]
-    if not np.all(np.isfinite(rgb_cam)) or not np.any(rgb_cam):
+    if not np.all(np.isfinite(rgb_cam)) or not np.any(rgb_cam) or abs(np.linalg.det(rgb_cam)) < 1e-6:
         rgb_cam = np.eye(3, dtype=np.float32)  # LibRaw knows no matrix for this camera: render camera RGB as is
+    # an XYZ -> camera matrix that gives LibRaw this rgb_cam back (its rows are normalised there); LibRaw's
+    # own rgb_xyz_matrix is empty for DNGs
+    cam_xyz = (np.linalg.inv(rgb_cam.astype(np.float64)) @ np.linalg.inv(XYZ_FROM_SRGB)).astype(np.float32)
     return RawFrame(
         mosaic=mosaic,
         black=black,
@@ -138,4 +149,6 @@ def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
         wb_daylight=wb_daylight,
         rgb_cam=rgb_cam,
         flip=int(raw.sizes.flip),
+        cam_xyz=cam_xyz,
+        capture=read_capture(p),
     )
