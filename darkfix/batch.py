@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .decoder import DecodeWorker
-from .errors import DarkfixError
+from .errors import DarkfixError, OutputExistsError
 from .inference import Restorer
 from .imagefile import default_suffix
 from .pipeline import RAW_SUFFIXES, RestoreOptions, check_output, default_output, restore_frame
@@ -97,6 +97,8 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
             report.failed.append((src, reason))
         elif status == "done":
             report.done.append(src)
+        elif status == "skipped":
+            report.skipped.append(src)
         if on_file:
             on_file(src, status)
 
@@ -109,6 +111,9 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
                 except OSError as e:
                     raise DarkfixError(f"{dst}: cannot create output directory ({e.strerror})") from None
                 check_output(src, dst, opts.overwrite, opts.format)
+            except OutputExistsError:  # another process wrote it meanwhile (two batches on one folder)
+                record(src, "skipped")
+                continue
             except DarkfixError as e:
                 record(src, "failed", str(e))
                 continue
@@ -130,6 +135,8 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
                 try:
                     restore_frame(src, *decoded, dst, restorer, info, opts)
                     record(src, "done")
+                except OutputExistsError:
+                    record(src, "skipped")
                 except DarkfixError as e:
                     record(src, "failed", str(e))
                 decoded = None  # this mosaic goes before the next one arrives

@@ -17,3 +17,7 @@ class WeightsError(DarkfixError):
 
 class OutputError(DarkfixError):
     """The output cannot be written (exists, unwritable, disk full, would overwrite an input)."""
+
+
+class OutputExistsError(OutputError):
+    """The output is already there (and --overwrite was not given): batch counts such a file as skipped."""

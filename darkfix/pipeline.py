@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .colour import orient, to_display
-from .errors import OutputError
+from .errors import OutputError, OutputExistsError
 from .imagefile import default_suffix, format_of, write_jpeg, write_linear_dng, write_tiff
 from .inference import Restorer, Tile
 from .metadata import exif_tiff
@@ -205,7 +205,7 @@ def check_output(source: Path, output: Path, overwrite: bool, fmt: str = "png") 
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
     if output.exists() and not overwrite:
-        raise OutputError(f"{output}: already exists (use --overwrite to replace it)")
+        raise OutputExistsError(f"{output}: already exists (use --overwrite to replace it)")
     parent = output.parent
     if not parent.is_dir():
         raise OutputError(f"{output}: output directory {parent} does not exist")

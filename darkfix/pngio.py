@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import OutputError
+from .errors import OutputError, OutputExistsError
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SLICE_BYTES = 4 << 20
@@ -170,7 +170,7 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[BinaryIO]:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists (use --overwrite to replace it)")
+        raise OutputExistsError(f"{path}: already exists (use --overwrite to replace it)")
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise OutputError(f"{path}: output directory {directory} does not exist")

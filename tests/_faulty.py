@@ -18,3 +18,13 @@ def crash_or_hang(path: str, opts, balanced: bool):
     if name.startswith("hang"):
         time.sleep(600)
     return decode(path, opts, balanced)
+
+
+def races_another_batch(path: str, opts, balanced: bool):
+    """Decodes, but first writes the file's PNG the way another batch on the same folder would."""
+    out_dir = os.environ.get("DARKFIX_TEST_RACE_DIR")
+    name = os.path.basename(path)
+    if out_dir and name.startswith("raced"):
+        with open(os.path.join(out_dir, os.path.splitext(name)[0] + ".png"), "wb") as f:
+            f.write(b"written by the other batch")
+    return decode(path, opts, balanced)

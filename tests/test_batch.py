@@ -79,6 +79,21 @@ def test_decoder_crash_and_hang_fail_only_that_file(make_dng, weights_file, tmp_
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
 
 
+def test_output_written_meanwhile_by_another_batch_is_skipped(make_dng, weights_file, tmp_path, monkeypatch):
+    """Two batches on one folder: a PNG the other one finished while this one decoded counts as skipped."""
+    folder, out = tmp_path / "shots", tmp_path / "out"
+    out.mkdir()
+    files = [make_dng(n, size=(40, 58), directory=folder) for n in ("a.dng", "raced.dng", "c.dng")]
+    monkeypatch.setenv("DARKFIX_TEST_RACE_DIR", str(out))
+    model, info = load_weights(weights_file)
+    worker = DecodeWorker(fn=__import__("_faulty").races_another_batch)
+    report = run_batch(files, [out / f"{p.stem}.png" for p in files], Restorer(model, device="cpu"), info,
+                       RestoreOptions(), worker=worker)
+    assert [p.name for p in report.done] == ["a.dng", "c.dng"] and not report.failed
+    assert [p.name for p in report.skipped] == ["raced.dng"]
+    assert (out / "raced.png").read_bytes() == b"written by the other batch"  # left as the other one wrote it
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_file, tmp_path, sig):
     folder = tmp_path / "shots"
