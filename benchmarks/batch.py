@@ -13,7 +13,7 @@ exits with every PNG on disk), alternating in each round after one untimed warm-
   on a thread while the network makes the next band);
 - with --processes, also one `darkfix restore` process per file, as a shell loop would run them.
 
-The raws are synthetic 12 MP dark DNGs (darkfix.bench.write_synthetic_dng, one seed each), kept in --dir
+The raws are synthetic 12 MP dark DNGs (darkfix.lab.bench.write_synthetic_dng, one seed each), kept in --dir
 so that reruns skip writing them. They are uncompressed, so they decode faster than a camera's
 compressed raws: the overlap a real folder gains is, if anything, larger.
 """
@@ -69,7 +69,7 @@ def main(count, size, weights, rounds, processes, folder, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from darkfix.bench import machine, parse_size, weights_file, write_synthetic_dng
+    from darkfix.lab.bench import machine, parse_size, weights_file, write_synthetic_dng
 
     console = Console(width=160)
     w, h = parse_size(size)

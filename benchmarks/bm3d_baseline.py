@@ -38,7 +38,7 @@ from scipy.special import gammaln
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from this checkout
 
-from darkfix import evaluate as ev  # noqa: E402
+from darkfix.lab import evaluate as ev  # noqa: E402
 from darkfix.errors import DarkfixError  # noqa: E402
 from darkfix.packing import pack, unpack  # noqa: E402
 

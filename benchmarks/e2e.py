@@ -57,7 +57,7 @@ def main(raw, size, weights, runs, darkfix_args, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from darkfix.bench import machine, parse_size, weights_file, write_synthetic_dng
+    from darkfix.lab.bench import machine, parse_size, weights_file, write_synthetic_dng
 
     console = Console(width=160)
     extra = shlex.split(darkfix_args)

@@ -4,7 +4,7 @@
                                 [--weights W] [--dir DIR] [--json memory.json]
 
 Each row is one fresh `python -m darkfix restore RAW -o OUT.png --tile T` process on a synthetic dark DNG
-(darkfix.bench.write_synthetic_dng; kept in --dir so that reruns skip writing them); peak memory is
+(darkfix.lab.bench.write_synthetic_dng; kept in --dir so that reruns skip writing them); peak memory is
 that child's maximum resident set from os.wait4, imports and decode buffers included. The default
 sizes are 12 MP (the SID Sony frame), 50 MP and 100 MP.
 """
@@ -37,7 +37,7 @@ def main(sizes, tiles, weights, folder, extra, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from darkfix.bench import machine, parse_size, weights_file, write_synthetic_dng
+    from darkfix.lab.bench import machine, parse_size, weights_file, write_synthetic_dng
 
     console = Console(width=160)
     rows = []

@@ -14,7 +14,7 @@ import click
 import numpy as np
 from PIL import Image
 
-from darkfix.evaluate import LibRawMethod, NetworkMethod, as_float, benchmark_cases, load_truth, network_name
+from darkfix.lab.evaluate import LibRawMethod, NetworkMethod, as_float, benchmark_cases, load_truth, network_name
 from darkfix.inference import Restorer
 from darkfix.rawio import read_raw
 from darkfix.weights import load_weights

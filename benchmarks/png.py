@@ -35,7 +35,7 @@ def _image(image_path: Path | None, weights: Path | None, raw: Path | None, size
         arr = np.asarray(img).astype(np.int16)
         noise = np.random.default_rng(0).normal(0.0, 1.5, arr.shape)
         return np.clip(np.round(arr + noise), 0, 255).astype(np.uint8)
-    from darkfix.bench import write_synthetic_dng
+    from darkfix.lab.bench import write_synthetic_dng
     from darkfix.inference import Restorer
     from darkfix.pipeline import RestoreOptions, infer_and_render, prepare_frame
     from darkfix.rawio import read_raw
@@ -63,7 +63,7 @@ def main(image_path, weights, raw, size, runs, levels, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from darkfix.bench import machine, parse_size
+    from darkfix.lab.bench import machine, parse_size
     from darkfix.pngio import encode_png
 
     if image_path is None and weights is None:

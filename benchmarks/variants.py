@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from this checkout
 
-from darkfix.bench import machine, parse_size, peak_rss_mb, reset_peak_rss, synthetic_mosaic  # noqa: E402
+from darkfix.lab.bench import machine, parse_size, peak_rss_mb, reset_peak_rss, synthetic_mosaic  # noqa: E402
 from darkfix.inference import ALIGN, InferenceNet, Restorer, tiles  # noqa: E402
 from darkfix.model import LambaNet, fold_weight_norm  # noqa: E402
 from darkfix.packing import pad_to_multiple  # noqa: E402
@@ -180,7 +180,7 @@ def main(size, runs, threads, tile_sizes, weights, bf16, with_compile, only, jso
     console.log(f"{len(variants)} variants x {len(thread_counts)} thread settings, {runs} runs, {w}x{h}")
     for n in thread_counts:
         torch.set_num_threads(n)
-        for name, run in variants.items():  # warm-up
+        for run in variants.values():  # warm-up
             run(packed, lambda out, t: None)
         for i in range(runs):
             console.log(f"threads {n}, round {i + 1} of {runs}")

@@ -84,7 +84,7 @@ def estimate_from_raw(mosaic: np.ndarray, black: np.ndarray, white: float) -> fl
 
 # Automatic exposure. A thumbnail of 16 x 16 mosaic cells (noise averaged over 256 photosites) of the
 # white-balanced, normalised frame; its mean and 98th percentile, each against what the training photos
-# have at their own exposure (unprocessed as in darkfix.synth, medians over photos/train), give two
+# have at their own exposure (unprocessed as in darkfix.lab.synth, medians over photos/train), give two
 # amplifications whose geometric mean is the estimate. The mean alone follows the scene's key; the
 # percentile is steadier under noise and a clamped black level; a few lamps move neither much.
 AUTO_CELL = 16

@@ -41,6 +41,16 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _lab(name: str):
+    """A module of darkfix.lab, or a one-line error when the lab extra is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"darkfix.lab.{name}")
+    except ImportError as e:
+        _fail(f"this command needs darkfix's lab extra ({e.name} is missing): pip install 'darkfix[lab]'")
+
+
 def network_options(f):
     """Options shared by every command that runs the network."""
     for option in reversed([
@@ -49,7 +59,8 @@ def network_options(f):
         click.option("--device", type=DEVICE, default="auto", show_default=True,
                      help="auto = CUDA when available."),
         click.option("--precision", type=PRECISION, default="auto", show_default=True,
-                     help="auto = fp16 on CUDA; on CPU bf16 where the CPU has native bf16 (AMX, AVX512-BF16), else fp32."),
+                     help="auto = fp16 on CUDA; on CPU bf16 where the CPU has native bf16 (AMX, "
+                          "AVX512-BF16), else fp32."),
         click.option("--threads", type=click.IntRange(1, 256), default=None,
                      help="CPU threads for the network (default: torch's choice)."),
         click.option("--tile", type=click.IntRange(64, 65536), default=None,
@@ -315,7 +326,7 @@ def batch(folder, outdir, recursive, pattern, brightness, exposure, ratio, wb, f
                    "white balance 1-3; ratios scaled to what the bit depth holds).")
 def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
     """Make a benchmark folder of dark DNGs and ground truth from clean PHOTOS."""
-    from .benchset import make_benchmark
+    make_benchmark = _lab("benchset").make_benchmark
 
     try:
         ratio_list = tuple(float(r) for r in ratios.split(","))
@@ -358,7 +369,8 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .inference import pick_device
-    from .train import TrainConfig, train as run_training
+    training = _lab("train")
+    TrainConfig, run_training = training.TrainConfig, training.train
 
     if crop % 32:
         raise click.BadParameter("must be a multiple of 32", param_hint="--crop")
@@ -415,7 +427,7 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
 
     from rich.console import Console
 
-    from .bench import parse_size, print_report, run_bench
+    from .lab.bench import parse_size, print_report, run_bench
 
     try:
         dims = parse_size(size)
@@ -464,8 +476,8 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
               help="Print the per-image table, or only the per-ratio and overall one.")
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, ratios, json_path,
-                 per_image, weights, device, precision, threads, tile, quiet) -> None:
+def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, ratios,
+                 json_path, per_image, weights, device, precision, threads, tile, quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
     Reports PSNR and SSIM per image, per exposure ratio and overall for the network (--weights),
@@ -473,7 +485,7 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
     """
     from rich.console import Console
 
-    from . import evaluate as ev
+    ev = _lab("evaluate")
 
     if (benchmark is None) == (sid_dir is None):
         _fail("give either a BENCHMARK folder or --sid SID_SONY_DIR (exactly one)")

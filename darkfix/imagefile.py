@@ -18,6 +18,7 @@ from .metadata import SOFTWARE, Capture, base_entries, exif_ifd, exif_tiff, srgb
 FORMATS = {"png": (".png", (".png",)), "tiff": (".tif", (".tif", ".tiff")), "jpeg": (".jpg", (".jpg", ".jpeg")),
            "dng": (".darkfix.dng", (".dng",))}
 _EXIF_PLACEHOLDER = 34664
+Tag = tuple[int, "int | str", int, object, bool]  # a tifffile extratag: code, type, count, value, in IFD0
 # LibRaw's flip -> EXIF orientation (the inverse of LibRaw's own mapping)
 _ORIENTATION = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
@@ -50,7 +51,8 @@ def write_tiff(f: BinaryIO, image: np.ndarray, capture: Capture) -> None:
     import tifffile
 
     icc = srgb_icc()
-    extratags = [(34675, 7, len(icc), icc, True), (_EXIF_PLACEHOLDER, 4, 1, 0, True)]  # ICC profile, EXIF IFD pointer
+    # ICC profile, EXIF IFD pointer
+    extratags: list[Tag] = [(34675, 7, len(icc), icc, True), (_EXIF_PLACEHOLDER, 4, 1, 0, True)]
     for tag, _, value in base_entries(capture):
         if tag != 0x0131:  # software has its own argument
             extratags.append((tag, "s", 0, str(value), True))
@@ -100,7 +102,7 @@ def write_linear_dng(f: BinaryIO, camera_rgb: np.ndarray, cam_xyz: np.ndarray, n
     from .dng import _srational
 
     make, model = capture.make or "darkfix", capture.model or "restored"
-    extratags = [
+    extratags: list[Tag] = [
         (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
         (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
         (50708, "s", 0, f"{make} {model}", True),  # UniqueCameraModel

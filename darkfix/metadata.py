@@ -63,7 +63,10 @@ def read_capture(path: str | os.PathLike) -> Capture:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            tags = tif.pages[0].tags
+            page = tif.pages[0]
+            if not isinstance(page, tifffile.TiffPage):
+                return Capture()
+            tags = page.tags
             exif = tags["ExifTag"].value if "ExifTag" in tags else {}
             base = {t.name: t.value for t in tags.values()}
     except Exception:  # not a TIFF container, or one tifffile cannot parse: no metadata, not an error
@@ -88,6 +91,7 @@ def read_capture(path: str | os.PathLike) -> Capture:
 
 # TIFF field types
 _ASCII, _SHORT, _LONG, _RATIONAL = 2, 3, 4, 5
+Entry = tuple[int, int, "str | int | float"]  # tag, field type, value
 
 
 def _rational(value: float) -> tuple[int, int]:
@@ -95,7 +99,7 @@ def _rational(value: float) -> tuple[int, int]:
     return f.numerator, f.denominator
 
 
-def _ifd(entries: list[tuple[int, int, object]], start: int, next_ifd: int = 0) -> bytes:
+def _ifd(entries: list[Entry], start: int, next_ifd: int = 0) -> bytes:
     """One little-endian IFD placed at file offset `start`: entries (tag, type, value), values that do not
     fit in 4 bytes stored after it."""
     entries = sorted(entries)
@@ -121,7 +125,7 @@ def _ifd(entries: list[tuple[int, int, object]], start: int, next_ifd: int = 0) 
 
 def exif_ifd(capture: Capture, start: int) -> bytes:
     """The EXIF sub-IFD of `capture` placed at file offset `start` (for a TIFF's ExifIFD pointer)."""
-    entries: list[tuple[int, int, object]] = []
+    entries: list[Entry] = []
     if capture.exposure_time:
         entries.append((0x829A, _RATIONAL, capture.exposure_time))
     if capture.fnumber:
@@ -138,9 +142,9 @@ def exif_ifd(capture: Capture, start: int) -> bytes:
     return _ifd(entries, start)
 
 
-def base_entries(capture: Capture) -> list[tuple[int, int, object]]:
+def base_entries(capture: Capture) -> list[Entry]:
     """IFD0 entries: make, model, date and software."""
-    entries: list[tuple[int, int, object]] = [(0x0131, _ASCII, SOFTWARE)]
+    entries: list[Entry] = [(0x0131, _ASCII, SOFTWARE)]
     if capture.make:
         entries.append((0x010F, _ASCII, capture.make))
     if capture.model:

@@ -198,3 +198,79 @@ def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> Path:
     with atomic_output(path, overwrite) as f:
         f.write(data)
     return Path(path)
+
+
+# --- reading (the lab's ground truth; Pillow drops 16-bit colour) ---
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """Read an 8- or 16-bit RGB(A)/grey PNG into (H, W, 3) uint8/uint16 (Pillow drops 16-bit colour).
+
+    Rows filtered with None, Sub or Up (all darkfix writes) decode with numpy; PNGs that use the Avg or
+    Paeth filters go through pypng when it is installed.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise OSError(f"{p}: cannot read ({e.strerror})") from None
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{p}: not a PNG file")
+    pos, idat, ihdr = 8, [], None
+    try:
+        while pos < len(data):
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            kind = data[pos + 4 : pos + 8]
+            body = data[pos + 8 : pos + 8 + length]
+            if kind == b"IHDR":
+                ihdr = struct.unpack(">IIBBBBB", body)
+            elif kind == b"IDAT":
+                idat.append(body)
+            elif kind == b"IEND":
+                break
+            pos += 12 + length
+        if ihdr is None:
+            raise ValueError(f"{p}: corrupt PNG (no IHDR)")
+        w, h, depth, colour, _, _, interlace = ihdr
+        channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour)
+        if channels is None or depth not in (8, 16) or interlace:
+            raise ValueError(f"{p}: unsupported PNG (colour type {colour}, {depth} bits, interlace {interlace})")
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
+        bpp = channels * depth // 8
+        rows = raw[: h * (1 + w * bpp)].reshape(h, 1 + w * bpp)
+    except (struct.error, zlib.error) as e:
+        raise ValueError(f"{p}: corrupt PNG ({e})") from None
+    filters = rows[:, 0]
+    if np.any(filters > 2):
+        return _read_png_slow(p)
+    out = np.empty((h, w * bpp), dtype=np.uint8)
+    prev = np.zeros(w * bpp, dtype=np.uint8)
+    for y in range(h):
+        line = rows[y, 1:]
+        if filters[y] == 1:  # Sub: running sum along each byte position of the pixel, modulo 256
+            line = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint8).reshape(-1)
+        elif filters[y] == 2:  # Up
+            line = line + prev
+        out[y] = line
+        prev = out[y]
+    image = out.view(">u2").astype(np.uint16) if depth == 16 else out
+    image = image.reshape(h, w, channels)
+    return _rgb(image)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    c = image.shape[2]
+    if c in (1, 2):
+        return np.repeat(image[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def _read_png_slow(p: Path) -> np.ndarray:
+    try:
+        import png  # pypng
+    except ImportError:
+        raise ValueError(f"{p}: PNG uses Avg/Paeth filters; install pypng to read it") from None
+    w, h, rows, info = png.Reader(filename=str(p)).asDirect()
+    dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
+    image = np.vstack([np.asarray(r, dtype=dtype) for r in rows]).reshape(h, w, info["planes"])
+    return _rgb(image)

@@ -14,7 +14,7 @@ from darkfix.model import LambaNet
 
 CFA_PHASES = ("RGGB", "GRBG", "GBRG", "BGGR")
 CODES = {"R": 0, "G": 1, "B": 2}
-# the Sony A7S II XYZ -> camera matrix (DNG ColorMatrix1), as in darkfix.synth
+# the Sony A7S II XYZ -> camera matrix (DNG ColorMatrix1), as in darkfix.lab.synth
 SONY_XYZ = np.array([[0.5838, -0.1430, -0.0246], [-0.3497, 1.1477, 0.2297], [-0.0748, 0.1885, 0.5778]])
 
 

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import darkfix.inference as inference
-from darkfix.bench import parse_size, run_bench, synthetic_mosaic, write_synthetic_dng
+from darkfix.lab.bench import parse_size, run_bench, synthetic_mosaic, write_synthetic_dng
 from darkfix.cli import main
 from darkfix.inference import Restorer
 from darkfix.model import LambaNet

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 from pytorch_msssim import ssim as reference_ssim
 
-from darkfix import evaluate as ev
-from darkfix.benchset import make_benchmark
+from darkfix.lab import evaluate as ev
+from darkfix.lab.benchset import make_benchmark
 from darkfix.cli import main
 from darkfix.dng import DngSpec, write_dng
 from darkfix.model import LambaNet

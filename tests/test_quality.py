@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from _util import SONY_XYZ, read_png
-from darkfix import synth
+from darkfix.lab import synth
 from darkfix.cli import main
 from darkfix.colour import render, rgb_cam_from_xyz_cam
 from darkfix.dng import DngSpec, write_dng

@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from darkfix import synth
+from darkfix.lab import synth
 from darkfix.cli import main
 from darkfix.colour import rgb_cam_from_xyz_cam
-from darkfix.train import TrainConfig, train
+from darkfix.lab.train import TrainConfig, train
 from darkfix.weights import load_weights
 
 

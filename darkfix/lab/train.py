@@ -20,9 +20,9 @@ from PIL import Image
 from pytorch_msssim import ms_ssim, ssim
 
 from . import synth
-from .colour import render
-from .model import LambaNet
-from .weights import save_weights
+from ..colour import render
+from ..model import LambaNet
+from ..weights import save_weights
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     g = torch.Generator().manual_seed(cfg.seed)
     step, best, history, seconds = 0, -1.0, [], 0.0
     if cfg.init and not resume:
-        from .weights import load_weights
+        from ..weights import load_weights
 
         model.load_state_dict(load_weights(cfg.init)[0].state_dict())
     if resume:

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from . import synth
-from .colour import render
-from .dng import DngSpec, write_dng
-from .pipeline import quantise
-from .pngio import encode_png, write_atomic
+from ..colour import render
+from ..dng import DngSpec, write_dng
+from ..pipeline import quantise
+from ..pngio import encode_png, write_atomic
 from .train import list_images
 
 MANIFEST = "manifest.json"

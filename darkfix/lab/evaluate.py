@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -31,11 +29,12 @@ import rawpy
 import torch
 from pytorch_msssim import ssim as _ssim
 
-from .errors import DarkfixError
-from .inference import Restorer
-from .pipeline import RestoreOptions, infer_and_render, prepare_frame
-from .rawio import RawFrame, read_raw
-from .weights import WeightsInfo
+from ..errors import DarkfixError
+from ..inference import Restorer
+from ..pipeline import RestoreOptions, infer_and_render, prepare_frame
+from ..pngio import read_png as _read_png
+from ..rawio import RawFrame, read_raw
+from ..weights import WeightsInfo
 
 MANIFEST = "manifest.json"
 SID_TEST_LIST = "Sony_test_list.txt"
@@ -105,80 +104,12 @@ def _check_shapes(a: np.ndarray, b: np.ndarray) -> None:
                         "in size")
 
 
-# ------------------------------------------------------------------------------------------ PNG reading
-
-
 def read_png(path: str | Path) -> np.ndarray:
-    """Read an 8- or 16-bit RGB(A)/grey PNG into (H, W, 3) uint8/uint16 (Pillow drops 16-bit colour).
-
-    Rows filtered with None, Sub or Up (all darkfix writes) decode with numpy; PNGs that use the Avg or
-    Paeth filters go through pypng when it is installed.
-    """
-    p = Path(path)
+    """A ground-truth PNG as (H, W, 3) uint8/uint16 (pngio.read_png), refusals as EvalError."""
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise EvalError(f"{p}: cannot read ({e.strerror})") from None
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise EvalError(f"{p}: not a PNG file")
-    pos, idat, ihdr = 8, [], None
-    try:
-        while pos < len(data):
-            (length,) = struct.unpack(">I", data[pos : pos + 4])
-            kind = data[pos + 4 : pos + 8]
-            body = data[pos + 8 : pos + 8 + length]
-            if kind == b"IHDR":
-                ihdr = struct.unpack(">IIBBBBB", body)
-            elif kind == b"IDAT":
-                idat.append(body)
-            elif kind == b"IEND":
-                break
-            pos += 12 + length
-        if ihdr is None:
-            raise ValueError("no IHDR")
-        w, h, depth, colour, _, _, interlace = ihdr
-        channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour)
-        if channels is None or depth not in (8, 16) or interlace:
-            raise EvalError(f"{p}: unsupported PNG (colour type {colour}, {depth} bits, interlace {interlace})")
-        raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
-        bpp = channels * depth // 8
-        rows = raw[: h * (1 + w * bpp)].reshape(h, 1 + w * bpp)
-    except (struct.error, zlib.error, ValueError) as e:
-        raise EvalError(f"{p}: corrupt PNG ({e})") from None
-    filters = rows[:, 0]
-    if np.any(filters > 2):
-        return _read_png_slow(p)
-    out = np.empty((h, w * bpp), dtype=np.uint8)
-    prev = np.zeros(w * bpp, dtype=np.uint8)
-    for y in range(h):
-        line = rows[y, 1:]
-        if filters[y] == 1:  # Sub: running sum along each byte position of the pixel, modulo 256
-            line = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint8).reshape(-1)
-        elif filters[y] == 2:  # Up
-            line = line + prev
-        out[y] = line
-        prev = out[y]
-    image = out.view(">u2").astype(np.uint16) if depth == 16 else out
-    image = image.reshape(h, w, channels)
-    return _rgb(image)
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    c = image.shape[2]
-    if c in (1, 2):
-        return np.repeat(image[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3])
-
-
-def _read_png_slow(p: Path) -> np.ndarray:
-    try:
-        import png  # pypng
-    except ImportError:
-        raise EvalError(f"{p}: PNG uses Avg/Paeth filters; install pypng to read it") from None
-    w, h, rows, info = png.Reader(filename=str(p)).asDirect()
-    dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
-    image = np.vstack([np.asarray(r, dtype=dtype) for r in rows]).reshape(h, w, info["planes"])
-    return _rgb(image)
+        return _read_png(path)
+    except (OSError, ValueError) as e:
+        raise EvalError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------- test cases
@@ -457,7 +388,7 @@ def evaluate(folder: str | Path, methods: list[Method], *, sid: bool = False, au
     cases = sid_cases(folder, ratios, limit) if sid else benchmark_cases(folder, ratios, limit)
     report = evaluate_cases(cases, methods, auto_amp=auto_amp, brightness=brightness, progress=progress,
                             exposure=exposure)
-    from . import __version__
+    from .. import __version__
 
     return {"darkfix": __version__, "protocol": "sid" if sid else "synthetic", "source": str(folder), **report}
 
@@ -467,7 +398,7 @@ def evaluate(folder: str | Path, methods: list[Method], *, sid: bool = False, au
 
 def write_json(report: dict, path: str | Path) -> Path:
     """Write the report atomically (replacing an older report)."""
-    from .pngio import write_atomic
+    from ..pngio import write_atomic
 
     return write_atomic(Path(path), (json.dumps(report, indent=1, allow_nan=False) + "\n").encode(),
                         overwrite=True)

@@ -24,15 +24,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .dng import DngSpec, write_dng
-from .errors import WeightsError
-from .inference import ALIGN, Restorer, Tile
-from .model import LambaNet
-from .packing import pad_to_multiple
-from .pipeline import RestoreOptions, infer_and_render, prepare_frame
-from .pngio import encode_png, write_atomic
-from .rawio import read_raw
-from .weights import WeightsInfo, load_weights, save_weights
+from ..dng import DngSpec, write_dng
+from ..errors import WeightsError
+from ..inference import ALIGN, Restorer, Tile
+from ..model import LambaNet
+from ..packing import pad_to_multiple
+from ..pipeline import RestoreOptions, infer_and_render, prepare_frame
+from ..pngio import encode_png, write_atomic
+from ..rawio import read_raw
+from ..weights import WeightsInfo, load_weights, save_weights
 
 STAGES = ("decode", "pack+amplify", "network", "colour", "encode")
 BLACK, WHITE = 512, 16383

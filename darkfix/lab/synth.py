@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .colour import XYZ_FROM_SRGB
+from ..colour import XYZ_FROM_SRGB
 
 BLACK, WHITE = 512.0, 16383.0  # Sony A7S II levels: the reference sensor of the ELD calibration
 SONY_RANGE = WHITE - BLACK  # the ELD parameters are in DN of this range; other sensors scale them
