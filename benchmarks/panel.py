@@ -3,7 +3,9 @@
     python benchmarks/panel.py BENCH_DIR NAME [NAME ...] --weights W [--baseline-weights AUTHORS.pth] -o panel.png
 
 Each row is one benchmark pair (NAME is a raw file name from manifest.json): LibRaw brightened by the
-true ratio (no denoising) | each network given | the ground truth, all at the true ratio.
+true ratio (no denoising) | each network given | the ground truth, all at the true ratio. With `--stops S`
+everything is amplified 2^S times more (highlights pushed past white), and the ground truth is brightened
+in linear light and clipped, as a normal exposure S stops brighter would show it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from darkfix.weights import load_weights
 @click.option("--weights", "weights", multiple=True, type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--baseline-weights", "baselines", multiple=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--width", type=int, default=480, show_default=True, help="Width of each tile of the panel.")
+@click.option("--stops", type=float, default=0.0, show_default=True, help="Over-expose every tile by this much.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, output: Path) -> None:
+def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, stops: float, output: Path) -> None:
     methods = [LibRawMethod()]
     taken: list[str] = []
     for w in (*baselines, *weights):
@@ -39,7 +42,12 @@ def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, ou
     for name in names:
         case = cases[name]
         frame = read_raw(case.raw)
-        tiles = [as_float(m(case, frame, case.ratio)) for m in methods] + [as_float(load_truth(case))]
+        truth = as_float(load_truth(case))
+        if stops:
+            linear = np.where(truth < 0.081, truth / 4.5, ((truth + 0.099) / 1.099) ** (1 / 0.45))
+            linear = np.clip(linear * 2.0**stops, 0.0, 1.0)
+            truth = np.where(linear < 0.018, 4.5 * linear, 1.099 * linear**0.45 - 0.099)
+        tiles = [as_float(m(case, frame, case.ratio * 2.0**stops)) for m in methods] + [truth]
         h, w = tiles[0].shape[:2]
         size = (width, round(h * width / w))
         row = [np.asarray(Image.fromarray((t * 255 + 0.5).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS))

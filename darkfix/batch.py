@@ -18,7 +18,8 @@ from .decoder import DecodeWorker
 from .errors import DarkfixError, OutputExistsError
 from .inference import Restorer
 from .imagefile import default_suffix
-from .pipeline import RAW_SUFFIXES, RestoreOptions, check_output, default_output, restore_frame
+from .pipeline import (RAW_SUFFIXES, RestoreOptions, check_output, claim_outputs, clash_message, default_output,
+                       make_output_dir, restore_frame)
 from .weights import WeightsInfo
 
 
@@ -76,11 +77,10 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
     report = BatchReport()
     started = time.monotonic()
     todo: list[tuple[Path, Path]] = []
-    claimed: dict[Path, Path] = {}
+    clashes = claim_outputs(list(zip(files, outputs)))
     for src, dst in zip(files, outputs):
-        first = claimed.setdefault(dst, src)
-        if first != src:  # e.g. x.ARW and x.DNG side by side: one PNG name for two raws
-            report.failed.append((src, f"{src}: would write {dst}, as {first} does; restore it with -o"))
+        if src in clashes:
+            report.failed.append((src, clash_message(src, dst, clashes[src])))
             if on_file:
                 on_file(src, "failed")
         elif dst.exists() and not opts.overwrite:
@@ -106,10 +106,7 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
         """Send the next file whose output can be written to the decoder."""
         for src, dst in queue:
             try:
-                try:
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    raise DarkfixError(f"{dst}: cannot create output directory ({e.strerror})") from None
+                make_output_dir(dst.parent)
                 check_output(src, dst, opts.overwrite, opts.format)
             except OutputExistsError:  # another process wrote it meanwhile (two batches on one folder)
                 record(src, "skipped")

@@ -144,7 +144,7 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
             weights, device, precision, threads, tile, verbose) -> None:
     """Restore each raw FILE into a picture (PNG unless --format or the -o suffix says otherwise)."""
     from .imagefile import format_of
-    from .pipeline import check_output, default_output, restore_file
+    from .pipeline import check_output, claim_outputs, clash_message, default_output, make_output_dir, restore_file
 
     several = len(files) > 1
     as_dir = output is not None and (several or output.endswith(("/", os.sep)) or Path(output).is_dir())
@@ -158,18 +158,14 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
         _fail(f"{out}: -o must be a directory when restoring several files")
     try:
         if as_dir:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise DarkfixError(f"{out}: cannot create output directory ({e.strerror})") from None
+            make_output_dir(out)
         jobs = [(Path(f), default_output(Path(f), out, as_dir, opts.format)) for f in files]
-        seen: dict[Path, Path] = {}
+        clashes = claim_outputs(jobs)
         for src, dst in jobs:  # refuse before loading the network
             if not src.exists():
                 raise DarkfixError(f"{src}: no such file")
-            if dst.resolve() in seen:
-                raise DarkfixError(f"{src}: would write {dst}, as {seen[dst.resolve()]} does; restore them separately")
-            seen[dst.resolve()] = src
+            if src in clashes:
+                raise DarkfixError(clash_message(src, dst, clashes[src]))
             check_output(src, dst, overwrite, opts.format)
         restorer, info = _restorer(weights, device, precision, threads, tile)
         if opts.format == "dng":
@@ -263,10 +259,12 @@ def batch(folder, outdir, recursive, pattern, brightness, exposure, ratio, wb, f
     if not folder.is_dir():
         _fail(f"{folder}: not a directory")
     if outdir is not None:
+        from .pipeline import make_output_dir
+
         try:
-            outdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            _fail(f"{outdir}: cannot create output directory ({e.strerror})")
+            make_output_dir(outdir)
+        except DarkfixError as e:
+            _fail(str(e), e.exit_code)
     opts = _opts(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite)
     files = list(find_raws(folder, recursive, pattern))
     outputs = [output_for(f, folder, outdir, opts.format) for f in files]

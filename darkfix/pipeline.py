@@ -213,6 +213,30 @@ def check_output(source: Path, output: Path, overwrite: bool, fmt: str = "png") 
         raise OutputError(f"{output}: output directory {parent} is not writable")
 
 
+def make_output_dir(directory: Path) -> None:
+    """Create an output directory (and its parents), or refuse in one line."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{directory}: cannot create output directory ({e.strerror})") from None
+
+
+def claim_outputs(jobs: list[tuple[Path, Path]]) -> dict[Path, Path]:
+    """For each source whose output another, earlier source already writes (x.ARW and x.DNG side by
+    side: one name for two raws), that earlier source."""
+    first: dict[Path, Path] = {}
+    clashes = {}
+    for src, dst in jobs:
+        owner = first.setdefault(dst.resolve(), src)
+        if owner != src:
+            clashes[src] = owner
+    return clashes
+
+
+def clash_message(src: Path, dst: Path, owner: Path) -> str:
+    return f"{src}: would write {dst}, as {owner} does; restore it with its own -o"
+
+
 def default_output(source: Path, out: Path | None, out_is_dir: bool, fmt: str = "png") -> Path:
     """`<stem>.png` (or the format's suffix; `<stem>.darkfix.dng` for DNG) beside the input, inside `out`
     when it is a directory, else `out` itself."""
