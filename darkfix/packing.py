@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # torch is imported lazily: batch's decode workers run this m
     from .rawio import RawFrame
 
 
+# Where the white-balanced input of `balanced` weights is clipped (darkfix.lab.synth trains with the same)
+BALANCED_CEILING = 4.0
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the original mosaic sits inside the aligned, even-sized mosaic that was packed."""
@@ -93,7 +97,7 @@ class PackedFrame:
     holds the whole float frame (8 bytes per mosaic pixel, 0.8 GB at 100 MP). `np.asarray(frame)`
     gives the whole frame: `pack`'s planes, max(raw - black, 0) / (white - black) clipped at 1, times the
     gain (to float rounding). With `wb` (4 multipliers, for the R, G1, G2, B planes) each plane is also
-    white-balanced and the result clipped at 1 instead.
+    white-balanced and the result clipped at BALANCED_CEILING instead.
     """
 
     dtype = np.dtype(np.float32)
@@ -110,10 +114,11 @@ class PackedFrame:
         self.scale = np.float32(gain) / (np.float32(white) - b)
         self.gain = np.float32(gain)
         if wb is not None:
-            # white-balanced input (weights trained so): each plane times its multiplier, then clipped at
-            # 1, where a normal exposure clips; what is brighter than white is white
+            # white-balanced input (weights trained so): each plane times its multiplier, clipped at
+            # BALANCED_CEILING, far enough above white that the noise of what is just below white keeps
+            # its shape (a clip at 1 biases bright, noisy colours: red lost first, as its gain is highest)
             self.scale = self.scale * np.asarray(wb, np.float32).reshape(4, 1, 1)
-            self.gain = np.float32(1.0)
+            self.gain = np.float32(BALANCED_CEILING)
         # a little under the white level: sensors clip at slightly different codes per photosite
         self.clip = b + np.float32(0.99) * (np.float32(white) - b)
         self._any_saturated: bool | None = None

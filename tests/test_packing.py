@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _util import CFA_PHASES
-from darkfix.packing import Layout, channel_black, crop, pack, pad_to_multiple, prepare, unpack
+from darkfix.packing import BALANCED_CEILING, Layout, channel_black, crop, pack, pad_to_multiple, prepare, unpack
 
 SETTINGS = settings(max_examples=80, deadline=None)
 sizes = st.integers(2, 41)
@@ -109,17 +109,19 @@ def test_packed_frame_clips_at_white_then_amplifies():
 
 
 @pytest.mark.parametrize("cfa", ["RGGB", "GRBG", "GBRG", "BGGR"])
-def test_balanced_frame_white_balances_each_plane_then_clips_at_one(cfa):
+def test_balanced_frame_white_balances_each_plane_then_clips_at_the_ceiling(cfa):
     mosaic = np.full((4, 6), 612, np.uint16)
     wb = np.array([2.0, 1.0, 1.5], np.float32)
     prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=50.0, wb=wb, balanced=True)
     x = np.asarray(prep.packed)
     level = 50.0 * 100 / 15871
     assert np.allclose(x[:, 0, 0], level * np.array([2.0, 1.0, 1.0, 1.5]), rtol=1e-6)  # R, G1, G2, B
-    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=200.0, wb=wb, balanced=True)
-    assert np.asarray(prep.packed).max() == 1.0 and prep.balanced and prep.source == "ratio"
-    raw = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=200.0, wb=wb)
-    assert np.allclose(np.asarray(raw.packed), 200.0 * 100 / 15871)  # raw input: neither balanced nor clipped
+    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=1000.0, wb=wb, balanced=True)
+    x = np.asarray(prep.packed)
+    assert x.max() == BALANCED_CEILING and prep.balanced and prep.source == "ratio"
+    assert np.allclose(x[1, 0, 0], 1000.0 * 100 / 15871)  # the greens stay below the ceiling
+    raw = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=1000.0, wb=wb)
+    assert np.allclose(np.asarray(raw.packed), 1000.0 * 100 / 15871)  # raw input: neither balanced nor clipped
 
 
 @SETTINGS

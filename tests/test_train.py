@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from darkfix.lab import synth
+from darkfix.packing import BALANCED_CEILING
 from darkfix.cli import main
 from darkfix.colour import rgb_cam_from_xyz_cam
 from darkfix.lab.train import TrainConfig, train
@@ -158,7 +159,7 @@ def test_synthetic_pairs_cover_real_sensors_and_highlights():
     assert {8.0, 10.0, 12.0, 14.0, 16.0} <= set(bits.tolist())
     assert (s.sensor.black == 0).any() and (s.sensor.black / s.sensor.white).max() <= 0.1
     x = s.network_input()
-    assert x.min() >= 0 and x.max() <= 1.0
+    assert x.min() >= 0 and x.max() <= BALANCED_CEILING and (x > 1.0).any()
     over = (s.linear * s.camera.wb[:, :, None, None]).amax((1, 2, 3)) > 1.0
     assert over.float().mean() > 0.1  # a good share of crops is pushed past white
     t = s.target_balanced()

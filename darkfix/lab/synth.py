@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..colour import XYZ_FROM_SRGB
+from ..packing import BALANCED_CEILING
 
 BLACK, WHITE = 512.0, 16383.0  # Sony A7S II levels: the reference sensor of the ELD calibration
 SONY_RANGE = WHITE - BLACK  # the ELD parameters are in DN of this range; other sensors scale them
@@ -246,11 +247,11 @@ class Synthetic:
 
     def network_input(self, amplification: torch.Tensor | None = None) -> torch.Tensor:
         """The packed input darkfix's camera-balanced weights see: normalised, amplified, white-balanced,
-        clipped at 1 (packing.PackedFrame does the same to real files)."""
+        clipped at packing.BALANCED_CEILING (packing.PackedFrame does the same to real files)."""
         amp = self.ratio if amplification is None else amplification
         n = amp.shape[0]
         x = normalise(self.raw, self.sensor) * amp.to(self.raw.device).view(n, 1, 1, 1)
-        return (x * packed_wb(self.camera.wb).to(x.device)).clamp(0.0, 1.0)
+        return (x * packed_wb(self.camera.wb).to(x.device)).clamp(0.0, BALANCED_CEILING)
 
     def target_balanced(self) -> torch.Tensor:
         """The clean image white-balanced and clipped, as LibRaw clips a normal exposure: highlights white."""
