@@ -116,10 +116,10 @@ def test_balanced_frame_white_balances_each_plane_then_clips_at_the_ceiling(cfa)
     x = np.asarray(prep.packed)
     level = 50.0 * 100 / 15871
     assert np.allclose(x[:, 0, 0], level * np.array([2.0, 1.0, 1.0, 1.5]), rtol=1e-6)  # R, G1, G2, B
-    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=1000.0, wb=wb, balanced=True)
+    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=500.0, wb=wb, balanced=True)
     x = np.asarray(prep.packed)
     assert x.max() == BALANCED_CEILING and prep.balanced and prep.source == "ratio"
-    assert np.allclose(x[1, 0, 0], 1000.0 * 100 / 15871)  # the greens stay below the ceiling
+    assert np.allclose(x[1, 0, 0], 500.0 * 100 / 15871) and x[0, 0, 0] == BALANCED_CEILING  # red clips, green not
     raw = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=1000.0, wb=wb)
     assert np.allclose(np.asarray(raw.packed), 1000.0 * 100 / 15871)  # raw input: neither balanced nor clipped
 
