@@ -17,7 +17,7 @@ from typing import Callable
 from .decoder import DecodeWorker
 from .errors import DarkfixError, OutputExistsError
 from .inference import Restorer
-from .imagefile import default_suffix
+from .imagefile import FORMATS, default_suffix
 from .pipeline import (RAW_SUFFIXES, RestoreOptions, check_output, claim_outputs, clash_message, default_output,
                        make_output_dir, restore_frame)
 from .weights import WeightsInfo
@@ -60,22 +60,17 @@ class BatchReport:
 def remove_stale_parts(directory: Path) -> int:
     """Delete temporary files an earlier, killed run of darkfix left in `directory`."""
     count = 0
-    for p in directory.glob(".*.png.*.part"):
-        p.unlink(missing_ok=True)
-        count += 1
+    for suffix in {s for _, suffixes in FORMATS.values() for s in suffixes}:
+        for p in directory.glob(f".*{suffix}.*.part"):
+            p.unlink(missing_ok=True)
+            count += 1
     return count
 
 
-def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: WeightsInfo, opts: RestoreOptions,
-              on_file: Callable[[Path, str], None] | None = None,
-              worker: DecodeWorker | None = None) -> BatchReport:
-    """Restore `files` into `outputs`; per-file failures are recorded, never raised.
-
-    KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI) stops the run cleanly: the file
-    in progress is removed (outputs are atomic), and the report says what was done.
-    """
-    report = BatchReport()
-    started = time.monotonic()
+def plan_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, report: BatchReport,
+               on_file: Callable[[Path, str], None] | None = None) -> list[tuple[Path, Path]]:
+    """The (source, output) pairs to restore: a file whose output another file already claims fails, one
+    whose output exists is skipped (unless overwriting); both are recorded in `report`."""
     todo: list[tuple[Path, Path]] = []
     clashes = claim_outputs(list(zip(files, outputs)))
     for src, dst in zip(files, outputs):
@@ -89,6 +84,20 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
                 on_file(src, "skipped")
         else:
             todo.append((src, dst))
+    return todo
+
+
+def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: WeightsInfo, opts: RestoreOptions,
+              on_file: Callable[[Path, str], None] | None = None,
+              worker: DecodeWorker | None = None) -> BatchReport:
+    """Restore `files` into `outputs`; per-file failures are recorded, never raised.
+
+    KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI) stops the run cleanly: the file
+    in progress is removed (outputs are atomic), and the report says what was done.
+    """
+    report = BatchReport()
+    started = time.monotonic()
+    todo = plan_batch(files, outputs, opts, report, on_file)
     worker = worker or DecodeWorker(opts, info.input == "balanced")
     queue = iter(todo)
 

@@ -1,0 +1,146 @@
+"""`darkfix batch --ray`: the same batch on a Ray cluster (install with `pip install "darkfix[ray]"`).
+
+The driver plans exactly as the local batch does (batch.plan_batch: names, skip-existing, clashes); Ray Data
+streams the (source, output) pairs through a pool of actors (`map_batches` with a callable class), each of
+which loads the weights once and restores one file at a time: decoding in darkfix's own crash-isolated
+decoder process, the network, colour and an atomic write straight into the output folder (shared storage
+on a real cluster). Each file's outcome comes back as a row, so a bad file fails alone, and the driver's
+progress follows completed files. Ray is imported only here, only under `--ray`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+from .batch import BatchReport, plan_batch, remove_stale_parts
+from .errors import DarkfixError, OutputExistsError
+from .options import RestoreOptions
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How the batch uses the cluster."""
+
+    address: str | None = None  # None: RAY_ADDRESS, else a cluster `ray start` made here, else a new local one
+    actors: int | None = None  # default: as many as the cluster's CPUs (or GPUs) allow
+    threads: int = 1  # CPU threads per actor (torch's and Ray's num_cpus)
+    gpus: float = 0.0  # GPUs per actor (with --device cuda)
+
+
+def is_remote(address: str | None) -> bool:
+    """Whether `address` names a cluster elsewhere (whose workers may not see this machine's paths)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return False
+    host = urlparse(address if "://" in address else f"ray://{address}").hostname or ""
+    return host not in ("localhost", "127.0.0.1", "::1", "")
+
+
+class _RestoreActor:
+    """One per Ray worker: the weights loaded once, a decoder process of its own."""
+
+    def __init__(self, weights: str | None, device: str, precision: str, tile: int | None, threads: int,
+                 opts: RestoreOptions) -> None:
+        import torch
+
+        from .decoder import DecodeWorker
+        from .inference import Restorer, limit_malloc_arenas
+        from .weights import load_weights
+
+        torch.set_num_threads(threads)
+        model, self.info = load_weights(weights)
+        self.restorer = Restorer(model, device=device, precision=precision, tile=tile)
+        if self.restorer.device.type == "cpu":
+            limit_malloc_arenas()
+        self.opts = opts
+        self.worker = DecodeWorker(opts, self.info.input == "balanced")
+
+    def __call__(self, batch: dict) -> dict:
+        from .pipeline import make_output_dir, restore_frame
+
+        status, reason = [], []
+        for src, dst in zip(batch["src"], batch["dst"]):
+            src, dst = Path(src), Path(dst)
+            try:
+                make_output_dir(dst.parent)
+                self.worker.submit(src)
+                frame, prep = self.worker.result()
+                restore_frame(src, frame, prep, dst, self.restorer, self.info, self.opts)
+                status.append("done")
+                reason.append("")
+            except OutputExistsError:  # another batch wrote it meanwhile
+                status.append("skipped")
+                reason.append("")
+            except DarkfixError as e:
+                status.append("failed")
+                reason.append(str(e))
+            except Exception as e:  # anything else is this file's failure, not the batch's
+                status.append("failed")
+                reason.append(f"{src}: {type(e).__name__}: {e}")
+        return {"src": list(batch["src"]), "status": status, "reason": reason}
+
+
+def run_ray_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, *, weights: str | None,
+                  device: str, precision: str, tile: int | None, settings: RaySettings,
+                  on_file: Callable[[Path, str], None] | None = None,
+                  on_start: Callable[[int], None] | None = None) -> BatchReport:
+    """Restore `files` into `outputs` on Ray; per-file failures are recorded, never raised. `on_start`
+    gets the number of actors once the cluster is up."""
+    import ray
+
+    report = BatchReport()
+    started = time.monotonic()
+    todo = plan_batch(files, outputs, opts, report, on_file)
+    if not todo:
+        report.seconds = time.monotonic() - started
+        return report
+    ray.init(address=settings.address, logging_level="ERROR", log_to_driver=False, include_dashboard=False,
+             ignore_reinit_error=True)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # darkfix shows its own progress
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        resources = ray.cluster_resources()
+        per = "GPU" if settings.gpus > 0 else "CPU"
+        need = settings.gpus if settings.gpus > 0 else settings.threads
+        actors = settings.actors or max(1, int(resources.get(per, 1) // need))
+        actors = min(actors, len(todo))
+        if on_start:
+            on_start(actors)
+        ds = ray.data.from_items([{"src": str(s), "dst": str(d)} for s, d in todo])
+        results = ds.map_batches(
+            _RestoreActor, batch_size=1, concurrency=actors, num_cpus=settings.threads, num_gpus=settings.gpus,
+            fn_constructor_kwargs={"weights": weights, "device": device, "precision": precision, "tile": tile,
+                                   "threads": settings.threads, "opts": opts})
+        seen: set[Path] = set()
+        try:
+            for row in results.iter_rows():
+                src = Path(row["src"])
+                seen.add(src)
+                if row["status"] == "done":
+                    report.done.append(src)
+                elif row["status"] == "skipped":
+                    report.skipped.append(src)
+                else:
+                    report.failed.append((src, row["reason"]))
+                if on_file:
+                    on_file(src, row["status"])
+        except (ray.exceptions.RayError, RuntimeError) as e:  # actors lost beyond Ray's own retries
+            for src, _ in todo:
+                if src not in seen:
+                    report.failed.append((src, f"{src}: Ray worker lost ({type(e).__name__})"))
+                    if on_file:
+                        on_file(src, "failed")
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        ray.shutdown()  # ends the actors (a file being written stays a temporary file, removed below)
+        for d in {dst.parent for _, dst in todo if dst.parent.is_dir()}:
+            remove_stale_parts(d)
+        report.seconds = time.monotonic() - started
+    return report
