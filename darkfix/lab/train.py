@@ -20,6 +20,7 @@ from PIL import Image
 from pytorch_msssim import ms_ssim, ssim
 
 from . import synth
+from .evaluate import psnr
 from ..colour import render
 from ..model import LambaNet
 from ..weights import save_weights
@@ -142,12 +143,6 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True) -> 
     return loss
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [0, 1]."""
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return -10.0 * torch.log10(mse)
-
-
 def validation_pairs(folder: str, count: int, crop: int = 512) -> list[Pair]:
     """A fixed set of validation crops at ratios 100, 250 and 300 (same seed every run); every other
     crop from the broad range of sensors, the rest from the Sony A7S II."""
@@ -175,7 +170,7 @@ def validate(model: LambaNet, pairs: list[Pair], device: torch.device) -> tuple[
     for p in pairs:
         pred = p.render(model(p.inputs.to(device)))
         target = p.target().to(device)
-        ps.append(psnr(pred, target).item())
+        ps.append(psnr(pred[0].permute(1, 2, 0).cpu().numpy(), target[0].permute(1, 2, 0).cpu().numpy()))
         ss.append(ssim(pred, target, data_range=1.0).item())
     model.train()
     return float(np.mean(ps)), float(np.mean(ss))
