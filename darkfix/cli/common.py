@@ -1,0 +1,125 @@
+"""What the command modules share: option groups, parameter types, the one-line failure, loading the network."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+PRECISION = click.Choice(["auto", "fp32", "fp16", "bf16"])
+
+
+class Brightness(click.ParamType):
+    """A brightness change: a factor (2, 0.5) or stops with an `ev` suffix (+1ev, -0.5ev)."""
+
+    name = "FACTOR|STOPSev"
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, (int, float)):
+            factor = float(value)
+        else:
+            text = str(value).strip().lower()
+            try:
+                factor = 2.0 ** float(text[:-2]) if text.endswith("ev") else float(text)
+            except ValueError:
+                self.fail(f"{value!r} is neither a factor (e.g. 2) nor stops (e.g. +1ev)", param, ctx)
+        if not 0.01 <= factor <= 100.0:
+            self.fail(f"{value!r} is a factor of {factor:g}; expected 0.01 to 100 (-6.6ev to +6.6ev)", param, ctx)
+        return factor
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"darkfix: error: {message}", err=True)
+    sys.exit(code)
+
+
+def lab_module(name: str):
+    """A module of darkfix.lab, or a one-line error when the lab extra is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"darkfix.lab.{name}")
+    except ImportError as e:
+        fail(f"this command needs darkfix's lab extra ({e.name} is missing): pip install 'darkfix[lab]'")
+
+
+def network_options(f):
+    """Options shared by every command that runs the network."""
+    for option in reversed([
+        click.option("--weights", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Weights file (darkfix .safetensors or the authors' .pth). Default: packaged."),
+        click.option("--device", type=DEVICE, default="auto", show_default=True,
+                     help="auto = CUDA when available."),
+        click.option("--precision", type=PRECISION, default="auto", show_default=True,
+                     help="auto = fp16 on CUDA; on CPU bf16 where the CPU has native bf16 (AMX, "
+                          "AVX512-BF16), else fp32."),
+        click.option("--threads", type=click.IntRange(1, 256), default=None,
+                     help="CPU threads for the network (default: torch's choice)."),
+        click.option("--tile", type=click.IntRange(64, 65536), default=None,
+                     help="Tile side in packed pixels (mosaic/2); frames larger than this run in "
+                          "overlapping tiles. Default 512 on CPU (256 for frames over 30 MP), 2048 on CUDA."),
+    ]):
+        f = option(f)
+    return f
+
+
+def restore_options(f):
+    """Options that decide how a frame is amplified, coloured and written."""
+    for option in reversed([
+        click.option("--brightness", "-m", type=Brightness(), default="1", show_default=True,
+                     help="Brighter or darker than the chosen amplification: a factor (2 = twice as bright) or "
+                          "stops (+1ev, -0.5ev)."),
+        click.option("--exposure", type=click.Choice(["auto", "paper"]), default="auto", show_default=True,
+                     help="How the amplification is chosen without --ratio: auto = a normally exposed picture; "
+                          "paper = Lamba & Mitra's estimate (darker; the authors brighten it with -m 5 to 8)."),
+        click.option("--ratio", type=click.FloatRange(1.0, 10000.0), default=None,
+                     help="Amplify by this exposure ratio instead of an estimate (SID protocol)."),
+        click.option("--wb", type=click.Choice(["camera", "daylight"]), default="camera", show_default=True,
+                     help="White balance: as shot, or the camera's daylight multipliers."),
+        click.option("--format", "fmt", type=click.Choice(["png", "tiff", "jpeg", "dng"]), default=None,
+                     help="Output format (default: from the -o suffix, else png). dng = the denoised linear "
+                          "camera RGB as a DNG that raw editors open (darkfix weights only)."),
+        click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
+                     help="Bits per channel of PNG and TIFF (JPEG is 8, DNG 16)."),
+        click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
+                     help="JPEG quality."),
+        click.option("--compression", type=click.IntRange(0, 9), default=1, show_default=True,
+                     help="PNG zlib level: 0 is fastest and largest, 9 smallest and slowest."),
+        click.option("--overwrite", is_flag=True, help="Replace existing output files."),
+    ]):
+        f = option(f)
+    return f
+
+
+def load_restorer(weights, device, precision, threads, tile):
+    import torch
+
+    from ..inference import Restorer, limit_malloc_arenas
+    from ..weights import load_weights
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, info = load_weights(weights)
+    try:
+        restorer = Restorer(model, device=device, precision=precision, tile=tile)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if restorer.device.type == "cpu":
+        limit_malloc_arenas()
+    return restorer, info
+
+
+def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite):
+    from ..options import RestoreOptions
+
+    if fmt == "jpeg" and bit_depth == "16":
+        fail("JPEG holds 8 bits per channel: use --bit-depth 8, or --format tiff/png for 16")
+    return RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=int(bit_depth),
+                          compression=compression, overwrite=overwrite, format=fmt or "png", quality=quality)
+
+
+def raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,29 @@
+"""`darkfix info`: what a weights file is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import DarkfixError
+from .common import fail
+
+@click.command()
+@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Default: packaged weights.")
+def info(weights) -> None:
+    """Print what a weights file is."""
+    from ..weights import load_weights
+
+    try:
+        model, meta = load_weights(weights)
+    except DarkfixError as e:
+        fail(str(e), e.exit_code)
+    click.echo(f"file:          {meta.path}")
+    click.echo(f"format:        {meta.format}")
+    how = "rendered with each file's colour metadata" if meta.output == "camera" else "written as is"
+    click.echo(f"output:        {meta.output} ({how})")
+    click.echo(f"parameters:    {sum(p.numel() for p in model.parameters()):,}")
+    for key in sorted(meta.metadata):
+        if key not in ("output",):
+            click.echo(f"{key + ':':<14} {meta.metadata[key]}")

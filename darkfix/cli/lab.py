@@ -1,0 +1,214 @@
+"""The lab's commands: `synth`, `train`, `bench` and `eval` (darkfix.lab does the work)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import DarkfixError
+from .common import DEVICE, Brightness, fail, lab_module, load_restorer, network_options
+
+@click.command()
+@click.argument("photos", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--ratios", default="100,250,300", show_default=True, help="Exposure ratios, comma-separated.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N photos.")
+@click.option("--max-side", type=click.IntRange(32), default=None, help="Shrink photos to this long side first.")
+@click.option("--sensors", type=click.Choice(["sony", "broad"]), default="sony", show_default=True,
+              help="sony: SID's Sony A7S II; broad: a random sensor per photo (8-16 bits, black 0-10 %, "
+                   "white balance 1-3; ratios scaled to what the bit depth holds).")
+def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
+    """Make a benchmark folder of dark DNGs and ground truth from clean PHOTOS."""
+    make_benchmark = lab_module("benchset").make_benchmark
+
+    try:
+        ratio_list = tuple(float(r) for r in ratios.split(","))
+    except ValueError:
+        raise click.BadParameter(f"not a list of numbers: {ratios!r}", param_hint="--ratios") from None
+    try:
+        manifest = make_benchmark(photos, out, ratio_list, seed=seed, limit=limit, max_side=max_side, sensors=sensors,
+                                  progress=lambda name: click.echo(f"wrote {out / name}", err=True))
+    except (FileNotFoundError, OSError) as e:
+        fail(str(e))
+    click.echo(f"{out}: {len(manifest['pairs'])} dark raws and their ground truth; manifest in {out / 'manifest.json'}")
+
+
+@click.command()
+@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="Folder of clean photos to synthesise training pairs from.")
+@click.option("--val", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Folder of clean photos for periodic validation (PSNR/SSIM); the best weights are kept.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Weights file to write (.safetensors); the checkpoint goes to OUT.ckpt.")
+@click.option("--iterations", type=click.IntRange(1), default=20000, show_default=True)
+@click.option("--batch", "batch_size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--crop", type=click.IntRange(192), default=256, show_default=True,
+              help="Mosaic crop side (a multiple of 32; MS-SSIM needs more than 160).")
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--resume", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Checkpoint to continue from exactly (OUT.ckpt of an earlier run).")
+@click.option("--init", "init_weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Start from these weights (fine-tune) instead of a random initialisation.")
+@click.option("--validate-every", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--msssim-from", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
+              help="Fraction of the run after which 0.2 (1 - MS-SSIM) joins the L1 loss (it doubles a CPU step).")
+def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
+          validate_every, msssim_from) -> None:
+    """Train darkfix weights on synthetic low-light pairs made from clean photos."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..inference import pick_device
+    training = lab_module("train")
+    TrainConfig, run_training = training.TrainConfig, training.train
+
+    if crop % 32:
+        raise click.BadParameter("must be a multiple of 32", param_hint="--crop")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = pick_device(device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
+    cfg = TrainConfig(images=str(images), val=str(val) if val else None, out=str(out), iterations=iterations,
+                      batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
+                      validate_every=validate_every, msssim_from=msssim_from,
+                      init=str(init_weights) if init_weights else None)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
+    with Progress(*columns) as progress:
+        task = progress.add_task("training", total=iterations, loss=float("nan"), val="-")
+
+        def report(event: dict) -> None:
+            fields = {"loss": event["loss"]}
+            if "val_psnr" in event:
+                fields["val"] = f"{event['val_psnr']:.2f} dB / {event['val_ssim']:.3f}"
+                progress.console.print(f"step {event['step']}: validation {fields['val']}")
+            progress.update(task, completed=event["step"], **fields)
+
+        try:
+            summary = run_training(cfg, resume=str(resume) if resume else None, report=report)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+    click.echo(f"{out}: best validation PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
+
+
+# --- bench command ---
+
+
+@click.command()
+@click.option("--size", default="4256x2848", show_default=True,
+              help="Synthetic frame WIDTHxHEIGHT in mosaic pixels (ignored with --input).")
+@click.option("--input", "input_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Time this raw file instead of a synthetic frame.")
+@click.option("--runs", type=click.IntRange(1, 1000), default=3, show_default=True,
+              help="Timed runs after the warm-up; figures are medians.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the results to this JSON file.")
+@click.option("--compression", type=click.IntRange(0, 9), default=1, show_default=True,
+              help="PNG zlib level for the encode stage.")
+@click.option("--no-reference", is_flag=True,
+              help="Skip the reference network (eager fp32, weight norm per call, whole frame).")
+@network_options
+def bench(size, input_path, runs, json_path, compression, no_reference, weights, device, precision, threads,
+          tile) -> None:
+    """Time each stage of a restoration and the network against the reference way of running it."""
+    import json
+
+    from rich.console import Console
+
+    from ..lab.bench import parse_size, print_report, run_bench
+
+    try:
+        dims = parse_size(size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--size") from None
+    console = Console(stderr=True)
+    try:
+        result = run_bench(dims, runs=runs, device=device, precision=precision, threads=threads, tile=tile,
+                           weights=weights, input_path=input_path, reference=not no_reference,
+                           compression=compression, progress=lambda msg: console.log(msg))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    except DarkfixError as e:
+        fail(str(e), e.exit_code)
+    print_report(result)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=1))
+
+
+# --- eval command ---
+
+
+@click.command("eval")
+@click.argument("benchmark", required=False, type=click.Path(path_type=Path))
+@click.option("--sid", "sid_dir", type=click.Path(path_type=Path),
+              help="Evaluate SID's Sony test set instead: the folder holding Sony/short, Sony/long and "
+                   "Sony_test_list.txt (amplification min(long/short exposure, 300), ground truth = LibRaw's "
+                   "rendering of the long exposure).")
+@click.option("--ratio-from-manifest/--auto-amp", "use_ratio", default=True, show_default=True,
+              help="Amplify every method by the true exposure ratio, or by an estimate (--exposure).")
+@click.option("--exposure", type=click.Choice(["auto", "paper"]), default="auto", show_default=True,
+              help="The estimate --auto-amp uses: darkfix's automatic exposure or the paper's (whose m = 1 "
+                   "is darker than the ground truth's exposure).")
+@click.option("--brightness", "-m", type=Brightness(), default="1", show_default=True,
+              help="Multiply the amplification by this factor (or stops, e.g. +1ev).")
+@click.option("--baseline-weights", "baseline_weights", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Also evaluate these weights (e.g. the authors' .pth checkpoint); repeatable.")
+@click.option("--no-libraw", is_flag=True, help="Skip the LibRaw (no denoising) baseline.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N pairs.")
+@click.option("--ratios", default=None, metavar="LIST",
+              help="Only pairs with these exposure ratios, comma-separated (e.g. 100,300).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the full report (per image, per ratio, overall) as JSON to this file.")
+@click.option("--per-image/--summary-only", default=True, show_default=True,
+              help="Print the per-image table, or only the per-ratio and overall one.")
+@network_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, ratios,
+                 json_path, per_image, weights, device, precision, threads, tile, quiet) -> None:
+    """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
+
+    Reports PSNR and SSIM per image, per exposure ratio and overall for the network (--weights),
+    any --baseline-weights, and LibRaw's un-denoised rendering brightened by the same amount.
+    """
+    from rich.console import Console
+
+    ev = lab_module("evaluate")
+
+    if (benchmark is None) == (sid_dir is None):
+        fail("give either a BENCHMARK folder or --sid SID_SONY_DIR (exactly one)")
+    try:
+        wanted = ev.parse_ratios(ratios)
+        source = sid_dir if sid_dir is not None else benchmark
+        if sid_dir is not None:
+            ev.sid_cases(source, wanted, limit)  # refuse a bad layout before loading any network
+        else:
+            ev.benchmark_cases(source, wanted, limit)
+        if json_path is not None:
+            ev.check_json_target(json_path)
+        methods = []
+        for path in (weights, *baseline_weights):
+            restorer, info = load_restorer(path, device, precision, threads, tile)
+            name = ev.network_name(info, [m.name for m in methods],
+                                   default="darkfix" if not methods else "baseline")
+            methods.append(ev.NetworkMethod(name, restorer, info))
+        if not no_libraw:
+            methods.append(ev.LibRawMethod())
+        report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio, exposure=exposure,
+                             brightness=brightness, ratios=wanted, limit=limit,
+                             progress=None if quiet else (lambda line: click.echo(line, err=True)))
+        # a pipe or file gets full-width rows rather than rich's 80-column default
+        ev.print_report(report, Console() if sys.stdout.isatty() else Console(width=200), per_image=per_image)
+        if json_path is not None:
+            ev.write_json(report, json_path)
+            click.echo(f"report written to {json_path}")
+    except DarkfixError as e:
+        fail(str(e), e.exit_code)
