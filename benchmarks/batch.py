@@ -11,7 +11,9 @@ exits with every PNG on disk), alternating in each round after one untimed warm-
   another stage);
 - "darkfix batch": the command as users run it (decode in a worker process one file ahead, PNG encoding
   on a thread while the network makes the next band);
-- with --processes, also one `darkfix restore` process per file, as a shell loop would run them.
+- with --processes, also one `darkfix restore` process per file, as a shell loop would run them;
+- with --ray, `darkfix batch --ray` twice: starting its own local Ray instance, and connecting to one that
+  `ray start --head` made before the timing (so that only the job's own work and actors are timed).
 
 The raws are synthetic 12 MP dark DNGs (darkfix.lab.bench.write_synthetic_dng, one seed each), kept in --dir
 so that reruns skip writing them. They are uncompressed, so they decode faster than a camera's
@@ -50,7 +52,7 @@ opts = RestoreOptions(overwrite=True)
 out = Path(sys.argv[2])
 for src in map(Path, sys.argv[3:]):
     frame = read_raw(src)
-    prep = prepare_frame(frame, opts)
+    prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
     w, h = output_size(frame, prep)
     with atomic_output(out / (src.stem + ".png"), True) as f, PngStream(f, w, h, 8, opts.compression) as png:
         render_bands(frame, prep, restorer, info, opts, png.write)
@@ -63,9 +65,10 @@ for src in map(Path, sys.argv[3:]):
 @click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--rounds", default=1, show_default=True, help="Timed rounds (each way once per round).")
 @click.option("--processes", is_flag=True, help="Also time one `darkfix restore` process per file.")
+@click.option("--ray", "with_ray", is_flag=True, help="Also time `darkfix batch --ray` (needs darkfix[ray]).")
 @click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False), help="Where the raws are kept.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False))
-def main(count, size, weights, rounds, processes, folder, json_path) -> None:
+def main(count, size, weights, rounds, processes, with_ray, folder, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -97,6 +100,14 @@ def main(count, size, weights, rounds, processes, folder, json_path) -> None:
             ways["one restore process per file"] = [
                 [py, "-m", "darkfix", "restore", str(r), "-o", str(outdir / f"{r.stem}.png"), "--overwrite",
                  "--weights", str(weights), "--device", "cpu"] for r in raws]
+        if with_ray:
+            import subprocess
+
+            batch = ways["darkfix batch"][0]
+            ways["darkfix batch --ray (own Ray instance)"] = [batch + ["--ray"]]
+            ways["darkfix batch --ray (running `ray start` cluster)"] = [batch + ["--ray-address", "127.0.0.1:6390"]]
+            subprocess.run(["ray", "start", "--head", "--port", "6390", "--include-dashboard", "false"],
+                           check=True, capture_output=True)
         times: dict[str, list[float]] = {k: [] for k in ways}
         peaks: dict[str, float] = {k: 0.0 for k in ways}
 
@@ -115,10 +126,14 @@ def main(count, size, weights, rounds, processes, folder, json_path) -> None:
             return total
 
         names = list(ways)
-        run(names[0])  # warm-up: page cache, first-import compilation
-        for r in range(rounds):
-            for name in names if r % 2 == 0 else names[::-1]:
-                times[name].append(run(name))
+        try:
+            run(names[0])  # warm-up: page cache, first-import compilation
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    times[name].append(run(name))
+        finally:
+            if with_ray:
+                subprocess.run(["ray", "stop", "--force"], capture_output=True)
     base = statistics.median(times["one after another"])
     rows = []
     where = machine()

@@ -47,7 +47,8 @@ def _image(image_path: Path | None, weights: Path | None, raw: Path | None, size
             raw = write_synthetic_dng(Path(tmp) / "synthetic.dng", *size)
         frame = read_raw(raw)
         opts = RestoreOptions()
-        return infer_and_render(frame, prepare_frame(frame, opts), Restorer(model, "cpu"), info, opts)
+        prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
+        return infer_and_render(frame, prep, Restorer(model, "cpu"), info, opts)
 
 
 @click.command()

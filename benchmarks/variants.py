@@ -37,6 +37,7 @@ from darkfix.lab.bench import machine, parse_size, peak_rss_mb, reset_peak_rss, 
 from darkfix.inference import ALIGN, InferenceNet, Restorer, tiles  # noqa: E402
 from darkfix.model import LambaNet, fold_weight_norm  # noqa: E402
 from darkfix.packing import pad_to_multiple  # noqa: E402
+from darkfix.metadata import Capture  # noqa: E402
 from darkfix.pipeline import RestoreOptions, prepare_frame  # noqa: E402
 from darkfix.rawio import RawFrame  # noqa: E402
 
@@ -47,7 +48,8 @@ def _frame(width: int, height: int) -> np.ndarray:
     mosaic = synthetic_mosaic(width, height)
     frame = RawFrame(mosaic=mosaic, black=np.full((2, 2), 512, np.float32), white=16383.0, cfa="RGGB",
                      wb_camera=np.ones(3, np.float32), wb_daylight=np.ones(3, np.float32),
-                     rgb_cam=np.eye(3, dtype=np.float32), flip=0)
+                     rgb_cam=np.eye(3, dtype=np.float32), flip=0, cam_xyz=np.eye(3, dtype=np.float32),
+                     capture=Capture())
     return np.asarray(prepare_frame(frame, RestoreOptions()).packed)
 
 
