@@ -106,8 +106,8 @@ def main(count, size, weights, rounds, processes, with_ray, folder, json_path) -
             batch = ways["darkfix batch"][0]
             ways["darkfix batch --ray (own Ray instance)"] = [batch + ["--ray"]]
             ways["darkfix batch --ray (running `ray start` cluster)"] = [batch + ["--ray-address", "127.0.0.1:6390"]]
-            subprocess.run(["ray", "start", "--head", "--port", "6390", "--include-dashboard", "false"],
-                           check=True, capture_output=True)
+            subprocess.run(["ray", "start", "--head", "--port", "6390", "--node-ip-address", "127.0.0.1",
+                            "--include-dashboard", "false"], check=True, capture_output=True)
         times: dict[str, list[float]] = {k: [] for k in ways}
         peaks: dict[str, float] = {k: 0.0 for k in ways}
 

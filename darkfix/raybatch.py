@@ -100,8 +100,12 @@ def run_ray_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, 
     if not todo:
         report.seconds = time.monotonic() - started
         return report
-    ray.init(address=settings.address, logging_level="ERROR", log_to_driver=False, include_dashboard=False,
-             ignore_reinit_error=True)
+    try:
+        ray.init(address=settings.address, logging_level="ERROR", log_to_driver=False, include_dashboard=False,
+                 ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = settings.address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+        raise DarkfixError(f"cannot start or reach Ray at {where}: {str(e).splitlines()[0]}") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # darkfix shows its own progress
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:

@@ -128,7 +128,11 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
             if status == "failed":
                 progress.console.print(f"failed: {src}", style="red", markup=False, soft_wrap=True)
 
-        report = execute(on_file)
+        try:
+            report = execute(on_file)
+        except DarkfixError as e:  # e.g. a Ray cluster that cannot be reached
+            progress.stop()
+            fail(str(e), e.exit_code)
     table = Table(title="darkfix batch")
     for col in ("restored", "skipped (output exists)", "failed", "seconds", "files/s"):
         table.add_column(col, justify="right")
