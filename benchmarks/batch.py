@@ -12,8 +12,8 @@ exits with every PNG on disk), alternating in each round after one untimed warm-
 - "darkfix batch": the command as users run it (decode in a worker process one file ahead, PNG encoding
   on a thread while the network makes the next band);
 - with --processes, also one `darkfix restore` process per file, as a shell loop would run them;
-- with --ray, `darkfix batch --ray` twice: starting its own local Ray instance, and connecting to one that
-  `ray start --head` made before the timing (so that only the job's own work and actors are timed).
+- with --ray, `darkfix batch --ray`, starting its own local Ray instance (timed from the process start:
+  Ray's start-up, its actors' start-up and model loads included).
 
 The raws are synthetic 12 MP dark DNGs (darkfix.lab.bench.write_synthetic_dng, one seed each), kept in --dir
 so that reruns skip writing them. They are uncompressed, so they decode faster than a camera's
@@ -101,13 +101,7 @@ def main(count, size, weights, rounds, processes, with_ray, folder, json_path) -
                 [py, "-m", "darkfix", "restore", str(r), "-o", str(outdir / f"{r.stem}.png"), "--overwrite",
                  "--weights", str(weights), "--device", "cpu"] for r in raws]
         if with_ray:
-            import subprocess
-
-            batch = ways["darkfix batch"][0]
-            ways["darkfix batch --ray (own Ray instance)"] = [batch + ["--ray"]]
-            ways["darkfix batch --ray (running `ray start` cluster)"] = [batch + ["--ray-address", "127.0.0.1:6390"]]
-            subprocess.run(["ray", "start", "--head", "--port", "6390", "--node-ip-address", "127.0.0.1",
-                            "--include-dashboard", "false"], check=True, capture_output=True)
+            ways["darkfix batch --ray (own Ray instance)"] = [ways["darkfix batch"][0] + ["--ray"]]
         times: dict[str, list[float]] = {k: [] for k in ways}
         peaks: dict[str, float] = {k: 0.0 for k in ways}
 
@@ -126,14 +120,10 @@ def main(count, size, weights, rounds, processes, with_ray, folder, json_path) -
             return total
 
         names = list(ways)
-        try:
-            run(names[0])  # warm-up: page cache, first-import compilation
-            for r in range(rounds):
-                for name in names if r % 2 == 0 else names[::-1]:
-                    times[name].append(run(name))
-        finally:
-            if with_ray:
-                subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        run(names[0])  # warm-up: page cache, first-import compilation
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                times[name].append(run(name))
     base = statistics.median(times["one after another"])
     rows = []
     where = machine()

@@ -42,13 +42,6 @@ def test_remote_cluster_refuses_relative_paths(make_dng, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "absolute paths" in r.output
 
 
-def test_unreachable_cluster_is_one_line(make_dng, tmp_path):
-    make_dng(directory=tmp_path / "in")
-    r = CliRunner().invoke(main, ["batch", str(tmp_path / "in"), "--ray-address", "127.0.0.1:1"])
-    assert r.exit_code == 2 and "cannot start or reach Ray" in r.output and "Traceback" not in r.output
-    assert not list((tmp_path / "in").glob("*.png"))
-
-
 @pytest.mark.parametrize("address, remote", [(None, False), ("auto", False), ("127.0.0.1:6379", False),
                                              ("ray://localhost:10001", False), ("ray://head.cluster:10001", True),
                                              ("10.1.2.3:6379", True)])
