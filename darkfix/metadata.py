@@ -123,35 +123,29 @@ def _ifd(entries: list[Entry], start: int, next_ifd: int = 0) -> bytes:
     return head + body + struct.pack("<I", next_ifd) + data
 
 
+# (tag, field type, Capture field) of the EXIF sub-IFD and of IFD0, written where the capture has them
+_EXIF_FIELDS = ((0x829A, _RATIONAL, "exposure_time"), (0x829D, _RATIONAL, "fnumber"), (0x8827, _SHORT, "iso"),
+                (0x9003, _ASCII, "datetime"), (0x920A, _RATIONAL, "focal_length"), (0xA434, _ASCII, "lens"))
+_BASE_FIELDS = ((0x010F, _ASCII, "make"), (0x0110, _ASCII, "model"), (0x0132, _ASCII, "datetime"))
+
+
+def _entries(capture: Capture, fields: tuple[tuple[int, int, str], ...]) -> list[Entry]:
+    out: list[Entry] = []
+    for tag, kind, name in fields:
+        value = getattr(capture, name)
+        if value:
+            out.append((tag, kind, min(value, 65535) if kind == _SHORT else value))
+    return out
+
+
 def exif_ifd(capture: Capture, start: int) -> bytes:
     """The EXIF sub-IFD of `capture` placed at file offset `start` (for a TIFF's ExifIFD pointer)."""
-    entries: list[Entry] = []
-    if capture.exposure_time:
-        entries.append((0x829A, _RATIONAL, capture.exposure_time))
-    if capture.fnumber:
-        entries.append((0x829D, _RATIONAL, capture.fnumber))
-    if capture.iso:
-        entries.append((0x8827, _SHORT, min(capture.iso, 65535)))
-    if capture.datetime:
-        entries.append((0x9003, _ASCII, capture.datetime))
-    if capture.focal_length:
-        entries.append((0x920A, _RATIONAL, capture.focal_length))
-    if capture.lens:
-        entries.append((0xA434, _ASCII, capture.lens))
-    entries.append((0xA001, _SHORT, 1))  # ColorSpace: sRGB
-    return _ifd(entries, start)
+    return _ifd(_entries(capture, _EXIF_FIELDS) + [(0xA001, _SHORT, 1)], start)  # ColorSpace: sRGB
 
 
 def base_entries(capture: Capture) -> list[Entry]:
     """IFD0 entries: make, model, date and software."""
-    entries: list[Entry] = [(0x0131, _ASCII, SOFTWARE)]
-    if capture.make:
-        entries.append((0x010F, _ASCII, capture.make))
-    if capture.model:
-        entries.append((0x0110, _ASCII, capture.model))
-    if capture.datetime:
-        entries.append((0x0132, _ASCII, capture.datetime))
-    return entries
+    return [(0x0131, _ASCII, SOFTWARE), *_entries(capture, _BASE_FIELDS)]
 
 
 def exif_tiff(capture: Capture) -> bytes:

@@ -77,11 +77,9 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
         oy, ox = ty0 - (2 * t.y0 - top), tx0 - (2 * t.x0 - left)
         out = out[..., oy : oy + ty1 - ty0, ox : ox + tx1 - tx0]
         if info.output == "camera":
-            sat = prep.packed.saturated(t.y0, t.y1, t.x0, t.x1)
-            if sat is not None:
-                sat = sat.repeat(2, axis=0).repeat(2, axis=1)[oy : oy + ty1 - ty0, ox : ox + tx1 - tx0]
-                sat = torch.from_numpy(np.ascontiguousarray(sat))
-            q = to_display(out, wb, rgb_cam, opts.bit_depth, clipped=sat)
+            sat = saturated_pixels(prep, t, oy, ox, ty1 - ty0, tx1 - tx0)
+            q = to_display(out, wb, rgb_cam, opts.bit_depth,
+                           clipped=None if sat is None else torch.from_numpy(np.ascontiguousarray(sat)))
         else:
             q = quantise(out, opts.bit_depth)
         band[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = q
@@ -117,6 +115,13 @@ class Result:
     how: str  # what the amplification came from: "ratio", "auto" or "paper"
 
 
+def saturated_pixels(prep: Prepared, t: Tile, oy: int, ox: int, h: int, w: int) -> np.ndarray | None:
+    """(h, w) bool at full resolution, from (oy, ox) in tile `t`'s output: where the sensor clipped (None
+    where it did not anywhere in the tile)."""
+    sat = prep.packed.saturated(t.y0, t.y1, t.x0, t.x1)
+    return None if sat is None else sat.repeat(2, axis=0).repeat(2, axis=1)[oy : oy + h, ox : ox + w]
+
+
 def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo) -> np.ndarray:
     """The network's linear camera RGB (white balance undone), as stored (not turned upright), cropped to
     the mosaic: (H, W, 3) float32 in [0, 1]. Photosites the sensor clipped are white, as in `to_display`."""
@@ -130,9 +135,8 @@ def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
         x0, x1 = max(2 * t.x0 - left, 0), min(2 * t.x1 - left, width)
         oy, ox = y0 - (2 * t.y0 - top), x0 - (2 * t.x0 - left)
         tile = out[0, :, oy : oy + y1 - y0, ox : ox + x1 - x0].float().permute(1, 2, 0).cpu().numpy() / rel
-        sat = prep.packed.saturated(t.y0, t.y1, t.x0, t.x1)
+        sat = saturated_pixels(prep, t, oy, ox, y1 - y0, x1 - x0)
         if sat is not None:
-            sat = sat.repeat(2, axis=0).repeat(2, axis=1)[oy : oy + y1 - y0, ox : ox + x1 - x0]
             tile[sat] = white
         image[y0:y1, x0:x1] = tile
 
@@ -145,9 +149,9 @@ def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, r
     """Network, colour and encoding of a decoded frame into `output` (atomically, in `opts.format`): a PNG
     streams band by band; TIFF, JPEG and DNG are encoded from the whole image."""
     w, h = output_size(frame, prep)
-    exif = exif_tiff(frame.capture)
     try:
         if opts.format == "png":
+            exif = exif_tiff(frame.capture)
             with atomic_output(output, opts.overwrite) as f, \
                     PngStream(f, w, h, opts.bit_depth, opts.compression, background=True, exif=exif) as png:
                 render_bands(frame, prep, restorer, info, opts, png.write)
