@@ -164,3 +164,27 @@ def test_synthetic_pairs_cover_real_sensors_and_highlights():
     assert over.float().mean() > 0.1  # a good share of crops is pushed past white
     t = s.target_balanced()
     assert t.max() <= 1.0 and (t == 1.0).any()
+
+
+def test_bf16_training_follows_fp32(photos, tmp_path):
+    """Mixed bf16 (fp32 weights and loss) gives the same first losses as fp32 to within bf16 rounding, and
+    the weights say which arithmetic trained them; 'auto' follows the CPU's native bf16 support."""
+    from darkfix.inference import native_bf16
+    from darkfix.lab.train import training_dtype
+
+    torch.set_num_threads(1)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = _config(photos, tmp_path / f"{precision}.safetensors")
+        cfg.precision, cfg.iterations, cfg.val = precision, 2, None
+        seen = []
+        train(cfg, report=lambda e: seen.append(e["loss"]))
+        losses[precision] = seen
+        assert json.loads(load_weights(cfg.out)[1].metadata["training"])["precision"] == \
+            {"fp32": "float32", "bf16": "bfloat16"}[precision]
+    assert losses["fp32"][0] > 0.01
+    assert np.allclose(losses["bf16"], losses["fp32"], rtol=0.03), losses
+    cpu = torch.device("cpu")
+    assert training_dtype("auto", cpu) == (torch.bfloat16 if native_bf16()[0] else torch.float32)
+    with pytest.raises(ValueError, match="training precision"):
+        training_dtype("fp16", cpu)

@@ -58,8 +58,10 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
 @click.option("--validate-every", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--msssim-from", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
               help="Fraction of the run after which 0.2 (1 - MS-SSIM) joins the L1 loss (it doubles a CPU step).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Network arithmetic: auto = bf16 (mixed) on CUDA and on CPUs with native bf16, else fp32.")
 def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from) -> None:
+          validate_every, msssim_from, precision) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -78,7 +80,7 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
         raise click.BadParameter(str(e), param_hint="--device") from None
     cfg = TrainConfig(images=str(images), val=str(val) if val else None, out=str(out), iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
-                      validate_every=validate_every, msssim_from=msssim_from,
+                      validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       init=str(init_weights) if init_weights else None)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]

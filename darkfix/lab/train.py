@@ -45,6 +45,7 @@ class TrainConfig:
     val_crops: int = 12
     msssim_from: float = 0.75  # fraction of the run after which the MS-SSIM term joins the L1 loss
     init: str | None = None  # weights to start from (fine-tuning) instead of a random initialisation
+    precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -176,6 +177,20 @@ def validate(model: LambaNet, pairs: list[Pair], device: torch.device) -> tuple[
     return float(np.mean(ps)), float(np.mean(ss))
 
 
+def training_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The network's arithmetic while training: 'auto' -> bf16 on CUDA and on CPUs that run it natively
+    (about twice as fast a step with AMX), fp32 elsewhere; weights, optimiser and loss stay fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16
+        from ..inference import native_bf16
+
+        return torch.bfloat16 if native_bf16()[0] else torch.float32
+    if name not in ("fp32", "bf16"):
+        raise ValueError(f"unknown training precision {name!r} (expected fp32, bf16 or auto)")
+    return torch.bfloat16 if name == "bf16" else torch.float32
+
+
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     warm = min(500, cfg.iterations // 10)
     if step < warm:
@@ -221,6 +236,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                                      "config": json.dumps(asdict(cfg))})
 
     msssim_step = int(cfg.msssim_from * cfg.iterations)
+    dtype = training_dtype(cfg.precision, device)
 
     def export(val_psnr: float, val_ssim: float) -> None:
         save_weights(model, cfg.out, {
@@ -232,7 +248,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                              f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else ""),
                          "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name,
                          "init": Path(cfg.init).name if cfg.init else None,
-                         "seconds": round(time.time() - started), "device": cfg.device},
+                         "seconds": round(time.time() - started), "device": cfg.device,
+                         "precision": str(dtype).removeprefix("torch.")},
             "validation": {"psnr": round(val_psnr, 3), "ssim": round(val_ssim, 4), "crops": len(val_pairs)},
         })
 
@@ -240,7 +257,9 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         pair = make_pair(pool.batch(cfg.batch, g), g, device)
-        loss = loss_fn(model(pair.inputs), pair, with_msssim=step >= msssim_step)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            pred = model(pair.inputs)
+        loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
