@@ -1,14 +1,5 @@
-"""Running the network: device and precision choice, folded weights, and tiles that keep memory bounded
-at any frame size.
-
-The network runs in two passes, so that tiles need little overlap and still match the whole frame:
-
-1. the 1/32 branch (`b` in DESIGN.md: two convolutions, three residual dense blocks) sees about 250
-   packed pixels far but costs little and is 1/16 the size of the input, so it is computed once for
-   the whole frame, in blocks that read exactly the context they need;
-2. everything else reaches only 20 packed pixels: it runs tile by tile, each tile reading a margin of
-   context (32 by default) and the part of `b` under it. With a margin of at least 20 the tiles agree
-   with one pass over the whole frame to float rounding; smaller margins leave seams.
+"""The torch engine: device and precision choice, folded weights, the network arranged for inference,
+run in tiles that keep memory bounded at any frame size (darkfix.tiling says how).
 """
 
 from __future__ import annotations
@@ -18,8 +9,6 @@ import ctypes
 import ctypes.util
 import functools
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,25 +17,9 @@ from torch import nn
 
 from .model import LambaNet, fold_weight_norm
 from .packing import pad_to_multiple
-
-ALIGN = 16  # packed pixels per cell of the network's 1/32 branch
-FINE_REACH = 20  # packed pixels of context the full-resolution part of the network reads on each side
-# Each tile reads this much context beyond the part it keeps: FINE_REACH rounded up to ALIGN.
-DEFAULT_MARGIN = 32
-COARSE_REACH = 14  # 1/32 cells the residual dense blocks read on each side (4 + 5 + 5 convolutions 3x3)
-STEM_REACH = 2  # 1/32 cells the two convolutions before them read on each side
-COARSE_BLOCK = 160  # 1/32 cells per side of a block of the first pass (a 12 MP frame is one block)
-STEM_ROWS = 16  # 1/32 cell rows per strip of the first convolution (bounds its 1024-channel input)
-# Packed pixels per tile side (mosaic / 2). On CPU, measured on a 2-core AMD EPYC (benchmarks/RESULTS.md):
-# tiles of 512 are as fast as 768 or 1024 (whole frames are slower: cache) and keep `darkfix restore` of a
-# 12 MP raw at 480-535 MB peak; 768 and 1024 reach 590-600 MB.
-DEFAULT_CPU_TILE = 512
-# Above this many packed pixels (30 MP mosaics) the CPU default is LARGE_FRAME_CPU_TILE instead: a quarter
-# of the working set and half the height of the image bands in flight, so that memory stays near 0.6 GB
-# up to 100 MP, for 11-20% more time (benchmarks/RESULTS.md, section 4).
-LARGE_FRAME = 30_000_000 // 4
-LARGE_FRAME_CPU_TILE = 256
-DEFAULT_CUDA_TILE = 2048
+from .tiling import (ALIGN, COARSE_BLOCK, COARSE_REACH, DEFAULT_CPU_TILE, DEFAULT_CUDA_TILE,  # noqa: F401
+                     DEFAULT_MARGIN, FINE_REACH, LARGE_FRAME, LARGE_FRAME_CPU_TILE, STEM_REACH, STEM_ROWS,
+                     TiledEngine, Tile, bands, tiles)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -95,42 +68,6 @@ def precision_reason(name: str, device: torch.device) -> str:
         return "auto: fp16 on CUDA"
     native, why = native_bf16()
     return f"auto: {'bf16' if native else 'fp32'} ({why})"
-
-
-@dataclass(frozen=True)
-class Tile:
-    """A region of the packed frame: [y0, y1) x [x0, x1) is kept, read with context around it."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-
-def _steps(h: int, w: int, size: int) -> tuple[int, int]:
-    ny, nx = math.ceil(h / size), math.ceil(w / size)
-    # equal-sized tiles, aligned to the network's coarsest grid so every tile sees the same cells
-    return math.ceil(h / ny / ALIGN) * ALIGN, math.ceil(w / nx / ALIGN) * ALIGN
-
-
-def bands(h: int, w: int, size: int, by_columns: bool = False, reverse: bool = False) -> list[list[Tile]]:
-    """Cover an (h, w) packed frame with kept regions of at most `size` (multiples of ALIGN), grouped in
-    bands: rows of tiles top to bottom, or with `by_columns` columns of tiles left to right; `reverse`
-    walks the bands the other way. A band is complete before the next one starts."""
-    ty, tx = _steps(h, w, size)
-    ys = [(y0, min(y0 + ty, h)) for y0 in range(0, h, ty)]
-    xs = [(x0, min(x0 + tx, w)) for x0 in range(0, w, tx)]
-    if by_columns:
-        out = [[Tile(y0, y1, x0, x1) for y0, y1 in ys] for x0, x1 in xs]
-    else:
-        out = [[Tile(y0, y1, x0, x1) for x0, x1 in xs] for y0, y1 in ys]
-    return out[::-1] if reverse else out
-
-
-def tiles(h: int, w: int, size: int) -> Iterator[Tile]:
-    """The tiles of `bands` row by row."""
-    for band in bands(h, w, size):
-        yield from band
 
 
 def _rebuilt(conv: nn.Conv2d, in_order: list[int] | None = None, out_order: list[int] | None = None,
@@ -279,16 +216,20 @@ class InferenceNet(nn.Module):
         return self.fine(packed, self.coarse(self.stem_forward(packed)))
 
 
-class Restorer:
-    """The folded network on a device, applied whole or in tiles to packed, amplified frames."""
+class Restorer(TiledEngine):
+    """The folded network on a torch device, applied whole or in tiles to packed, amplified frames."""
+
+    engine = "torch"
 
     def __init__(self, model: LambaNet, device: str = "auto", precision: str = "auto",
                  tile: int | None = None, margin: int = DEFAULT_MARGIN) -> None:
         self.device = pick_device(device)
         self.dtype = pick_precision(precision, self.device)
+        self.precision = next(k for k, v in PRECISIONS.items() if v == self.dtype)
         self.precision_reason = precision_reason(precision, self.device)
         # CUDA memory runs out per tile and is returned at once: retry smaller; on CPU, fail
         self.split_on_oom = self.device.type == "cuda"
+        self.out_of_memory = (torch.OutOfMemoryError,)
         self.net = InferenceNet(model).to(self.device, self.dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -297,6 +238,9 @@ class Restorer:
         self.large_frame_tile = LARGE_FRAME_CPU_TILE if tile is None and self.device.type == "cpu" else None
         self.margin = math.ceil(margin / ALIGN) * ALIGN
 
+    def _input(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).to(self.device, self.dtype, non_blocking=True)
+
     @torch.inference_mode()
     def run_tile(self, packed: torch.Tensor) -> torch.Tensor:
         """Network on one (1, 4, h, w) tensor of any size -> (1, 3, 2h, 2w) float32 on the device."""
@@ -304,134 +248,29 @@ class Restorer:
         return self.net(x)[..., : 2 * h, : 2 * w].float()
 
     @torch.inference_mode()
-    def __call__(self, packed: np.ndarray, sink: Callable[[torch.Tensor, Tile], None], by_columns: bool = False,
-                 reverse: bool = False, band_start: Callable[[Tile], None] | None = None,
-                 band_done: Callable[[Tile], None] | None = None) -> None:
-        """Run on a (4, h, w) packed frame, passing each finished tile's output to `sink`.
+    def __call__(self, *args, **kwargs) -> None:
+        """`TiledEngine.__call__`, without autograd; the sink gets float32 tensors on the device."""
+        super().__call__(*args, **kwargs)
 
-        `packed` may also be a lazy view whose slices `[:, y0:y1, x0:x1]` give arrays (e.g. PackedFrame).
+    def stem(self, x: np.ndarray) -> torch.Tensor:
+        return self.net.stem_forward(self._input(x))
 
-        `sink(out, tile)` gets (1, 3, 2 (y1 - y0), 2 (x1 - x0)) for the kept region of `tile`, band by band
-        (see `bands` for the order); `band_start(band)` and `band_done(band)` get the region a band covers
-        before its first tile and after its last. The result is the same as one pass over the whole frame
-        padded to a multiple of ALIGN (as `run_tile` pads it) whenever the margin is at least FINE_REACH.
-        """
-        frame = _Frame(packed, self.device, self.dtype)
-        b = self._coarse(frame)
+    def coarse(self, a: torch.Tensor) -> torch.Tensor:
+        return self.net.coarse(a)
+
+    def fine(self, x: np.ndarray, b: torch.Tensor) -> torch.Tensor:
+        return self.net.fine(self._input(x), b).float()
+
+    def concat(self, parts: list[torch.Tensor], axis: int) -> torch.Tensor:
+        return torch.cat(parts, dim=axis)
+
+    def new_b(self, like: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return like.new_empty((1, like.shape[1], h, w))
+
+    def release(self) -> None:
         if self.device.type == "cpu":
             release_memory()
-        # every tile reads a window of the same size (edge tiles read more context inward), so that the
-        # allocator and oneDNN see one shape: less memory held, fewer kernels made
-        tile = self.tile_for(frame.h, frame.w)
-        ty, tx = _steps(frame.h, frame.w, tile)
-        span = (ty + 2 * self.margin, tx + 2 * self.margin)
-        for band in bands(frame.h, frame.w, tile, by_columns, reverse):
-            region = Tile(band[0].y0, band[-1].y1, band[0].x0, band[-1].x1)
-            if band_start is not None:
-                band_start(region)
-            for t in band:
-                self._run_region(frame, b, t, sink, span)
-            if band_done is not None:
-                band_done(region)
-            if self.device.type == "cpu":
-                release_memory()
 
-    def tile_for(self, h: int, w: int) -> int:
-        """Tile side for an (h, w) packed frame: the chosen one, or on CPU by default a smaller one for
-        large frames (see LARGE_FRAME)."""
-        if self.large_frame_tile is not None and h * w > LARGE_FRAME:
-            return min(self.tile, self.large_frame_tile)
-        return self.tile
-
-    def _coarse(self, frame: _Frame) -> torch.Tensor:
-        """The 1/32 branch for the whole (padded) frame, in blocks that read all the context they need."""
-        hc, wc = frame.hp // ALIGN, frame.wp // ALIGN
-        b = None
-        for blk in tiles(hc, wc, COARSE_BLOCK):
-            ry0, ry1 = max(0, blk.y0 - COARSE_REACH), min(hc, blk.y1 + COARSE_REACH)
-            rx0, rx1 = max(0, blk.x0 - COARSE_REACH), min(wc, blk.x1 + COARSE_REACH)
-            ix0, ix1 = max(0, rx0 - STEM_REACH), min(wc, rx1 + STEM_REACH)
-            strips = []
-            for s0 in range(ry0, ry1, STEM_ROWS):
-                s1 = min(ry1, s0 + STEM_ROWS)
-                iy0, iy1 = max(0, s0 - STEM_REACH), min(hc, s1 + STEM_REACH)
-                x = frame.region(ALIGN * iy0, ALIGN * iy1, ALIGN * ix0, ALIGN * ix1)
-                strips.append(self.net.stem_forward(x)[..., s0 - iy0 : s1 - iy0, rx0 - ix0 : rx1 - ix0])
-            a = torch.cat(strips, dim=2)
-            del strips
-            out = self.net.coarse(a)[..., blk.y0 - ry0 : blk.y1 - ry0, blk.x0 - rx0 : blk.x1 - rx0]
-            if b is None:
-                b = out.new_empty((1, out.shape[1], hc, wc))
-            b[..., blk.y0 : blk.y1, blk.x0 : blk.x1] = out
-            del a, out
-            if self.device.type == "cpu":
-                release_memory()
-        return b
-
-    def _window(self, start: int, stop: int, n: int, padded: int, span: int | None) -> tuple[int, int]:
-        """Rows (or columns) to read for the kept range [start, stop): `margin` beyond it, up to a multiple
-        of ALIGN past the frame's end (the padded frame), or `span` of them, shifted inward at the edges."""
-        lo = max(0, start - self.margin)
-        if span is not None:
-            span = min(span, padded)
-            lo = min(lo, padded - span)
-            return lo, lo + span
-        return lo, min(padded, math.ceil(min(n, stop + self.margin) / ALIGN) * ALIGN)
-
-    def _run_region(self, frame: _Frame, b: torch.Tensor, t: Tile, sink: Callable[[torch.Tensor, Tile], None],
-                    span: tuple[int, int] | None = None) -> None:
-        cy0, cy1 = self._window(t.y0, t.y1, frame.h, frame.hp, span[0] if span else None)
-        cx0, cx1 = self._window(t.x0, t.x1, frame.w, frame.wp, span[1] if span else None)
-        try:
-            x = frame.region(cy0, cy1, cx0, cx1)
-            out = self.net.fine(x, b[..., cy0 // ALIGN : cy1 // ALIGN, cx0 // ALIGN : cx1 // ALIGN]).float()
-        except torch.OutOfMemoryError:
-            side = max(t.y1 - t.y0, t.x1 - t.x0)
-            if not self.split_on_oom or side <= 4 * ALIGN:
-                raise
-            # CUDA ran out: split this region, and start later frames with smaller tiles too
-            if torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
-            self.tile = max(4 * ALIGN, min(self.tile, side) // 2 // ALIGN * ALIGN)
-            for sub in tiles(t.y1 - t.y0, t.x1 - t.x0, self.tile):
-                sub_t = Tile(t.y0 + sub.y0, t.y0 + sub.y1, t.x0 + sub.x0, t.x0 + sub.x1)
-                self._run_region(frame, b, sub_t, sink)
-            return
-        sink(out[..., 2 * (t.y0 - cy0) : 2 * (t.y1 - cy0), 2 * (t.x0 - cx0) : 2 * (t.x1 - cx0)], t)
-
-
-class _Frame:
-    """A packed (4, h, w) frame seen as padded at the bottom and right to multiples of ALIGN, the way
-    `pad_to_multiple` pads a whole frame (reflect, or replicate for tiny frames), without copying it.
-
-    `src` is a numpy array or tensor, or any object with `.shape` whose `[:, y0:y1, x0:x1]` gives one:
-    a caller can then normalise and amplify region by region instead of holding the whole float frame.
-    """
-
-    def __init__(self, src, device: torch.device, dtype: torch.dtype) -> None:
-        self.src = src
-        self.device, self.dtype = device, dtype
-        _, self.h, self.w = src.shape
-        self.hp, self.wp = math.ceil(self.h / ALIGN) * ALIGN, math.ceil(self.w / ALIGN) * ALIGN
-        self.reflect = self.hp - self.h < self.h and self.wp - self.w < self.w
-
-    def _index(self, i0: int, i1: int, n: int) -> tuple[int, int, torch.Tensor | None]:
-        """Source range to read for padded indices [i0, i1), and the gather within it (None: all of it)."""
-        if i1 <= n:
-            return i0, i1, None
-        idx = torch.arange(i0, i1)
-        idx = torch.where(idx < n, idx, 2 * (n - 1) - idx) if self.reflect else idx.clamp(max=n - 1)
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        return lo, hi, idx - lo
-
-    def region(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        """Rows [y0, y1) and columns [x0, x1) of the padded frame as a (1, 4, ., .) tensor on the device."""
-        ry0, ry1, rows = self._index(y0, y1, self.h)
-        rx0, rx1, cols = self._index(x0, x1, self.w)
-        part = self.src[:, ry0:ry1, rx0:rx1]
-        part = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(part))
-        if rows is not None:
-            part = part.index_select(1, rows)
-        if cols is not None:
-            part = part.index_select(2, cols)
-        return part[None].to(self.device, self.dtype, non_blocking=True).contiguous()
+    def on_out_of_memory(self) -> None:
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()

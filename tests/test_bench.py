@@ -86,7 +86,7 @@ def test_parse_size():
 
 
 def test_run_bench_reports_every_stage():
-    r = run_bench((128, 96), runs=1, device="cpu", tile=32)
+    r = run_bench((128, 96), runs=1, device="cpu", precision="fp32", tile=32)
     assert set(r["stages"]) == {"decode", "pack+amplify", "network", "colour", "encode", "reference network"}
     assert r["speedup"] > 0 and r["network_mp_per_s"] > 0 and r["peak_rss_mb"] > 0
     assert r["vs_reference"]["max_abs"] < 1e-4

@@ -212,7 +212,7 @@ def test_pixel_alignment_every_phase(make_dng, passthrough_weights, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     r = restore(passthrough_weights, *(v[0] for v in srcs.values()), "-o", out, "--ratio", ratio,
-                "--bit-depth", "16")
+                "--bit-depth", "16", "--precision", "fp32")
     assert r.exit_code == 0, r.output
     for cfa, (src, mosaic, grid) in srcs.items():
         img = read_png(out / src.with_suffix(".png").name)[0].astype(np.float64) / 65535

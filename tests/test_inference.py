@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from _util import psnr
 from conftest import reference_dir
-from darkfix.inference import ALIGN, DEFAULT_MARGIN, Restorer, bands, pick_device, pick_precision, tiles
+from darkfix.inference import (ALIGN, DEFAULT_MARGIN, Restorer, bands, native_bf16, pick_device, pick_precision,
+                               tiles)
 from darkfix.packing import pad_to_multiple
 from darkfix.model import LambaNet
 from darkfix.weights import load_weights
@@ -138,7 +139,7 @@ def test_fp16_on_cpu_refused():
         Restorer(LambaNet(), device="cpu", precision="fp16")
     with pytest.raises(ValueError):
         pick_precision("fp8", torch.device("cpu"))
-    assert pick_precision("auto", torch.device("cpu")) == torch.float32
+    assert pick_precision("auto", torch.device("cpu")) == (torch.bfloat16 if native_bf16()[0] else torch.float32)
     assert pick_precision("auto", torch.device("cuda")) == torch.float16
 
 
