@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .rawio import XYZ_FROM_SRGB
+
+if TYPE_CHECKING:  # the numpy parts (and engines other than torch) do without torch
+    import torch
 
 def rgb_cam_from_xyz_cam(cam_xyz: np.ndarray) -> np.ndarray:
     """LibRaw's camera -> sRGB matrix from a ColorMatrix (XYZ -> camera): rows normalised so white stays white."""
@@ -19,6 +21,8 @@ def rgb_cam_from_xyz_cam(cam_xyz: np.ndarray) -> np.ndarray:
 
 def bt709(x: torch.Tensor) -> torch.Tensor:
     """The BT.709 transfer curve that LibRaw's default output uses (x in [0, 1])."""
+    import torch
+
     return torch.where(x < 0.018, 4.5 * x, 1.099 * x.clamp_min(0.018) ** 0.45 - 0.099)
 
 
@@ -27,6 +31,8 @@ def render(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor) ->
 
     `wb` is (N, 3) or (3,) multipliers, `rgb_cam` (N, 3, 3) or (3, 3); differentiable for training.
     """
+    import torch
+
     n = camera_rgb.shape[0]
     wb = wb.to(camera_rgb).reshape(-1, 3).expand(n, 3)
     m = rgb_cam.to(camera_rgb).reshape(-1, 3, 3).expand(n, 3, 3)
@@ -43,8 +49,18 @@ _CURVE_STEPS = 1 << 16
 @lru_cache(maxsize=2)
 def _curve_table(device: torch.device) -> torch.Tensor:
     """8-bit codes of the BT.709 curve, rounded, at `_CURVE_STEPS` evenly spaced linear values in [0, 1]."""
+    import torch
+
     x = torch.arange(_CURVE_STEPS, dtype=torch.float64) / (_CURVE_STEPS - 1)
     return torch.floor(bt709(x) * 255 + 0.5).to(torch.uint8).to(device)
+
+
+def display_terms(wb: np.ndarray, rgb_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rendering of `to_display` as a (3, 3) float32 matrix with the white balance folded in and the
+    (3,) float32 levels at which each channel is white after balance (1 / wb)."""
+    wb = np.asarray(wb, np.float64).reshape(3)
+    return ((np.asarray(rgb_cam, np.float64).reshape(3, 3) * wb[None, :]).astype(np.float32),
+            (1.0 / wb).astype(np.float32))
 
 
 def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor, bit_depth: int,
@@ -59,9 +75,12 @@ def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor
     copy, and for 8 bits the curve and rounding taken from a lookup table. Agrees with `render` and
     rounding to within one code.
     """
+    import torch
+    import torch.nn.functional as F
+
     x = camera_rgb[:1]
     wb = wb.to(x).reshape(1, 3, 1, 1)
-    m = rgb_cam.to(x).reshape(3, 3) * wb.reshape(1, 3)
+    m = rgb_cam.to(x).reshape(3, 3) * wb.reshape(1, 3)  # display_terms, on the tensors' device
     full = 1.0 / wb  # 1 after white balance
     if clipped is not None and bool(clipped.any()):
         # full in every channel is white after the matrix (its rows sum to 1)

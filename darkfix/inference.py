@@ -5,21 +5,20 @@ run in tiles that keep memory bounded at any frame size (darkfix.tiling says how
 from __future__ import annotations
 
 import copy
-import ctypes
-import ctypes.util
-import functools
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .colour import to_display
 from .model import LambaNet, fold_weight_norm
 from .packing import pad_to_multiple
 from .tiling import (ALIGN, COARSE_BLOCK, COARSE_REACH, DEFAULT_CPU_TILE, DEFAULT_CUDA_TILE,  # noqa: F401
                      DEFAULT_MARGIN, FINE_REACH, LARGE_FRAME, LARGE_FRAME_CPU_TILE, STEM_REACH, STEM_ROWS,
-                     TiledEngine, Tile, bands, tiles)
+                     TiledEngine, Tile, bands, limit_malloc_arenas, release_memory, tiles)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -105,39 +104,6 @@ def _shuffled_view(dst: torch.Tensor, src: torch.Tensor, r: int) -> tuple[torch.
     d = dst.unflatten(3, (w // r, r)).unflatten(2, (h // r, r))
     s = src.unflatten(1, (r, r, c)).permute(0, 3, 4, 1, 5, 2)
     return d, s
-
-
-def release_memory() -> None:
-    """Hand memory freed by the network back to the OS.
-
-    glibc's malloc keeps freed blocks of the size that tiles use (up to 32 MB) for reuse, which roughly
-    doubles the resident size of the network's working set; trimming after each pass returns it at the
-    cost of a few milliseconds. (Making every large block an mmap instead costs ~50% more CPU time in
-    page faults, measured.) A no-op where malloc_trim does not exist.
-    """
-    trim = _libc_function("malloc_trim")
-    if trim is not None:
-        trim(0)
-
-
-def limit_malloc_arenas(arenas: int = 1) -> None:
-    """Let glibc's malloc keep at most `arenas` heaps for all threads (M_ARENA_MAX).
-
-    Each thread that allocates (the PNG writer, the deflate pool, the network's) otherwise gets a heap of
-    its own that keeps freed memory: 25-30 MB more resident at 100 MP, measured. A process-wide setting
-    for the command line to make before those threads start; a no-op without glibc.
-    """
-    mallopt = _libc_function("mallopt")
-    if mallopt is not None:
-        mallopt(-8, arenas)  # M_ARENA_MAX
-
-
-@functools.lru_cache(maxsize=None)
-def _libc_function(name: str):
-    try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
-    except (OSError, AttributeError, TypeError):
-        return None
 
 
 class InferenceNet(nn.Module):
@@ -251,6 +217,14 @@ class Restorer(TiledEngine):
     def __call__(self, *args, **kwargs) -> None:
         """`TiledEngine.__call__`, without autograd; the sink gets float32 tensors on the device."""
         super().__call__(*args, **kwargs)
+
+    def display(self, packed, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
+                sink: Callable[[np.ndarray, Tile], None], **walk) -> None:
+        """Like calling the engine, but the sink gets each tile's display codes, (h, w, 3) uint8 or uint16,
+        rendered with `colour.to_display` on the device."""
+        wb_t = torch.from_numpy(np.asarray(wb, np.float32)).to(self.device)
+        rgb_t = torch.from_numpy(np.asarray(rgb_cam, np.float32)).to(self.device)
+        self(packed, lambda out, t: sink(to_display(out, wb_t, rgb_t, bit_depth), t), **walk)
 
     def stem(self, x: np.ndarray) -> torch.Tensor:
         return self.net.stem_forward(self._input(x))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURE = "lamba2021"
+from .weights import ARCHITECTURE  # noqa: F401  (the name weights files give this network)
 
 
 class WNConv2d(nn.Module):

@@ -11,20 +11,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
-import torch
 
-from .colour import orient, to_display
+from .colour import orient
 from .errors import OutputError, OutputExistsError
 from .imagefile import default_suffix, format_of, write_jpeg, write_linear_dng, write_tiff
-from .inference import Restorer, Tile
 from .metadata import exif_tiff
 from .options import RestoreOptions
 from .packing import Prepared, prepare_frame
 from .pngio import PngStream, atomic_output
 from .rawio import RawFrame, read_raw
+from .tiling import Tile
 from .weights import WeightsInfo
 
 RAW_SUFFIXES = {".arw", ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".rw2", ".orf", ".pef", ".raf",
@@ -32,12 +31,27 @@ RAW_SUFFIXES = {".arw", ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".rw2", 
                 ".rwl", ".raw", ".sr2", ".srf", ".dcs", ".k25"}
 
 
-def quantise(image: torch.Tensor, bit_depth: int) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> (H, W, 3) uint8 or uint16, rounded."""
+class Restorer(Protocol):
+    """What the pipeline needs of an engine (inference.Restorer for torch, ovengine.OpenVINORestorer)."""
+
+    engine: str
+
+    def __call__(self, packed: Any, sink: Callable[[Any, Tile], None], **walk: Any) -> None: ...
+
+    def display(self, packed: Any, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
+                sink: Callable[[np.ndarray, Tile], None], **walk: Any) -> None: ...
+
+
+def as_numpy(out: Any) -> np.ndarray:
+    """An engine's (1, 3, H, W) output as a float32 numpy array (torch tensors copied off their device)."""
+    return out if isinstance(out, np.ndarray) else out.float().cpu().numpy()
+
+
+def quantise(image: Any, bit_depth: int) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] (an engine's output) -> (H, W, 3) uint8 or uint16, rounded."""
     top = 255.0 if bit_depth == 8 else 65535.0
-    dtype = torch.uint8 if bit_depth == 8 else torch.int32
-    q = (image[0].clamp(0.0, 1.0) * top + 0.5).to(dtype).permute(1, 2, 0).cpu().numpy()
-    return q if bit_depth == 8 else q.astype(np.uint16)
+    q = np.clip(as_numpy(image)[0], 0.0, 1.0).transpose(1, 2, 0) * top + 0.5
+    return q.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
 def output_size(frame: RawFrame, prep: Prepared) -> tuple[int, int]:
@@ -54,10 +68,9 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
     backwards for a flip), so every band can be emitted as soon as it is done: the band being filled is
     the only part of the image held here (`emit` may keep the previous one a while, as PngStream does).
     """
-    wb = torch.from_numpy(prep.wb).to(restorer.device)
+    wb = prep.wb.astype(np.float32)
     if prep.balanced:  # the network's output is white-balanced already (relative to green)
-        wb = wb[1].expand(3)
-    rgb_cam = torch.from_numpy(frame.rgb_cam).to(restorer.device)
+        wb = np.full(3, wb[1], np.float32)
     top, left, height, width = prep.layout.top, prep.layout.left, prep.layout.height, prep.layout.width
     dtype = np.uint8 if opts.bit_depth == 8 else np.uint16
     band = np.empty((0, 0, 3), dtype)
@@ -70,24 +83,27 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
         x0, x1 = max(2 * region.x0 - left, 0), min(2 * region.x1 - left, width)
         band = np.empty((y1 - y0, x1 - x0, 3), dtype)  # new each time: the PNG thread may still read the last
 
-    def sink(out: torch.Tensor, t: Tile) -> None:
+    def place(q: np.ndarray, t: Tile) -> None:
         # the tile's part of the band (tiles on the aligned mosaic's edge reach one mirrored row past it)
         ty0, ty1 = max(2 * t.y0 - top, y0), min(2 * t.y1 - top, y0 + band.shape[0])
         tx0, tx1 = max(2 * t.x0 - left, x0), min(2 * t.x1 - left, x0 + band.shape[1])
         oy, ox = ty0 - (2 * t.y0 - top), tx0 - (2 * t.x0 - left)
-        out = out[..., oy : oy + ty1 - ty0, ox : ox + tx1 - tx0]
+        q = q[oy : oy + ty1 - ty0, ox : ox + tx1 - tx0]
         if info.output == "camera":
+            # photosites the sensor clipped come out white, as in the SID ground truth (LibRaw clips after
+            # white balance), whatever colour the network gave them
             sat = saturated_pixels(prep, t, oy, ox, ty1 - ty0, tx1 - tx0)
-            q = to_display(out, wb, rgb_cam, opts.bit_depth,
-                           clipped=None if sat is None else torch.from_numpy(np.ascontiguousarray(sat)))
-        else:
-            q = quantise(out, opts.bit_depth)
+            if sat is not None:
+                q[sat] = np.iinfo(dtype).max
         band[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = q
 
-    by_columns = bool(frame.flip & 4)
-    reverse = bool(frame.flip & (1 if by_columns else 2))
-    restorer(prep.packed, sink, by_columns=by_columns, reverse=reverse, band_start=band_start,
-             band_done=lambda _region: emit(orient(band, frame.flip)))
+    walk = dict(by_columns=bool(frame.flip & 4), band_start=band_start,
+                band_done=lambda _region: emit(orient(band, frame.flip)))
+    walk["reverse"] = bool(frame.flip & (1 if walk["by_columns"] else 2))
+    if info.output == "camera":
+        restorer.display(prep.packed, wb, frame.rgb_cam, opts.bit_depth, place, **walk)
+    else:
+        restorer(prep.packed, lambda out, t: place(quantise(out, opts.bit_depth), t), **walk)
 
 
 def infer_and_render(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo,
@@ -130,11 +146,11 @@ def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
     rel = (prep.wb / prep.wb[1]) if prep.balanced else np.ones(3, np.float32)
     white = (1.0 / rel).astype(np.float32)
 
-    def sink(out: torch.Tensor, t: Tile) -> None:
+    def sink(out: Any, t: Tile) -> None:
         y0, y1 = max(2 * t.y0 - top, 0), min(2 * t.y1 - top, height)
         x0, x1 = max(2 * t.x0 - left, 0), min(2 * t.x1 - left, width)
         oy, ox = y0 - (2 * t.y0 - top), x0 - (2 * t.x0 - left)
-        tile = out[0, :, oy : oy + y1 - y0, ox : ox + x1 - x0].float().permute(1, 2, 0).cpu().numpy() / rel
+        tile = as_numpy(out[..., oy : oy + y1 - y0, ox : ox + x1 - x0])[0].transpose(1, 2, 0) / rel
         sat = saturated_pixels(prep, t, oy, ox, y1 - y0, x1 - x0)
         if sat is not None:
             tile[sat] = white

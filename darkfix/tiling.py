@@ -15,6 +15,9 @@ how to run the three parts of the network on one region.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -112,6 +115,39 @@ class PaddedFrame:
         if cols is not None:
             part = part[:, :, cols]
         return np.ascontiguousarray(part[None])
+
+
+def release_memory() -> None:
+    """Hand memory freed by the network back to the OS.
+
+    glibc's malloc keeps freed blocks of the size that tiles use (up to 32 MB) for reuse, which roughly
+    doubles the resident size of the network's working set; trimming after each pass returns it at the
+    cost of a few milliseconds. (Making every large block an mmap instead costs ~50% more CPU time in
+    page faults, measured.) A no-op where malloc_trim does not exist.
+    """
+    trim = _libc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
+def limit_malloc_arenas(arenas: int = 1) -> None:
+    """Let glibc's malloc keep at most `arenas` heaps for all threads (M_ARENA_MAX).
+
+    Each thread that allocates (the PNG writer, the deflate pool, the network's) otherwise gets a heap of
+    its own that keeps freed memory: 25-30 MB more resident at 100 MP, measured. A process-wide setting
+    for the command line to make before those threads start; a no-op without glibc.
+    """
+    mallopt = _libc_function("mallopt")
+    if mallopt is not None:
+        mallopt(-8, arenas)  # M_ARENA_MAX
+
+
+@functools.lru_cache(maxsize=None)
+def _libc_function(name: str):
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 Sink = Callable[[Any, Tile], None]

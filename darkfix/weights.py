@@ -12,12 +12,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from .errors import WeightsError
-from .model import ARCHITECTURE, LambaNet
+
+if TYPE_CHECKING:  # torch is imported only to load or save tensors: reading metadata does without it
+    import torch
+
+    from .model import LambaNet
+
+ARCHITECTURE = "lamba2021"  # the network of darkfix.model
 
 FORMAT_VERSION = "1"
 DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v2.safetensors"
@@ -46,8 +50,55 @@ def default_weights_path() -> Path:
     return installed if installed.is_file() else here.parent / "weights" / DEFAULT_WEIGHTS_NAME
 
 
+def read_info(path: str | os.PathLike | None = None) -> WeightsInfo:
+    """What a weights file says it is, from its header alone (no torch, no tensors read or checked:
+    `load_weights` checks them)."""
+    p = Path(path) if path is not None else default_weights_path()
+    if not p.is_file():
+        hint = "" if path is not None else " (no default weights installed; pass --weights PATH)"
+        raise WeightsError(f"{p}: weights file not found{hint}")
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if f.read(1) != b"{":
+            return _authors_info(p)
+        try:
+            size = int.from_bytes(head, "little")
+            f.seek(8)
+            meta = json.loads(f.read(size)).get("__metadata__") or {}
+        except (ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise WeightsError(f"{p}: corrupt or truncated safetensors file ({e})") from None
+    return _darkfix_info(p, meta)
+
+
+def _authors_info(p: Path) -> WeightsInfo:
+    return WeightsInfo(p, "authors", "srgb", {"architecture": ARCHITECTURE, "output": "srgb",
+                                              "source": "Lamba & Mitra 2021 checkpoint"})
+
+
+def _darkfix_info(p: Path, meta: dict[str, str]) -> WeightsInfo:
+    if meta.get("architecture") != ARCHITECTURE:
+        raise WeightsError(f"{p}: architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r}")
+    info = WeightsInfo(p, "darkfix", meta.get("output", "camera"), dict(meta))
+    if info.output not in ("camera", "srgb"):
+        raise WeightsError(f"{p}: unknown output colour space {info.output!r}")
+    if info.input not in ("raw", "balanced") or (info.input == "balanced" and info.output != "camera"):
+        raise WeightsError(f"{p}: unknown input convention {info.input!r} for {info.output!r} output")
+    return info
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The checksum of a weights file's bytes (what converted models are traced back to)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     """A checksum over tensor names and float32 bytes, stored in and checked against the metadata."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
@@ -57,6 +108,9 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def save_weights(model: LambaNet, path: str | os.PathLike, metadata: dict[str, object]) -> Path:
     """Save a (weight-normalised) model as darkfix safetensors with its metadata and checksum."""
+    import torch
+    from safetensors.torch import save_file
+
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta.update(
@@ -73,6 +127,8 @@ def save_weights(model: LambaNet, path: str | os.PathLike, metadata: dict[str, o
 
 
 def _check_state(state: dict[str, torch.Tensor], model: LambaNet, path: Path) -> None:
+    import torch
+
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
@@ -87,28 +143,25 @@ def _check_state(state: dict[str, torch.Tensor], model: LambaNet, path: Path) ->
 
 def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, WeightsInfo]:
     """Load a weights file (default: the packaged weights) into a weight-normalised LambaNet."""
-    p = Path(path) if path is not None else default_weights_path()
-    if not p.is_file():
-        hint = "" if path is not None else " (no default weights installed; pass --weights PATH)"
-        raise WeightsError(f"{p}: weights file not found{hint}")
-    with open(p, "rb") as f:
-        head = f.read(16)
+    import torch
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    from .model import LambaNet
+
+    info = read_info(path)
+    p = info.path
     model = LambaNet()
-    if head[8:9] == b"{":
+    if info.format == "darkfix":
         try:
             state = load_file(str(p))
-            from safetensors import safe_open
-
             with safe_open(str(p), framework="pt") as f:
                 meta = dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{p}: corrupt or truncated safetensors file ({e})") from None
-        if meta.get("architecture") != ARCHITECTURE:
-            raise WeightsError(f"{p}: architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r}")
         _check_state(state, model, p)
         if meta.get("sha256") != tensors_sha256(state):
             raise WeightsError(f"{p}: checksum mismatch, the weights are damaged")
-        info = WeightsInfo(p, "darkfix", meta.get("output", "camera"), meta)
     else:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -121,11 +174,5 @@ def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, Weigh
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise WeightsError(f"{p}: not a state dict of tensors")
         _check_state(state, model, p)
-        info = WeightsInfo(p, "authors", "srgb", {"architecture": ARCHITECTURE, "output": "srgb",
-                                                  "source": "Lamba & Mitra 2021 checkpoint"})
-    if info.output not in ("camera", "srgb"):
-        raise WeightsError(f"{p}: unknown output colour space {info.output!r}")
-    if info.input not in ("raw", "balanced") or (info.input == "balanced" and info.output != "camera"):
-        raise WeightsError(f"{p}: unknown input convention {info.input!r} for {info.output!r} output")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval(), info

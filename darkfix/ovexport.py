@@ -1,0 +1,83 @@
+"""Converting darkfix's network to OpenVINO models (needs torch, once per weights file).
+
+The network is cut where the tiling cuts it (darkfix.tiling): `stem` and `coarse` make the 1/32 branch,
+`fine` the rest; `colour` is the display rendering of one tile (white balance folded into the camera ->
+sRGB matrix, clip, BT.709 curve, rounding to codes), kept apart so that it always runs in f32.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import LambaNet, fold_weight_norm
+
+
+class _Stem(nn.Module):
+    def __init__(self, net: LambaNet) -> None:
+        super().__init__()
+        self.conv32x = net.conv32x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv32x(F.pixel_unshuffle(x, 16))
+
+
+class _Coarse(nn.Module):
+    def __init__(self, net: LambaNet) -> None:
+        super().__init__()
+        self.rdbs = nn.ModuleList([net.RDB1, net.RDB2, net.RDB3])
+        self.rdball = net.rdball
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        r1 = self.rdbs[0](a)
+        r2 = self.rdbs[1](r1)
+        r3 = self.rdbs[2](r2)
+        return self.rdball(torch.cat([r1, r2, r3], dim=1)) + a
+
+
+class _Fine(nn.Module):
+    def __init__(self, net: LambaNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        c = n.conv_rdb8x(F.pixel_shuffle(b, 4))
+        d = n.resblock8x(F.pixel_unshuffle(x, 4))
+        fused = torch.stack([d, c], dim=2).flatten(1, 2)  # the channel shuffle: d0, c0, d1, c1, ...
+        e = F.pixel_shuffle(n.conv32_8_cat(fused), 4)
+        out = n.conv_2_8_32(torch.cat([n.conv2x(x), e], dim=1))
+        return F.pixel_shuffle(out, 2).clamp(0.0, 1.0)
+
+
+class _Colour(nn.Module):
+    """(1, 3, H, W) camera RGB, (3, 3) matrix with the white balance folded in, (3,) clip levels (1 / wb)
+    and the top code (255 or 65535) -> (1, H, W, 3) codes as floats, as colour.to_display renders them."""
+
+    def forward(self, rgb: torch.Tensor, matrix: torch.Tensor, full: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        x = torch.minimum(rgb, full.view(1, 3, 1, 1)).clamp_min(0.0).permute(0, 2, 3, 1)
+        linear = torch.matmul(x, matrix.transpose(0, 1)).clamp(0.0, 1.0)
+        curve = torch.where(linear < 0.018, 4.5 * linear, 1.099 * linear.clamp_min(0.018) ** 0.45 - 0.099)
+        return torch.floor(curve * top + 0.5)
+
+
+def convert(model: LambaNet) -> dict:
+    """OpenVINO models (`openvino.Model`) `stem`, `coarse`, `fine` and `colour` for `model`, shapes dynamic."""
+    import openvino as ov
+
+    net = fold_weight_norm(copy.deepcopy(model).float().eval())
+    x = torch.zeros(1, 4, 64, 64)
+    with torch.no_grad():
+        a = _Stem(net)(x)
+        b = _Coarse(net)(a)
+        rgb = _Fine(net)(x, b)
+        return {
+            "stem": ov.convert_model(_Stem(net), example_input=x, input=[(1, 4, -1, -1)]),
+            "coarse": ov.convert_model(_Coarse(net), example_input=a, input=[(1, 64, -1, -1)]),
+            "fine": ov.convert_model(_Fine(net), example_input=(x, b), input=[(1, 4, -1, -1), (1, 64, -1, -1)]),
+            "colour": ov.convert_model(_Colour(), example_input=(rgb, torch.eye(3), torch.ones(3), torch.tensor(255.0)),
+                                       input=[(1, 3, -1, -1), (3, 3), (3,), ()]),
+        }
