@@ -24,12 +24,10 @@ class Darkfix:
     """Loaded weights on a device, ready to restore many files (see `load`)."""
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
-                 tile: int | None = None) -> None:
-        from .inference import Restorer
-        from .weights import load_weights
+                 tile: int | None = None, engine: str = "auto") -> None:
+        from . import engine as engines
 
-        model, self.info = load_weights(weights)
-        self.restorer = Restorer(model, device=device, precision=precision, tile=tile)
+        self.restorer, self.info = engines.load(weights, engine=engine, device=device, precision=precision, tile=tile)
 
     @property
     def weights(self) -> WeightsInfo:
@@ -63,14 +61,15 @@ class Darkfix:
 
 
 def load(weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
-         tile: int | None = None) -> Darkfix:
-    """Load weights (default: the packaged ones) once, for `Darkfix.restore` on many files."""
-    return Darkfix(weights, device=device, precision=precision, tile=tile)
+         tile: int | None = None, engine: str = "auto") -> Darkfix:
+    """Load weights (default: the packaged ones) once, for `Darkfix.restore` on many files. `engine`:
+    "torch", "openvino" (CPU) or "auto" (see darkfix.engine)."""
+    return Darkfix(weights, device=device, precision=precision, tile=tile, engine=engine)
 
 
 def restore(source: str | os.PathLike, *, ratio: float | None = None, brightness: float = 1.0,
             exposure: str = "auto", wb: str = "camera", bit_depth: int = 8,
-            weights: str | os.PathLike | None = None, device: str = "auto") -> np.ndarray:
+            weights: str | os.PathLike | None = None, device: str = "auto", engine: str = "auto") -> np.ndarray:
     """Restore one raw file with freshly loaded weights; see `Darkfix.restore`."""
-    return load(weights, device=device).restore(source, ratio=ratio, brightness=brightness, exposure=exposure,
-                                                wb=wb, bit_depth=bit_depth)
+    return load(weights, device=device, engine=engine).restore(source, ratio=ratio, brightness=brightness,
+                                                               exposure=exposure, wb=wb, bit_depth=bit_depth)

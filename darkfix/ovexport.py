@@ -66,8 +66,9 @@ class _Colour(nn.Module):
 
 def convert(model: LambaNet) -> dict:
     """OpenVINO models (`openvino.Model`) `stem`, `coarse`, `fine` and `colour` for `model`, shapes dynamic."""
-    import openvino as ov
+    from .ovengine import import_openvino
 
+    ov = import_openvino()
     net = fold_weight_norm(copy.deepcopy(model).float().eval())
     x = torch.zeros(1, 4, 64, 64)
     with torch.no_grad():

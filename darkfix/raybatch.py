@@ -45,17 +45,14 @@ def is_remote(address: str | None) -> bool:
 class _RestoreActor:
     """One per Ray worker: the weights loaded once, a decoder process of its own."""
 
-    def __init__(self, weights: str | None, device: str, precision: str, tile: int | None, threads: int,
-                 opts: RestoreOptions) -> None:
-        import torch
-
+    def __init__(self, weights: str | None, engine: str, device: str, precision: str, tile: int | None,
+                 threads: int, opts: RestoreOptions) -> None:
+        from . import engine as engines
         from .decoder import DecodeWorker
-        from .inference import Restorer, limit_malloc_arenas
-        from .weights import load_weights
+        from .tiling import limit_malloc_arenas
 
-        torch.set_num_threads(threads)
-        model, self.info = load_weights(weights)
-        self.restorer = Restorer(model, device=device, precision=precision, tile=tile)
+        self.restorer, self.info = engines.load(weights, engine=engine, device=device, precision=precision,
+                                                threads=threads, tile=tile)
         if self.restorer.device.type == "cpu":
             limit_malloc_arenas()
         self.opts = opts
@@ -87,7 +84,7 @@ class _RestoreActor:
 
 
 def run_ray_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, *, weights: str | None,
-                  device: str, precision: str, tile: int | None, settings: RaySettings,
+                  device: str, precision: str, tile: int | None, settings: RaySettings, engine: str = "auto",
                   on_file: Callable[[Path, str], None] | None = None,
                   on_start: Callable[[int], None] | None = None) -> BatchReport:
     """Restore `files` into `outputs` on Ray; per-file failures are recorded, never raised. `on_start`
@@ -119,8 +116,8 @@ def run_ray_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, 
         ds = ray.data.from_items([{"src": str(s), "dst": str(d)} for s, d in todo])
         results = ds.map_batches(
             _RestoreActor, batch_size=1, concurrency=actors, num_cpus=settings.threads, num_gpus=settings.gpus,
-            fn_constructor_kwargs={"weights": weights, "device": device, "precision": precision, "tile": tile,
-                                   "threads": settings.threads, "opts": opts})
+            fn_constructor_kwargs={"weights": weights, "engine": engine, "device": device, "precision": precision,
+                                   "tile": tile, "threads": settings.threads, "opts": opts})
         seen: set[Path] = set()
         try:
             for row in results.iter_rows():

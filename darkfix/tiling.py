@@ -158,6 +158,8 @@ class TiledEngine:
     `split_on_oom`, and implement `stem`, `coarse`, `fine` (and `concat`, `out_of_memory`, `release`);
     arrays are the engine's own (torch tensors on a device, numpy arrays)."""
 
+    engine: str
+    engine_reason: str = "as requested"
     tile: int
     margin: int
     large_frame_tile: int | None = None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,10 @@ from darkfix.weights import save_weights  # noqa: E402
 # Tiny frames gain nothing from threads, and on a busy 2-core machine (a training run beside the tests)
 # OpenMP threads oversubscribe the cores: one restore of a 40x58 DNG took 3.5 s with 2 threads, 0.13 s with 1.
 torch.set_num_threads(1)
+
+# Converted OpenVINO models and engine timings go to the test session's own cache, never the user's.
+os.environ["DARKFIX_CACHE"] = tempfile.mkdtemp(prefix="darkfix-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DARKFIX_CACHE"], True)
 
 REFERENCE_FILES = ("lamba2021_sony_official.pth", "compat_input.npy", "compat_output.npy",
                    "amplifier_cases.npz", "official_keys.txt")

@@ -23,8 +23,8 @@ def _files_per_second():
     return FilesPerSecond()
 
 
-def _ray_runner(folder, outdir, files, outputs, opts, address, actors, gpus, weights, device, precision, threads,
-                tile):
+def _ray_runner(folder, outdir, files, outputs, opts, address, actors, gpus, weights, engine, device, precision,
+                threads, tile):
     """Checks for `batch --ray` before any work, then the function that runs it."""
     try:
         import ray  # noqa: F401  (only to say in one line that the extra is missing)
@@ -48,8 +48,9 @@ def _ray_runner(folder, outdir, files, outputs, opts, address, actors, gpus, wei
     names = dict(zip(absolute[0], files))  # report the files as the user named them
 
     def execute(on_file):
-        report = run_ray_batch(*absolute, opts, weights=weights_path, device=device, precision=precision, tile=tile,
-                               settings=settings, on_file=lambda src, status: on_file(names[src], status))
+        report = run_ray_batch(*absolute, opts, weights=weights_path, engine=engine, device=device,
+                               precision=precision, tile=tile, settings=settings,
+                               on_file=lambda src, status: on_file(names[src], status))
         report.done = [names[p] for p in report.done]
         report.skipped = [names[p] for p in report.skipped]
         report.failed = [(names[p], why) for p, why in report.failed]
@@ -76,7 +77,8 @@ def _ray_runner(folder, outdir, files, outputs, opts, address, actors, gpus, wei
 @restore_options
 @network_options
 def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, ray_gpus, brightness, exposure, ratio,
-          wb, fmt, bit_depth, quality, compression, overwrite, weights, device, precision, threads, tile) -> None:
+          wb, fmt, bit_depth, quality, compression, overwrite, weights, engine, device, precision, threads,
+          tile) -> None:
     """Restore every raw file in FOLDER; files already restored are skipped, so a rerun resumes."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -104,9 +106,9 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
     try:
         if use_ray or ray_address:
             execute = _ray_runner(folder, outdir, files, outputs, opts, ray_address, ray_actors, ray_gpus, weights,
-                                  device, precision, threads, tile)
+                                  engine, device, precision, threads, tile)
         else:
-            restorer, info = load_restorer(weights, device, precision, threads, tile)
+            restorer, info = load_restorer(weights, engine, device, precision, threads, tile)
             if opts.format == "dng":
                 from ..pipeline import check_camera_output
 

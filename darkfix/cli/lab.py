@@ -175,7 +175,7 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, ratios,
-                 json_path, per_image, weights, device, precision, threads, tile, quiet) -> None:
+                 json_path, per_image, weights, engine, device, precision, threads, tile, quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
     Reports PSNR and SSIM per image, per exposure ratio and overall for the network (--weights),
@@ -198,7 +198,7 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
             ev.check_json_target(json_path)
         methods = []
         for path in (weights, *baseline_weights):
-            restorer, info = load_restorer(path, device, precision, threads, tile)
+            restorer, info = load_restorer(path, engine, device, precision, threads, tile)
             name = ev.network_name(info, [m.name for m in methods],
                                    default="darkfix" if not methods else "baseline")
             methods.append(ev.NetworkMethod(name, restorer, info))

@@ -22,7 +22,7 @@ from .common import fail, load_restorer, network_options, raise_interrupt, resto
 @network_options
 @click.option("-v", "--verbose", is_flag=True, help="Print the amplification used and timings.")
 def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
-            weights, device, precision, threads, tile, verbose) -> None:
+            weights, engine, device, precision, threads, tile, verbose) -> None:
     """Restore each raw FILE into a picture (PNG unless --format or the -o suffix says otherwise)."""
     from ..imagefile import format_of
     from ..pipeline import check_output, claim_outputs, clash_message, default_output, make_output_dir, restore_file
@@ -48,7 +48,10 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
             if src in clashes:
                 raise DarkfixError(clash_message(src, dst, clashes[src]))
             check_output(src, dst, overwrite, opts.format)
-        restorer, info = load_restorer(weights, device, precision, threads, tile)
+        restorer, info = load_restorer(weights, engine, device, precision, threads, tile)
+        if verbose:
+            click.echo(f"engine {restorer.engine} ({restorer.engine_reason}); precision {restorer.precision} "
+                       f"({restorer.precision_reason})", err=True)
         if opts.format == "dng":
             from ..pipeline import check_camera_output
 

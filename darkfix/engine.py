@@ -1,0 +1,91 @@
+"""Choosing and loading the engine that runs the network: torch (CPU or CUDA) or OpenVINO (CPU).
+
+`--engine auto` takes OpenVINO on a CPU where it is installed and measured faster than torch on this
+machine (ovengine.measure_engines, run once when the weights are first converted), torch otherwise, and
+always torch for CUDA. Nothing here imports torch unless the torch engine is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from . import ovengine
+from .weights import WeightsInfo, read_info
+
+ENGINES = ("auto", "torch", "openvino")
+
+
+def cuda_present() -> bool:
+    """Whether CUDA may be available: asks torch only where an NVIDIA driver's device node exists
+    (Linux, WSL), so that CPU-only machines decide without importing it."""
+    if os.name == "posix" and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/dxg")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose(engine: str, device: str, precision: str) -> tuple[str, str]:
+    """The engine to run and why; ValueError for a combination that cannot run."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r} (expected {', '.join(ENGINES)})")
+    if engine == "torch":
+        return "torch", "as requested"
+    if engine == "openvino":
+        if not ovengine.available():
+            raise ValueError("the OpenVINO engine needs OpenVINO: pip install openvino")
+        if device == "cuda":
+            raise ValueError("the OpenVINO engine runs on CPU; use --engine torch for CUDA")
+        if precision == "fp16":
+            raise ValueError("fp16 is for CUDA; with OpenVINO use fp32 or bf16")
+        return "openvino", "as requested"
+    if device == "cuda" or (device == "auto" and cuda_present()):
+        return "torch", "auto: CUDA"
+    if precision == "fp16":
+        return "torch", "auto: fp16 is for CUDA"
+    if not ovengine.available():
+        return "torch", "auto: OpenVINO is not installed"
+    measured = ovengine.engine_choice(precision)
+    if measured is None:
+        return "openvino", "auto: OpenVINO, to be measured against torch on this CPU"
+    return measured["choice"], _reason(measured)
+
+
+def load(weights: str | os.PathLike | None = None, engine: str = "auto", device: str = "auto",
+         precision: str = "auto", threads: int | None = None, tile: int | None = None,
+         say: Callable[[str], None] | None = None) -> tuple[Any, WeightsInfo]:
+    """A ready engine for a weights file (default: the packaged ones) and what the file is.
+    The engine's `engine_reason` says why it was chosen."""
+    name, reason = choose(engine, device, precision)
+    info = read_info(weights)
+    if name == "openvino":
+        models = ovengine.load_models(info.path, say=say)
+        if engine == "auto" and ovengine.engine_choice(precision) is None:
+            from .weights import load_weights
+
+            if say:
+                say("timing the OpenVINO and torch engines on this CPU (once)")
+            measured = ovengine.measure_engines(models, load_weights(info.path)[0], precision)
+            name, reason = measured["choice"], _reason(measured)
+        if name == "openvino":
+            restorer = ovengine.OpenVINORestorer(models, precision=precision, threads=threads, tile=tile)
+            restorer.engine_reason = reason
+            return restorer, info
+    import torch
+
+    from .inference import Restorer
+    from .weights import load_weights
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, info = load_weights(info.path)
+    restorer = Restorer(model, device=device, precision=precision, tile=tile)
+    restorer.engine_reason = reason
+    return restorer, info
+
+
+def _reason(measured: dict) -> str:
+    ms = measured["ms"]
+    return (f"auto: measured on this CPU, fine pass on a {measured['tile']}-pixel tile: "
+            f"openvino {ms['openvino']} ms, torch {ms['torch']} ms")

@@ -1,0 +1,279 @@
+"""The OpenVINO engine: darkfix's network and colour rendering compiled for the CPU by OpenVINO.
+
+Restoring needs no torch: the converted models live in a cache folder, one per weights file, named by
+the file's checksum and carrying it in their metadata; a model whose checksum does not match is rebuilt
+(converting imports torch once, darkfix.ovexport) or, where torch cannot run, refused. Conversion also
+times this engine against the torch one on the machine, once, so that `--engine auto` picks by
+measurement (`engine_choice`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import WeightsError
+from .tiling import (ALIGN, DEFAULT_CPU_TILE, DEFAULT_MARGIN, LARGE_FRAME_CPU_TILE, TiledEngine, Tile,
+                     release_memory)
+from .weights import file_sha256
+
+PARTS = ("stem", "coarse", "fine", "colour")
+# Bumped whenever the converted graphs change: models in the cache from another version are rebuilt.
+GRAPH_VERSION = "1"
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def available() -> bool:
+    """Whether OpenVINO is installed (without importing it)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cache_root() -> Path:
+    """$DARKFIX_CACHE, else $XDG_CACHE_HOME/darkfix, else ~/.cache/darkfix."""
+    if os.environ.get("DARKFIX_CACHE"):
+        return Path(os.environ["DARKFIX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "darkfix"
+
+
+class _CPU:
+    """The engine's device, as `torch.device('cpu')` reads for the code that reports it."""
+
+    type = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def import_openvino():
+    """The openvino module, imported with its usage telemetry turned off: as installed, importing it sends
+    a report to Google Analytics (from a forked process) unless the user opted out with Intel's tool;
+    without the openvino_telemetry module it uses its own no-op stub. darkfix sends nothing anywhere."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
+def _core():
+    return import_openvino().Core()
+
+
+def native_bf16(core=None) -> tuple[bool, str]:
+    """Whether OpenVINO runs bf16 natively on this CPU (it lists BF16 among the CPU's capabilities only
+    with AVX512-BF16 or AMX), and what says so."""
+    caps = (core or _core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in caps:
+        return True, "OpenVINO reports native BF16 on this CPU"
+    return False, "OpenVINO reports no native BF16 on this CPU"
+
+
+def model_dir(sha: str) -> Path:
+    return cache_root() / "openvino" / f"{sha[:24]}-g{GRAPH_VERSION}"
+
+
+def _stamp(models: dict[str, Any], sha: str, name: str) -> None:
+    for m in models.values():
+        m.set_rt_info(sha, ["darkfix", "weights_sha256"])
+        m.set_rt_info(name, ["darkfix", "weights_file"])
+        m.set_rt_info(GRAPH_VERSION, ["darkfix", "graph_version"])
+
+
+def _stamped(model: Any) -> tuple[str, str]:
+    try:
+        return (model.get_rt_info(["darkfix", "weights_sha256"]).astype(str),
+                model.get_rt_info(["darkfix", "graph_version"]).astype(str))
+    except RuntimeError:  # no such entry
+        return "", ""
+
+
+def _read_cached(folder: Path, sha: str) -> dict[str, Any] | None:
+    if not all((folder / f"{p}.xml").is_file() for p in PARTS):
+        return None
+    core = _core()
+    try:
+        models = {p: core.read_model(str(folder / f"{p}.xml")) for p in PARTS}
+    except RuntimeError:
+        return None
+    if any(_stamped(m) != (sha, GRAPH_VERSION) for m in models.values()):
+        return None
+    return models
+
+
+def load_models(weights: str | os.PathLike, convert: bool = True,
+                say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The OpenVINO models for a weights file: from the cache when they were made from these exact bytes,
+    else converted now (importing torch; saved to the cache when it is writable), unless `convert` is
+    False (then WeightsError)."""
+    path = Path(weights)
+    sha = file_sha256(path)
+    folder = model_dir(sha)
+    cached = _read_cached(folder, sha)
+    if cached is not None:
+        return cached
+    if not convert:
+        raise WeightsError(f"{path}: no OpenVINO model converted from these weights in {folder.parent}")
+    if say:
+        say(f"converting {path.name} for OpenVINO (once; cached in {folder.parent})")
+    from .ovexport import convert as convert_model
+    from .weights import load_weights
+
+    model, _info = load_weights(path)
+    models = convert_model(model)
+    _stamp(models, sha, path.name)
+    _save(models, folder)
+    return models
+
+
+def _save(models: dict[str, Any], folder: Path) -> None:
+    """Write the models to `folder` whole or not at all (a cache that cannot be written is skipped)."""
+    ov = import_openvino()
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError:
+        return
+    try:
+        tmp.chmod(0o755)  # a cache others may read, like the files in it
+        for name, m in models.items():
+            ov.save_model(m, str(tmp / f"{name}.xml"), compress_to_fp16=False)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class OpenVINORestorer(TiledEngine):
+    """The network compiled by OpenVINO for the CPU, applied in tiles like the torch engine; numpy in
+    and out. `precision` 'auto' is bf16 where OpenVINO runs it natively, else fp32."""
+
+    engine = "openvino"
+    device = _CPU()
+
+    def __init__(self, models: dict[str, Any], precision: str = "auto", threads: int | None = None,
+                 tile: int | None = None, margin: int = DEFAULT_MARGIN) -> None:
+        core = _core()
+        if precision == "auto":
+            native, why = native_bf16(core)
+            self.precision = "bf16" if native else "fp32"
+            self.precision_reason = f"auto: {self.precision} ({why})"
+        elif precision in _OV_PRECISION:
+            self.precision, self.precision_reason = precision, "as requested"
+        else:
+            raise ValueError(f"precision {precision!r} is not available with OpenVINO on CPU (fp32 or bf16)")
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
+                                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = {p: core.compile_model(models[p], "CPU", config) for p in ("stem", "coarse", "fine")}
+        # colour always in f32: 16-bit codes need more than bf16's 8 bits of mantissa
+        self._compiled["colour"] = core.compile_model(models["colour"], "CPU",
+                                                      {**config, "INFERENCE_PRECISION_HINT": "f32"})
+        self.tile = max(ALIGN, (tile or DEFAULT_CPU_TILE) // ALIGN * ALIGN)
+        self.large_frame_tile = LARGE_FRAME_CPU_TILE if tile is None else None
+        self.margin = -(-margin // ALIGN) * ALIGN
+
+    def _run(self, part: str, *inputs: np.ndarray) -> np.ndarray:
+        return self._compiled[part](list(inputs))[0]
+
+    def stem(self, x: np.ndarray) -> np.ndarray:
+        return self._run("stem", x)
+
+    def coarse(self, a: np.ndarray) -> np.ndarray:
+        return self._run("coarse", np.ascontiguousarray(a))
+
+    def fine(self, x: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._run("fine", x, np.ascontiguousarray(b))
+
+    def concat(self, parts: list[np.ndarray], axis: int) -> np.ndarray:
+        return np.concatenate(parts, axis=axis)
+
+    def new_b(self, like: np.ndarray, h: int, w: int) -> np.ndarray:
+        return np.empty((1, like.shape[1], h, w), np.float32)
+
+    def release(self) -> None:
+        release_memory()
+
+    def display(self, packed: Any, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
+                sink: Callable[[np.ndarray, Tile], None], **walk: Any) -> None:
+        """Like calling the engine, but the sink gets each tile's display codes, (h, w, 3) uint8 or uint16,
+        rendered as `colour.to_display` renders them (OpenVINO, f32)."""
+        from .colour import display_terms
+
+        matrix, full = display_terms(wb, rgb_cam)
+        top = np.array(255.0 if bit_depth == 8 else 65535.0, np.float32)
+        dtype = np.uint8 if bit_depth == 8 else np.uint16
+
+        def codes(out: np.ndarray, t: Tile) -> None:
+            sink(self._run("colour", np.ascontiguousarray(out), matrix, full, top)[0].astype(dtype), t)
+
+        self(packed, codes, **walk)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def engine_choice(precision: str = "auto") -> dict | None:
+    """The measured choice of engine for this CPU and precision, if conversion measured one."""
+    try:
+        table = json.loads((cache_root() / "engine-choice.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return table.get(f"{_cpu_name()} | {os.cpu_count()} cpus | {precision}")
+
+
+def measure_engines(models: dict[str, Any], model: Any, precision: str = "auto", side: int = 256,
+                    runs: int = 3) -> dict:
+    """Time the fine pass (most of the network's cost) on one side x side packed tile in both engines, best
+    of `runs`; record the faster one as this CPU's choice for `--engine auto`."""
+    from .inference import Restorer
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((1, 4, side, side), dtype=np.float32) * 0.3)
+    engines = {"openvino": OpenVINORestorer(models, precision), "torch": Restorer(model, "cpu", precision)}
+    times = {}
+    for name, eng in engines.items():
+        b = eng.coarse(eng.stem(x))
+        best = float("inf")
+        for _ in range(runs + 1):  # the first run builds kernels
+            t0 = time.perf_counter()
+            eng.fine(x, b)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = round(best * 1000, 2)
+    entry = {"choice": min(times, key=times.get), "ms": times, "tile": side,
+             "precision": {n: e.precision for n, e in engines.items()}}
+    path = cache_root() / "engine-choice.json"
+    try:
+        table = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        table = {}
+    table[f"{_cpu_name()} | {os.cpu_count()} cpus | {precision}"] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return entry
