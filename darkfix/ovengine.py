@@ -123,12 +123,12 @@ def load_models(weights: str | os.PathLike, convert: bool = True,
         return cached
     if not convert:
         raise WeightsError(f"{path}: no OpenVINO model converted from these weights in {folder.parent}")
-    if say:
-        say(f"converting {path.name} for OpenVINO (once; cached in {folder.parent})")
     from .ovexport import convert as convert_model
     from .weights import load_weights
 
-    model, _info = load_weights(path)
+    model, _info = load_weights(path)  # a damaged file is refused before any note
+    if say:
+        say(f"converting {path.name} for OpenVINO (once; cached in {folder.parent})")
     models = convert_model(model)
     _stamp(models, sha, path.name)
     _save(models, folder)

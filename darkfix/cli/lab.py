@@ -118,7 +118,7 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
 @click.option("--no-reference", is_flag=True,
               help="Skip the reference network (eager fp32, weight norm per call, whole frame).")
 @network_options
-def bench(size, input_path, runs, json_path, compression, no_reference, weights, device, precision, threads,
+def bench(size, input_path, runs, json_path, compression, no_reference, weights, engine, device, precision, threads,
           tile) -> None:
     """Time each stage of a restoration and the network against the reference way of running it."""
     import json
@@ -135,7 +135,7 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
     try:
         result = run_bench(dims, runs=runs, device=device, precision=precision, threads=threads, tile=tile,
                            weights=weights, input_path=input_path, reference=not no_reference,
-                           compression=compression, progress=lambda msg: console.log(msg))
+                           compression=compression, progress=lambda msg: console.log(msg), engine=engine)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     except DarkfixError as e:

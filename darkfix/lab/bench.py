@@ -188,20 +188,21 @@ class _Timer:
         return result
 
 
-class _Replay(Restorer):
-    """A Restorer that walks the frame's tiles as the real one does but hands the sink one stored network
-    output per tile (cut to the tile's size) instead of running the network: it times the colour stage."""
+def _replay(restorer, sample) -> object:
+    """A copy of `restorer` that walks the frame's tiles as the real one does but hands the sink one stored
+    network output per tile (cut to the tile's size) instead of running the network: it times the colour
+    stage, whichever engine renders it."""
 
-    def __init__(self, restorer: Restorer, sample: torch.Tensor) -> None:  # no network of its own
-        self.device, self.dtype = restorer.device, restorer.dtype
-        self.tile, self.margin, self.large_frame_tile = restorer.tile, restorer.margin, restorer.large_frame_tile
-        self.sample = sample
+    class Replay(type(restorer)):  # type: ignore[misc]
+        def _coarse(self, frame) -> None:
+            return None
 
-    def _coarse(self, frame) -> None:
-        return None
+        def _run_region(self, frame, b, t: Tile, sink, span=None) -> None:
+            sink(sample[..., : 2 * (t.y1 - t.y0), : 2 * (t.x1 - t.x0)], t)
 
-    def _run_region(self, frame, b, t: Tile, sink: Callable[[torch.Tensor, Tile], None], span=None) -> None:
-        sink(self.sample[..., : 2 * (t.y1 - t.y0), : 2 * (t.x1 - t.x0)], t)
+    replay = Replay.__new__(Replay)
+    replay.__dict__.update(restorer.__dict__)
+    return replay
 
 
 def reference_network(model: LambaNet, device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:
@@ -243,17 +244,21 @@ def weights_file(weights: Path | None, tmp: Path) -> tuple[Path, str]:
 def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str = "auto", precision: str = "auto",
               threads: int | None = None, tile: int | None = None, weights: Path | None = None,
               input_path: Path | None = None, reference: bool = True, compression: int = 1,
-              progress: Callable[[str], None] | None = None) -> dict:
+              progress: Callable[[str], None] | None = None, engine: str = "auto") -> dict:
     """Time every stage and the reference network; returns the results as a JSON-ready dict."""
+    from .. import engine as engines
+
     say = progress or (lambda _msg: None)
     if threads:
         torch.set_num_threads(threads)
-    model, info, weights_text = _load(weights)
-    restorer = Restorer(model, device=device, precision=precision, tile=tile)
-    dev = restorer.device
-    opts = RestoreOptions(compression=compression)
-    timer = _Timer(dev, reset_peak_rss())
     with tempfile.TemporaryDirectory(prefix="darkfix-bench-") as tmp:
+        path, weights_text = weights_file(weights, Path(tmp))
+        restorer, info = engines.load(path, engine=engine, device=device, precision=precision, threads=threads,
+                                      tile=tile, say=say)
+        model = load_weights(path)[0]
+        dev = torch.device(str(restorer.device))
+        opts = RestoreOptions(compression=compression)
+        timer = _Timer(dev, reset_peak_rss())
         if input_path is None:
             say(f"writing a synthetic {size[0]}x{size[1]} dark raw")
             source = write_synthetic_dng(Path(tmp) / "synthetic.dng", *size)
@@ -261,11 +266,11 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
             source = Path(input_path)
         out_png = Path(tmp) / "out.png"
         ref_run = reference_network(model, dev) if reference else None
-        sample: list[torch.Tensor] = []
+        sample: list = []
 
-        def keep_first(out: torch.Tensor, t: Tile) -> None:
+        def keep_first(out, t: Tile) -> None:
             if not sample:
-                sample.append(out.clone())
+                sample.append(out.copy() if isinstance(out, np.ndarray) else out.clone())
 
         say("warming up")
         frame = read_raw(source)
@@ -275,7 +280,7 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
         image = infer_and_render(frame, prep, restorer, info, opts)  # the real image, for the encoder
         if ref_run is not None:
             ref_run(packed)
-        replay = _Replay(restorer, sample[0])
+        replay = _replay(restorer, sample[0])
         png_bytes = 0
         for i in range(runs):
             say(f"run {i + 1} of {runs}")
@@ -309,9 +314,9 @@ def _agreement(restorer: Restorer, packed: np.ndarray, ref_run: Callable[[np.nda
     worst = 0.0
     sq = 0.0
 
-    def sink(out: torch.Tensor, t: Tile) -> None:
+    def sink(out, t: Tile) -> None:
         nonlocal worst, sq
-        diff = out.float() - ref[..., 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1]
+        diff = torch.as_tensor(out, device=ref.device).float() - ref[..., 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1]
         worst = max(worst, float(diff.abs().max()))
         sq += float(diff.double().pow(2).sum())
 
@@ -333,8 +338,8 @@ def _report(timer: _Timer, size: tuple[int, int], runs: int, restorer: Restorer,
     total = sum(stages[s]["median_s"] for s in STAGES)
     result = {
         "machine": machine(),
-        "device": str(restorer.device), "precision": str(restorer.dtype).replace("torch.", ""),
-        "precision_reason": restorer.precision_reason,
+        "device": str(restorer.device), "engine": restorer.engine, "engine_reason": restorer.engine_reason,
+        "precision": restorer.precision, "precision_reason": restorer.precision_reason,
         "tile": restorer.tile_for((size[1] + 1) // 2, (size[0] + 1) // 2), "margin": restorer.margin,
         "input": str(input_path) if input_path else "synthetic", "size": list(size), "megapixels": mp,
         "weights": weights_text, "runs": runs, "png_compression": compression, "png_bytes": png_bytes,
@@ -362,10 +367,11 @@ def print_report(r: dict, console=None) -> None:
     m = r["machine"]
     w, h = r["size"]
     console.print(f"[bold]darkfix bench[/]: {r['input']} {w}x{h} ({r['megapixels']:.1f} MP), "
-                  f"{r['device']} {r['precision']}, tile {r['tile']} margin {r['margin']}, "
+                  f"{r['engine']} on {r['device']}, {r['precision']}, tile {r['tile']} margin {r['margin']}, "
                   f"median of {r['runs']} runs after a warm-up")
     console.print(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} with "
                   f"{m['torch_threads']} threads ({m['cpu_capability']})" + (f", {m['gpu']}" if "gpu" in m else ""))
+    console.print(f"engine: {r['engine']} ({r['engine_reason']})")
     console.print(f"precision: {r['precision']} ({r['precision_reason']})")
     console.print(f"weights: {r['weights']}")
     table = Table()

@@ -252,7 +252,7 @@ class NetworkMethod:
         self.name, self.restorer, self.info = name, restorer, info
         self.description = {"kind": "network", "weights": str(info.path), "format": info.format,
                             "output": info.output, "device": str(restorer.device),
-                            "precision": str(restorer.dtype).replace("torch.", "")}
+                            "precision": restorer.precision, "engine": restorer.engine}
 
     def __call__(self, case: Case, frame: RawFrame, amplification: float) -> np.ndarray:
         opts = RestoreOptions(ratio=amplification, bit_depth=16)
