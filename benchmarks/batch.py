@@ -1,7 +1,7 @@
 """Throughput of `darkfix batch` on a folder of raws against processing them one after another, in one run.
 
     python benchmarks/batch.py [--count 10] [--size 4256x2848] [--weights W] [--rounds 1] [--processes]
-                               [--dir DIR] [--json batch.json]
+                               [--engine auto|torch|openvino] [--dir DIR] [--json batch.json]
 
 Three ways over the same files, one process each (fresh interpreter, timed from its start until it
 exits with every PNG on disk), alternating in each round after one untimed warm-up:
@@ -40,17 +40,15 @@ from e2e import run_child  # noqa: E402
 SEQUENTIAL = """
 import sys
 from pathlib import Path
-from darkfix.inference import Restorer
+from darkfix import engine
 from darkfix.pipeline import RestoreOptions, output_size, prepare_frame, render_bands
 from darkfix.pngio import PngStream, atomic_output
 from darkfix.rawio import read_raw
-from darkfix.weights import load_weights
 
-model, info = load_weights(Path(sys.argv[1]))
-restorer = Restorer(model, "cpu")
+restorer, info = engine.load(Path(sys.argv[1]), engine=sys.argv[3], device="cpu")
 opts = RestoreOptions(overwrite=True)
 out = Path(sys.argv[2])
-for src in map(Path, sys.argv[3:]):
+for src in map(Path, sys.argv[4:]):
     frame = read_raw(src)
     prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
     w, h = output_size(frame, prep)
@@ -66,9 +64,11 @@ for src in map(Path, sys.argv[3:]):
 @click.option("--rounds", default=1, show_default=True, help="Timed rounds (each way once per round).")
 @click.option("--processes", is_flag=True, help="Also time one `darkfix restore` process per file.")
 @click.option("--ray", "with_ray", is_flag=True, help="Also time `darkfix batch --ray` (needs darkfix[ray]).")
+@click.option("--engine", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+              help="The engine every way uses.")
 @click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False), help="Where the raws are kept.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False))
-def main(count, size, weights, rounds, processes, with_ray, folder, json_path) -> None:
+def main(count, size, weights, rounds, processes, with_ray, engine, folder, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -92,14 +92,14 @@ def main(count, size, weights, rounds, processes, with_ray, folder, json_path) -
         outdir.mkdir()
         py = sys.executable
         ways = {
-            "one after another": [[py, "-c", SEQUENTIAL, str(weights), str(outdir), *map(str, raws)]],
+            "one after another": [[py, "-c", SEQUENTIAL, str(weights), str(outdir), engine, *map(str, raws)]],
             "darkfix batch": [[py, "-m", "darkfix", "batch", str(folder), "-o", str(outdir), "--overwrite",
-                               "--weights", str(weights), "--device", "cpu"]],
+                               "--weights", str(weights), "--device", "cpu", "--engine", engine]],
         }
         if processes:
             ways["one restore process per file"] = [
                 [py, "-m", "darkfix", "restore", str(r), "-o", str(outdir / f"{r.stem}.png"), "--overwrite",
-                 "--weights", str(weights), "--device", "cpu"] for r in raws]
+                 "--weights", str(weights), "--device", "cpu", "--engine", engine] for r in raws]
         if with_ray:
             ways["darkfix batch --ray (own Ray instance)"] = [ways["darkfix batch"][0] + ["--ray"]]
         times: dict[str, list[float]] = {k: [] for k in ways}

@@ -1,13 +1,14 @@
 """End-to-end timing of `darkfix restore` against the authors' way (benchmarks/authors_way.py), in one run.
 
     python benchmarks/e2e.py [--raw RAW | --size 4256x2848] [--weights W] [--runs 5] [--json e2e.json]
-                             [--darkfix-args "--tile 512 --compression 1"]
+                             [--engines torch,openvino] [--darkfix-args "--tile 512 --compression 1"]
 
 Each command is a fresh process, timed from its start until it has exited with its file on disk; the
 two alternate (A B, B A, ...) after one untimed warm-up each, so drift on a busy machine hits both alike.
 Peak memory is each child's own maximum resident set (os.wait4's rusage). Also timed in the same run:
 a process that only imports torch and darkfix (the floor every command pays), and the network alone
 (`darkfix bench --no-reference` on the same raw), so that end-to-end time can be read against it.
+With several --engines, `darkfix restore --engine E` is timed for each, in the same rounds.
 Without --weights it uses the packaged weights, or else writes a seeded random weights file (timings are
 the same; the images are noise).
 """
@@ -52,8 +53,10 @@ def run_child(cmd: list[str], output: Path | None) -> tuple[float, float]:
 @click.option("--weights", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--darkfix-args", default="", help="Extra options for `darkfix restore` (and the network timing).")
+@click.option("--engines", default="torch,openvino", show_default=True,
+              help="Comma-separated engines to time `darkfix restore --engine E` with (auto allowed).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False))
-def main(raw, size, weights, runs, darkfix_args, json_path) -> None:
+def main(raw, size, weights, runs, darkfix_args, engines, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -67,15 +70,16 @@ def main(raw, size, weights, runs, darkfix_args, json_path) -> None:
             w, h = parse_size(size)
             raw = write_synthetic_dng(tmp / "synthetic.dng", w, h)
         weights, weights_note = weights_file(weights, tmp)
-        out_a, out_d = tmp / "authors.png", tmp / "darkfix.png"
-        commands = {
-            "authors' way": ([sys.executable, str(ROOT / "benchmarks" / "authors_way.py"), str(raw), str(out_a),
-                              "--weights", str(weights)], out_a),
-            "darkfix restore": ([sys.executable, "-m", "darkfix", "restore", str(raw), "-o", str(out_d),
-                                 "--overwrite", "--weights", str(weights), *extra], out_d),
-            "import torch + darkfix only": (
-                [sys.executable, "-c", "import torch, rawpy, darkfix.cli, darkfix.pipeline"], None),
-        }
+        out_a = tmp / "authors.png"
+        names = [e.strip() for e in engines.split(",") if e.strip()]
+        commands = {"authors' way": ([sys.executable, str(ROOT / "benchmarks" / "authors_way.py"), str(raw),
+                                      str(out_a), "--weights", str(weights)], out_a)}
+        for e in names:
+            commands[f"darkfix restore --engine {e}"] = (
+                [sys.executable, "-m", "darkfix", "restore", str(raw), "-o", str(tmp / f"darkfix-{e}.png"),
+                 "--overwrite", "--weights", str(weights), "--engine", e, *extra], tmp / f"darkfix-{e}.png")
+        commands["import torch + darkfix only"] = (
+            [sys.executable, "-c", "import torch, rawpy, darkfix.cli, darkfix.pipeline"], None)
         results: dict[str, dict[str, list[float]]] = {k: {"wall_s": [], "peak_rss_mb": []} for k in commands}
         console.log("warm-up")
         for cmd, out in commands.values():
@@ -87,29 +91,33 @@ def main(raw, size, weights, runs, darkfix_args, json_path) -> None:
                 wall, rss = run_child(*commands[name])
                 results[name]["wall_s"].append(wall)
                 results[name]["peak_rss_mb"].append(rss)
-        console.log("the network alone: darkfix bench --no-reference")
-        bench_json = tmp / "bench.json"
         net_args = [a for a in extra if not a.startswith("--compression")]
-        run_child([sys.executable, "-m", "darkfix", "bench", "--input", str(raw), "--no-reference", "--runs", str(runs),
-                   "--weights", str(weights), "--json", str(bench_json), *net_args], None)
-        bench = json.loads(bench_json.read_text())
-        sizes = {"authors' way": out_a.stat().st_size if out_a.exists() else 0,
-                 "darkfix restore": out_d.stat().st_size if out_d.exists() else 0}
+        benches = {}
+        for e in names:
+            console.log(f"the network alone: darkfix bench --no-reference --engine {e}")
+            bench_json = tmp / f"bench-{e}.json"
+            run_child([sys.executable, "-m", "darkfix", "bench", "--input", str(raw), "--no-reference", "--runs",
+                       str(runs), "--weights", str(weights), "--json", str(bench_json), "--engine", e, *net_args], None)
+            benches[e] = json.loads(bench_json.read_text())
+        sizes = {k: out.stat().st_size for k, (_, out) in commands.items() if out is not None and out.exists()}
 
-    network_s = bench["stages"]["network"]["median_s"]
+    bench = benches[names[0]]
     summary = {
         "machine": machine(), "raw": str(raw), "megapixels": bench["megapixels"], "weights": weights_note,
         "runs": runs, "darkfix_args": darkfix_args, "commands": {k: shlex.join(v[0]) for k, v in commands.items()},
         "results": {k: {**v, "median_wall_s": statistics.median(v["wall_s"]),
                         "max_peak_rss_mb": max(v["peak_rss_mb"])} for k, v in results.items()},
-        "png_bytes": sizes, "network_alone_s": network_s, "bench": bench,
+        "png_bytes": sizes, "bench": benches, "engines": {},
     }
     a = summary["results"]["authors' way"]["median_wall_s"]
-    d = summary["results"]["darkfix restore"]["median_wall_s"]
-    summary["speedup_vs_authors"] = a / d
-    summary["restore_over_network"] = d / network_s
-    summary["restore_minus_imports_over_network"] = (
-        d - summary["results"]["import torch + darkfix only"]["median_wall_s"]) / network_s
+    floor = summary["results"]["import torch + darkfix only"]["median_wall_s"]
+    for e in names:
+        d = summary["results"][f"darkfix restore --engine {e}"]["median_wall_s"]
+        network_s = benches[e]["stages"]["network"]["median_s"]
+        summary["engines"][e] = {"engine": benches[e]["engine"], "precision": benches[e]["precision"],
+                                 "restore_s": d, "over_authors": d / a, "speedup_vs_authors": a / d,
+                                 "network_alone_s": network_s, "restore_over_network": d / network_s,
+                                 "restore_minus_torch_import_over_network": (d - floor) / network_s}
 
     table = Table(title=f"end to end, {bench['megapixels']:.1f} MP, median of {runs} (process start to file on disk)")
     for col in ("command", "median", "runs (s)", "peak RSS"):
@@ -118,10 +126,11 @@ def main(raw, size, weights, runs, darkfix_args, json_path) -> None:
         table.add_row(name, f"{r['median_wall_s']:.2f} s", " ".join(f"{t:.2f}" for t in r["wall_s"]),
                       f"{r['max_peak_rss_mb']:.0f} MB")
     console.print(table)
-    console.print(f"darkfix restore is {summary['speedup_vs_authors']:.2f}x faster than the authors' way; "
-                  f"network alone {network_s:.2f} s (bench, same run): restore = "
-                  f"{summary['restore_over_network']:.2f}x the network, "
-                  f"{summary['restore_minus_imports_over_network']:.2f}x without the import floor")
+    for e, r in summary["engines"].items():
+        console.print(f"--engine {e} ({r['engine']}, {r['precision']}): restore {r['restore_s']:.2f} s = "
+                      f"{r['over_authors']:.2f}x the authors' way ({r['speedup_vs_authors']:.2f}x faster); network "
+                      f"alone {r['network_alone_s']:.3f} s (bench, same run), restore = "
+                      f"{r['restore_over_network']:.1f}x the network")
     m = summary["machine"]
     console.print(f"weights: {weights_note}; machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}")
     if json_path:

@@ -41,18 +41,28 @@ def render(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor) ->
     return bt709(srgb.clamp(0.0, 1.0))
 
 
-# Linear values per lookup-table step of the 8-bit display curve: fine enough that an entry is the exactly
-# rounded code but for values within ~0.01 code of a rounding edge near black, where BT.709 is steepest.
-_CURVE_STEPS = 1 << 16
+# Linear values per lookup-table step of the display curve: for 8 bits fine enough that an entry is the
+# exactly rounded code but for values within ~0.01 code of a rounding edge near black, where BT.709 is
+# steepest; for 16 bits within 0.3 code everywhere (the torch engine computes 16-bit codes exactly).
+CURVE_STEPS = {8: 1 << 16, 16: 1 << 20}
+
+
+@lru_cache(maxsize=2)
+def curve_codes(bit_depth: int) -> np.ndarray:
+    """Display codes (uint8 or uint16) of the BT.709 curve, rounded, at CURVE_STEPS[bit_depth] evenly spaced
+    linear values in [0, 1]: the lookup table a display rendering indexes with round(linear * (steps - 1))."""
+    steps = CURVE_STEPS[bit_depth]
+    x = np.arange(steps, dtype=np.float64) / (steps - 1)
+    curve = np.where(x < 0.018, 4.5 * x, 1.099 * np.maximum(x, 0.018) ** 0.45 - 0.099)
+    top = 255 if bit_depth == 8 else 65535
+    return np.floor(curve * top + 0.5).astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
 @lru_cache(maxsize=2)
 def _curve_table(device: torch.device) -> torch.Tensor:
-    """8-bit codes of the BT.709 curve, rounded, at `_CURVE_STEPS` evenly spaced linear values in [0, 1]."""
     import torch
 
-    x = torch.arange(_CURVE_STEPS, dtype=torch.float64) / (_CURVE_STEPS - 1)
-    return torch.floor(bt709(x) * 255 + 0.5).to(torch.uint8).to(device)
+    return torch.from_numpy(curve_codes(8)).to(device)
 
 
 def display_terms(wb: np.ndarray, rgb_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +99,7 @@ def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor
     linear = F.conv2d(torch.minimum(x, full).clamp_min_(0.0), m[:, :, None, None])
     linear = linear.permute(0, 2, 3, 1)[0]  # (H, W, 3): contiguous when the input is channels-last
     if bit_depth == 8:
-        steps = _CURVE_STEPS - 1
+        steps = CURVE_STEPS[8] - 1
         index = linear.mul_(steps).clamp_(0.0, steps).add_(0.5).to(torch.int32)
         return _curve_table(x.device)[index].cpu().numpy()
     codes = bt709(linear.clamp_(0.0, 1.0)).mul_(65535.0).add_(0.5).to(torch.int32)

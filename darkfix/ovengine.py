@@ -27,9 +27,9 @@ from .tiling import (ALIGN, DEFAULT_CPU_TILE, DEFAULT_MARGIN, LARGE_FRAME_CPU_TI
                      release_memory)
 from .weights import file_sha256
 
-PARTS = ("stem", "coarse", "fine", "colour")
+PARTS = ("stem", "coarse", "fine", "colour8", "colour16")
 # Bumped whenever the converted graphs change: models in the cache from another version are rebuilt.
-GRAPH_VERSION = "1"
+GRAPH_VERSION = "2"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
@@ -180,9 +180,9 @@ class OpenVINORestorer(TiledEngine):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = {p: core.compile_model(models[p], "CPU", config) for p in ("stem", "coarse", "fine")}
-        # colour always in f32: 16-bit codes need more than bf16's 8 bits of mantissa
-        self._compiled["colour"] = core.compile_model(models["colour"], "CPU",
-                                                      {**config, "INFERENCE_PRECISION_HINT": "f32"})
+        # colour always in f32: the curve's table index needs more than bf16's 8 bits of mantissa
+        for p in ("colour8", "colour16"):
+            self._compiled[p] = core.compile_model(models[p], "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"})
         self.tile = max(ALIGN, (tile or DEFAULT_CPU_TILE) // ALIGN * ALIGN)
         self.large_frame_tile = LARGE_FRAME_CPU_TILE if tile is None else None
         self.margin = -(-margin // ALIGN) * ALIGN
@@ -211,15 +211,15 @@ class OpenVINORestorer(TiledEngine):
     def display(self, packed: Any, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
                 sink: Callable[[np.ndarray, Tile], None], **walk: Any) -> None:
         """Like calling the engine, but the sink gets each tile's display codes, (h, w, 3) uint8 or uint16,
-        rendered as `colour.to_display` renders them (OpenVINO, f32)."""
+        rendered as `colour.to_display` renders them (OpenVINO, f32, through the curve's lookup table)."""
         from .colour import display_terms
 
         matrix, full = display_terms(wb, rgb_cam)
-        top = np.array(255.0 if bit_depth == 8 else 65535.0, np.float32)
-        dtype = np.uint8 if bit_depth == 8 else np.uint16
+        part = f"colour{bit_depth}"
 
         def codes(out: np.ndarray, t: Tile) -> None:
-            sink(self._run("colour", np.ascontiguousarray(out), matrix, full, top)[0].astype(dtype), t)
+            q = self._run(part, np.ascontiguousarray(out), matrix, full)[0]
+            sink(q if bit_depth == 8 else q.astype(np.uint16), t)
 
         self(packed, codes, **walk)
 

@@ -1,18 +1,21 @@
 """Converting darkfix's network to OpenVINO models (needs torch, once per weights file).
 
 The network is cut where the tiling cuts it (darkfix.tiling): `stem` and `coarse` make the 1/32 branch,
-`fine` the rest; `colour` is the display rendering of one tile (white balance folded into the camera ->
-sRGB matrix, clip, BT.709 curve, rounding to codes), kept apart so that it always runs in f32.
+`fine` the rest; `colour8` and `colour16` are the display rendering of one tile (white balance folded into
+the camera -> sRGB matrix, clip, BT.709 curve and rounding from a lookup table), kept apart so that they
+always run in f32.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .colour import CURVE_STEPS, curve_codes
 from .model import LambaNet, fold_weight_norm
 
 
@@ -54,18 +57,27 @@ class _Fine(nn.Module):
 
 
 class _Colour(nn.Module):
-    """(1, 3, H, W) camera RGB, (3, 3) matrix with the white balance folded in, (3,) clip levels (1 / wb)
-    and the top code (255 or 65535) -> (1, H, W, 3) codes as floats, as colour.to_display renders them."""
+    """(1, 3, H, W) camera RGB, the (3, 3) matrix with the white balance folded in and the (3,) clip levels
+    (1 / wb) of colour.display_terms -> (1, H, W, 3) display codes, through the curve's lookup table
+    (colour.curve_codes; a constant of the graph). As colour.to_display renders, in a few passes."""
 
-    def forward(self, rgb: torch.Tensor, matrix: torch.Tensor, full: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    def __init__(self, bit_depth: int) -> None:
+        super().__init__()
+        codes = curve_codes(bit_depth)
+        # uint16 does not convert: 16-bit codes go through int32
+        self.register_buffer("table", torch.from_numpy(codes if bit_depth == 8 else codes.astype(np.int32)))
+        self.steps = float(CURVE_STEPS[bit_depth] - 1)
+
+    def forward(self, rgb: torch.Tensor, matrix: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         x = torch.minimum(rgb, full.view(1, 3, 1, 1)).clamp_min(0.0).permute(0, 2, 3, 1)
-        linear = torch.matmul(x, matrix.transpose(0, 1)).clamp(0.0, 1.0)
-        curve = torch.where(linear < 0.018, 4.5 * linear, 1.099 * linear.clamp_min(0.018) ** 0.45 - 0.099)
-        return torch.floor(curve * top + 0.5)
+        linear = torch.matmul(x, matrix.transpose(0, 1))
+        index = (linear * self.steps + 0.5).clamp(0.0, self.steps).to(torch.int32)
+        return self.table[index]
 
 
 def convert(model: LambaNet) -> dict:
-    """OpenVINO models (`openvino.Model`) `stem`, `coarse`, `fine` and `colour` for `model`, shapes dynamic."""
+    """OpenVINO models (`openvino.Model`) `stem`, `coarse`, `fine`, `colour8` and `colour16` for `model`,
+    shapes dynamic."""
     from .ovengine import import_openvino
 
     ov = import_openvino()
@@ -79,6 +91,6 @@ def convert(model: LambaNet) -> dict:
             "stem": ov.convert_model(_Stem(net), example_input=x, input=[(1, 4, -1, -1)]),
             "coarse": ov.convert_model(_Coarse(net), example_input=a, input=[(1, 64, -1, -1)]),
             "fine": ov.convert_model(_Fine(net), example_input=(x, b), input=[(1, 4, -1, -1), (1, 64, -1, -1)]),
-            "colour": ov.convert_model(_Colour(), example_input=(rgb, torch.eye(3), torch.ones(3), torch.tensor(255.0)),
-                                       input=[(1, 3, -1, -1), (3, 3), (3,), ()]),
+            **{f"colour{bits}": ov.convert_model(_Colour(bits), example_input=(rgb, torch.eye(3), torch.ones(3)),
+                                                 input=[(1, 3, -1, -1), (3, 3), (3,)]) for bits in (8, 16)},
         }
