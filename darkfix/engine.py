@@ -80,9 +80,9 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
     if threads:
         torch.set_num_threads(threads)
     model, info = load_weights(info.path)
-    restorer = Restorer(model, device=device, precision=precision, tile=tile)
-    restorer.engine_reason = reason
-    return restorer, info
+    torch_engine = Restorer(model, device=device, precision=precision, tile=tile)
+    torch_engine.engine_reason = reason
+    return torch_engine, info
 
 
 def _reason(measured: dict) -> str:

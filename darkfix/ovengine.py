@@ -260,8 +260,9 @@ def measure_engines(models: dict[str, Any], model: Any, precision: str = "auto",
 
     rng = np.random.default_rng(0)
     x = (rng.random((1, 4, side, side), dtype=np.float32) * 0.3)
-    engines = {"openvino": OpenVINORestorer(models, precision), "torch": Restorer(model, "cpu", precision)}
-    times = {}
+    engines: dict[str, TiledEngine] = {"openvino": OpenVINORestorer(models, precision),
+                                       "torch": Restorer(model, "cpu", precision)}
+    times: dict[str, float] = {}
     for name, eng in engines.items():
         b = eng.coarse(eng.stem(x))
         best = float("inf")
@@ -270,7 +271,7 @@ def measure_engines(models: dict[str, Any], model: Any, precision: str = "auto",
             eng.fine(x, b)
             best = min(best, time.perf_counter() - t0)
         times[name] = round(best * 1000, 2)
-    entry = {"choice": min(times, key=times.get), "ms": times, "tile": side,
+    entry = {"choice": min(times, key=lambda n: times[n]), "ms": times, "tile": side,
              "precision": {n: e.precision for n, e in engines.items()}}
     path = cache_root() / "engine-choice.json"
     try:

@@ -160,6 +160,8 @@ class TiledEngine:
 
     engine: str
     engine_reason: str = "as requested"
+    precision: str  # "fp32", "bf16" or "fp16"
+    precision_reason: str
     tile: int
     margin: int
     large_frame_tile: int | None = None

@@ -170,9 +170,10 @@ def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, Weigh
         if isinstance(obj, dict) and "optimizer" in obj:
             raise WeightsError(f"{p}: a darkfix training checkpoint, not weights (use the .safetensors "
                                "that `darkfix train` writes)")
-        state = obj.get("model", obj) if isinstance(obj, dict) else None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = obj.get("model", obj) if isinstance(obj, dict) else None
+        if not isinstance(found, dict) or not all(isinstance(v, torch.Tensor) for v in found.values()):
             raise WeightsError(f"{p}: not a state dict of tensors")
+        state = found
         _check_state(state, model, p)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval(), info

@@ -204,6 +204,7 @@ def test_info_on_good_file(weights_file):
     assert "output:        camera" in r.stdout
     assert "784,768" in r.stdout
     assert "random init for tests" in r.stdout
+    assert "engine:        " in r.stdout and "openvino:      " in r.stdout
 
 
 def test_info_on_authors_checkpoint(reference):

@@ -1,4 +1,4 @@
-"""`darkfix info`: what a weights file is."""
+"""`darkfix info`: what a weights file is, and which engine would run it here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from .common import fail
 @click.command()
 @click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Default: packaged weights.")
 def info(weights) -> None:
-    """Print what a weights file is."""
+    """Print what a weights file is, and which engine `--engine auto` picks on this machine."""
+    from .. import engine, ovengine
     from ..weights import load_weights
 
     try:
@@ -27,3 +28,11 @@ def info(weights) -> None:
     for key in sorted(meta.metadata):
         if key not in ("output",):
             click.echo(f"{key + ':':<14} {meta.metadata[key]}")
+    chosen, why = engine.choose("auto", "auto", "auto")
+    if ovengine.available():
+        ov = ovengine.import_openvino()
+        native = ovengine.native_bf16()[1]
+        click.echo(f"openvino:      {ov.get_version()} ({native}); models cached in {ovengine.cache_root()}")
+    else:
+        click.echo("openvino:      not installed (pip install openvino for the CPU engine)")
+    click.echo(f"engine:        {chosen} ({why})")
