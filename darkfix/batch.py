@@ -16,10 +16,9 @@ from typing import Callable
 
 from .decoder import DecodeWorker
 from .errors import DarkfixError, OutputExistsError
-from .inference import Restorer
 from .imagefile import FORMATS, default_suffix
-from .pipeline import (RAW_SUFFIXES, RestoreOptions, check_output, claim_outputs, clash_message, default_output,
-                       make_output_dir, restore_frame)
+from .pipeline import (RAW_SUFFIXES, Restorer, RestoreOptions, check_output, claim_outputs, clash_message,
+                       default_output, make_output_dir, restore_frame)
 from .weights import WeightsInfo
 
 

@@ -168,6 +168,11 @@ def test_restore_on_openvino_without_torch(make_dng, weights_file, tmp_path):
                              "--engine", "openvino", "-v"], env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "no torch" in second.stdout and "engine openvino" in second.stderr
+    batch = subprocess.run([sys.executable, "-c", code, "batch", str(src.parent), "-o", str(tmp_path / "batch"),
+                            "--weights", str(weights_file), "--engine", "openvino"], env=env, capture_output=True,
+                           text=True)
+    assert batch.returncode == 0, batch.stderr
+    assert "no torch" in batch.stdout and (tmp_path / "batch" / "dark.png").is_file()
     ref = subprocess.run([sys.executable, "-c", code, "restore", *common, "-o", str(tmp_path / "torch.png"),
                           "--engine", "torch"], env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
