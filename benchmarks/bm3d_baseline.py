@@ -234,7 +234,7 @@ def main(benchmark, weights, limit, ratios, inverse, sigma, profile, bm3d_thread
         for w in weights:
             model, info = load_weights(w)
             name = ev.network_name(info, [m.name for m in methods])
-            methods.append(ev.NetworkMethod(name, Restorer(model, device="cpu"), info))
+            methods.append(ev.NetworkMethod(name, Restorer(model, device="cpu", precision="fp32"), info))
         bm3d_method = BM3DMethod(inverse=inverse, profile=profile, threads=bm3d_threads, sigma=sigma)
         methods.append(bm3d_method)
         if not no_libraw:
