@@ -188,3 +188,19 @@ def test_bf16_training_follows_fp32(photos, tmp_path):
     assert training_dtype("auto", cpu) == (torch.bfloat16 if native_bf16()[0] else torch.float32)
     with pytest.raises(ValueError, match="training precision"):
         training_dtype("fp16", cpu)
+
+
+def test_time_budget_stops_with_a_resumable_checkpoint(photos, tmp_path):
+    """--minutes: a run out of time validates, exports, checkpoints and says how to go on; resuming finishes."""
+    torch.set_num_threads(1)
+    out = tmp_path / "t.safetensors"
+    r = CliRunner().invoke(main, ["train", "--images", str(photos), "--val", str(photos), "--out", str(out),
+                                  "--iterations", "100000", "--batch", "1", "--crop", "192", "--validate-every", "100000",
+                                  "--threads", "1", "--device", "cpu", "--minutes", "0.1", "--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    assert "stopped after 0.1 minutes at step" in r.output and f"--resume {out}.ckpt" in r.output
+    state = torch.load(f"{out}.ckpt", weights_only=True)
+    assert 0 < state["step"] < 100000 and out.is_file() and len(state["history"]) == 1
+    done = train(TrainConfig(images=str(photos), out=str(out), iterations=state["step"] + 2, batch=1, crop=192,
+                             precision="fp32"), resume=f"{out}.ckpt")
+    assert done["finished"] and done["steps"] == state["step"] + 2

@@ -60,8 +60,10 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
               help="Fraction of the run after which 0.2 (1 - MS-SSIM) joins the L1 loss (it doubles a CPU step).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Network arithmetic: auto = bf16 (mixed) on CUDA and on CPUs with native bf16, else fp32.")
+@click.option("--minutes", type=click.FloatRange(0.1), default=None,
+              help="Stop after this many minutes, with a checkpoint that --resume continues from.")
 def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from, precision) -> None:
+          validate_every, msssim_from, precision, minutes) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -81,6 +83,7 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
     cfg = TrainConfig(images=str(images), val=str(val) if val else None, out=str(out), iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
+                      max_seconds=minutes * 60 if minutes else None,
                       init=str(init_weights) if init_weights else None)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
@@ -98,6 +101,9 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
             summary = run_training(cfg, resume=str(resume) if resume else None, report=report)
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
+    if not summary["finished"]:
+        click.echo(f"stopped after {minutes:g} minutes at step {summary['steps']} of {iterations}; continue with "
+                   f"--resume {cfg.checkpoint or str(out) + '.ckpt'}")
     click.echo(f"{out}: best validation PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     msssim_from: float = 0.75  # fraction of the run after which the MS-SSIM term joins the L1 loss
     init: str | None = None  # weights to start from (fine-tuning) instead of a random initialisation
     precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
+    max_seconds: float | None = None  # stop (checkpointed, resumable) after this long in this call
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -228,6 +229,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     pool = PhotoPool(cfg.images, cfg.crop)
     val_pairs = validation_pairs(cfg.val, cfg.val_crops) if cfg.val else []
     started, last_loss = time.time() - seconds, float("nan")
+    call_started = time.time()
 
     def checkpoint() -> None:
         _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -267,17 +269,21 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         last_loss = loss.item() if not math.isfinite(last_loss) else 0.98 * last_loss + 0.02 * loss.item()
         event = {"step": step, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
                  "elapsed": time.time() - started}
-        if val_pairs and (step % cfg.validate_every == 0 or step == cfg.iterations):
+        out_of_time = cfg.max_seconds is not None and time.time() - call_started >= cfg.max_seconds
+        if val_pairs and (step % cfg.validate_every == 0 or step == cfg.iterations or out_of_time):
             vp, vs = validate(model, val_pairs, device)
             history.append({"step": step, "psnr": vp, "ssim": vs})
             event.update(val_psnr=vp, val_ssim=vs)
             if vp > best:
                 best = vp
                 export(vp, vs)
-        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations or out_of_time:
             checkpoint()
         if report:
             report(event)
-    if not val_pairs:
+        if out_of_time:
+            break
+    if not val_pairs and step == cfg.iterations:
         export(float("nan"), float("nan"))
-    return {"steps": step, "best_val_psnr": best, "history": history, "seconds": time.time() - started}
+    return {"steps": step, "finished": step == cfg.iterations, "best_val_psnr": best, "history": history,
+            "seconds": time.time() - started}
