@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # torch is imported only to load or save tensors: reading met
 ARCHITECTURE = "lamba2021"  # the network of darkfix.model
 
 FORMAT_VERSION = "1"
-DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v2.safetensors"
+DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v3.safetensors"
 
 
 @dataclass
