@@ -195,8 +195,9 @@ def test_time_budget_stops_with_a_resumable_checkpoint(photos, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "t.safetensors"
     r = CliRunner().invoke(main, ["train", "--images", str(photos), "--val", str(photos), "--out", str(out),
-                                  "--iterations", "100000", "--batch", "1", "--crop", "192", "--validate-every", "100000",
-                                  "--threads", "1", "--device", "cpu", "--minutes", "0.1", "--precision", "fp32"])
+                                  "--iterations", "100000", "--batch", "1", "--crop", "192",
+                                  "--validate-every", "100000", "--threads", "1", "--device", "cpu", "--minutes", "0.1",
+                                  "--precision", "fp32"])
     assert r.exit_code == 0, r.output
     assert "stopped after 0.1 minutes at step" in r.output and f"--resume {out}.ckpt" in r.output
     state = torch.load(f"{out}.ckpt", weights_only=True)
