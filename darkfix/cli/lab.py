@@ -104,7 +104,10 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
     if not summary["finished"]:
         click.echo(f"stopped after {minutes:g} minutes at step {summary['steps']} of {iterations}; continue with "
                    f"--resume {cfg.checkpoint or str(out) + '.ckpt'}")
-    click.echo(f"{out}: best validation PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
+    if summary["history"]:
+        click.echo(f"{out}: best validation PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
+    else:
+        click.echo(f"{out}: the weights after {summary['steps']} steps (no --val: none validated)")
 
 
 # --- bench command ---

@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
             report(event)
         if out_of_time:
             break
-    if not val_pairs and step == cfg.iterations:
+    if not val_pairs:  # nothing to pick the best by: the latest weights, also when out of time
         export(float("nan"), float("nan"))
     return {"steps": step, "finished": step == cfg.iterations, "best_val_psnr": best, "history": history,
             "seconds": time.time() - started}

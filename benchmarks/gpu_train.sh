@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Train darkfix's weights on an NVIDIA GPU within one time-boxed run, resumable across runs:
+#   bash benchmarks/gpu_train.sh OUTDIR PHOTOS_DIR [CHECKPOINT] [WHEELS_DIR]
+# PHOTOS_DIR holds the clean training photos (and PHOTOS_DIR/../val, if present, the validation ones);
+# CHECKPOINT is OUTDIR/train.safetensors.ckpt of an earlier run (fetched back, then passed again), else the
+# run starts from the packaged weights. Writes into OUTDIR: env.txt, train.txt (the log), train.safetensors
+# (the best validated weights) and train.safetensors.ckpt (9.5 MB), status.txt. Environment: MINUTES
+# (default 8: a ten-minute loan with time to spare), ITERATIONS (the schedule's length, default 100000;
+# keep it the same across resumed runs), BATCH (16), CROP (512), LR (1.5e-4), PYTHON.
+# Synthesis runs on the CPU cores (torch threads), the network in mixed bf16 on the GPU.
+# Exit codes: 0 done (or out of time, resumable), 2 bad arguments, 3 no CUDA device, 1 training failed.
+set -uo pipefail
+
+usage() { echo "usage: bash benchmarks/gpu_train.sh OUTDIR PHOTOS_DIR [CHECKPOINT] [WHEELS_DIR]" >&2; exit 2; }
+[ $# -ge 2 ] && [ $# -le 4 ] || usage
+OUT=$1
+PHOTOS=$2
+CKPT=${3:-}
+WHEELS=${4:-}
+[ -d "$PHOTOS" ] || { echo "gpu_train: $PHOTOS: no such photo folder" >&2; exit 2; }
+[ -z "$CKPT" ] || [ -f "$CKPT" ] || { echo "gpu_train: $CKPT: no such checkpoint" >&2; exit 2; }
+[ -z "$WHEELS" ] || [ -d "$WHEELS" ] || { echo "gpu_train: $WHEELS: no such wheel folder" >&2; exit 2; }
+mkdir -p "$OUT" 2>/dev/null || { echo "gpu_train: $OUT: cannot create the output folder" >&2; exit 2; }
+PHOTOS=$(cd "$PHOTOS" && pwd)
+OUT=$(cd "$OUT" && pwd)
+[ -z "$CKPT" ] || CKPT=$(cd "$(dirname "$CKPT")" && pwd)/$(basename "$CKPT")
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+status() { echo "$1" | tee -a "$OUT/status.txt"; }
+: > "$OUT/status.txt"
+{ date -u; nvidia-smi 2>&1 || echo "nvidia-smi: not found"; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"; } > "$OUT/env.txt" 2>&1
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    status "no CUDA device: torch reports none (see env.txt)"
+    exit 3
+fi
+if [ -n "$WHEELS" ]; then
+    "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-deps "$WHEELS"/*.whl >> "$OUT/env.txt" 2>&1 \
+        || status "installing wheels from $WHEELS failed (continuing with what is installed)"
+fi
+"$PY" -m pip install -q --no-deps --no-build-isolation . >> "$OUT/env.txt" 2>&1 || export PYTHONPATH=$PWD
+
+args=(train --images "$PHOTOS" --out "$OUT/train.safetensors" --device cuda --precision auto
+      --minutes "${MINUTES:-8}" --iterations "${ITERATIONS:-100000}" --batch "${BATCH:-16}" --crop "${CROP:-512}"
+      --lr "${LR:-1.5e-4}" --validate-every 1000 --threads "$(nproc)")
+[ -d "$PHOTOS/../val" ] && args+=(--val "$PHOTOS/../val")
+if [ -n "$CKPT" ]; then
+    [ "$CKPT" = "$OUT/train.safetensors.ckpt" ] || cp "$CKPT" "$OUT/train.safetensors.ckpt"
+    args+=(--resume "$OUT/train.safetensors.ckpt")
+else
+    args+=(--init "$("$PY" -c 'from darkfix.weights import default_weights_path; print(default_weights_path())')")
+fi
+PYTHONUNBUFFERED=1 "$PY" -m darkfix "${args[@]}" > "$OUT/train.txt" 2>&1 \
+    && status "training: done or out of time (train.txt; resume with OUTDIR/train.safetensors.ckpt)" \
+    || { status "training: FAILED (train.txt)"; exit 1; }
