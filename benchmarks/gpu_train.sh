@@ -22,23 +22,11 @@ WHEELS=${4:-}
 [ -z "$WHEELS" ] || [ -d "$WHEELS" ] || { echo "gpu_train: $WHEELS: no such wheel folder" >&2; exit 2; }
 mkdir -p "$OUT" 2>/dev/null || { echo "gpu_train: $OUT: cannot create the output folder" >&2; exit 2; }
 PHOTOS=$(cd "$PHOTOS" && pwd)
-OUT=$(cd "$OUT" && pwd)
+OUT=$(cd "$OUT" && pwd)  # the work below runs from the repository root
+[ -z "$WHEELS" ] || WHEELS=$(cd "$WHEELS" && pwd)
 [ -z "$CKPT" ] || CKPT=$(cd "$(dirname "$CKPT")" && pwd)/$(basename "$CKPT")
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-
-status() { echo "$1" | tee -a "$OUT/status.txt"; }
-: > "$OUT/status.txt"
-{ date -u; nvidia-smi 2>&1 || echo "nvidia-smi: not found"; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"; } > "$OUT/env.txt" 2>&1
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    status "no CUDA device: torch reports none (see env.txt)"
-    exit 3
-fi
-if [ -n "$WHEELS" ]; then
-    "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-deps "$WHEELS"/*.whl >> "$OUT/env.txt" 2>&1 \
-        || status "installing wheels from $WHEELS failed (continuing with what is installed)"
-fi
-"$PY" -m pip install -q --no-deps --no-build-isolation . >> "$OUT/env.txt" 2>&1 || export PYTHONPATH=$PWD
+. benchmarks/gpu_setup.sh
 
 args=(train --images "$PHOTOS" --out "$OUT/train.safetensors" --device cuda --precision auto
       --minutes "${MINUTES:-8}" --iterations "${ITERATIONS:-100000}" --batch "${BATCH:-16}" --crop "${CROP:-512}"
