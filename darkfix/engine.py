@@ -59,6 +59,7 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
     The engine's `engine_reason` says why it was chosen."""
     name, reason = choose(engine, device, precision)
     info = read_info(weights)
+    loaded = None  # (model, info) once torch has loaded the file
     if name == "openvino":
         models = ovengine.load_models(info.path, say=say)
         if engine == "auto" and ovengine.engine_choice(precision) is None:
@@ -66,7 +67,8 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
 
             if say:
                 say("timing the OpenVINO and torch engines on this CPU (once)")
-            measured = ovengine.measure_engines(models, load_weights(info.path)[0], precision)
+            loaded = load_weights(info.path)
+            measured = ovengine.measure_engines(models, loaded[0], precision)
             name, reason = measured["choice"], _reason(measured)
         if name == "openvino":
             restorer = ovengine.OpenVINORestorer(models, precision=precision, threads=threads, tile=tile)
@@ -79,7 +81,7 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
 
     if threads:
         torch.set_num_threads(threads)
-    model, info = load_weights(info.path)
+    model, info = loaded or load_weights(info.path)
     torch_engine = Restorer(model, device=device, precision=precision, tile=tile)
     torch_engine.engine_reason = reason
     return torch_engine, info

@@ -5,7 +5,6 @@ run in tiles that keep memory bounded at any frame size (darkfix.tiling says how
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable
 
 import numpy as np
@@ -199,10 +198,8 @@ class Restorer(TiledEngine):
         self.net = InferenceNet(model).to(self.device, self.dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
-        default = DEFAULT_CUDA_TILE if self.device.type == "cuda" else DEFAULT_CPU_TILE
-        self.tile = max(ALIGN, (tile or default) // ALIGN * ALIGN)
-        self.large_frame_tile = LARGE_FRAME_CPU_TILE if tile is None and self.device.type == "cpu" else None
-        self.margin = math.ceil(margin / ALIGN) * ALIGN
+        cpu = self.device.type == "cpu"
+        self.set_tiling(tile, DEFAULT_CPU_TILE if cpu else DEFAULT_CUDA_TILE, margin, large_frames=cpu)
 
     def _input(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device, self.dtype, non_blocking=True)

@@ -114,12 +114,19 @@ class LambaNet(nn.Module):
         self.conv2x = nn.Sequential(WNConv2d(4, 12, 5))
         self.conv_2_8_32 = nn.Sequential(WNConv2d(24, 12, 5))
 
-    def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        a = self.conv32x(F.pixel_unshuffle(packed, 16))
+    def stem(self, packed: torch.Tensor) -> torch.Tensor:
+        """The 1/32 branch's first two convolutions: `a` in DESIGN.md."""
+        return self.conv32x(F.pixel_unshuffle(packed, 16))
+
+    def coarse(self, a: torch.Tensor) -> torch.Tensor:
+        """The residual dense blocks: `a` -> `b`."""
         r1 = self.RDB1(a)
         r2 = self.RDB2(r1)
         r3 = self.RDB3(r2)
-        b = self.rdball(torch.cat([r1, r2, r3], dim=1)) + a
+        return self.rdball(torch.cat([r1, r2, r3], dim=1)) + a
+
+    def fine(self, packed: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Everything after `b`: the 1/8 and 1/2 branches and the fusion -> (N, 3, 2h, 2w) in [0, 1]."""
         c = self.conv_rdb8x(F.pixel_shuffle(b, 4))
         d = self.resblock8x(F.pixel_unshuffle(packed, 4))
         n, ch, h, w = d.shape
@@ -128,6 +135,9 @@ class LambaNet(nn.Module):
         e = F.pixel_shuffle(self.conv32_8_cat(fused), 4)
         out = self.conv_2_8_32(torch.cat([self.conv2x(packed), e], dim=1))
         return F.pixel_shuffle(out, 2).clamp(0.0, 1.0)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        return self.fine(packed, self.coarse(self.stem(packed)))
 
 
 def fold_weight_norm(model: nn.Module) -> nn.Module:

@@ -23,13 +23,13 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import WeightsError
-from .tiling import (ALIGN, DEFAULT_CPU_TILE, DEFAULT_MARGIN, LARGE_FRAME_CPU_TILE, TiledEngine, Tile,
+from .tiling import (DEFAULT_CPU_TILE, DEFAULT_MARGIN, TiledEngine, Tile,
                      release_memory)
 from .weights import file_sha256
 
 PARTS = ("stem", "coarse", "fine", "colour8", "colour16")
 # Bumped whenever the converted graphs change: models in the cache from another version are rebuilt.
-GRAPH_VERSION = "2"
+GRAPH_VERSION = "3"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
@@ -190,9 +190,7 @@ class OpenVINORestorer(TiledEngine):
         # compiled when first used
         self._colour_config = {**config, "INFERENCE_PRECISION_HINT": "f32"}
         self._core, self._models = core, models
-        self.tile = max(ALIGN, (tile or DEFAULT_CPU_TILE) // ALIGN * ALIGN)
-        self.large_frame_tile = LARGE_FRAME_CPU_TILE if tile is None else None
-        self.margin = -(-margin // ALIGN) * ALIGN
+        self.set_tiling(tile, DEFAULT_CPU_TILE, margin, large_frames=True)
 
     def _run(self, part: str, *inputs: np.ndarray) -> np.ndarray:
         if part not in self._compiled:
@@ -243,13 +241,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _choice_key(precision: str) -> str:
+    """Where engine-choice.json files a measurement: this CPU, its core count and the precision."""
+    return f"{_cpu_name()} | {os.cpu_count()} cpus | {precision}"
+
+
 def engine_choice(precision: str = "auto") -> dict | None:
     """The measured choice of engine for this CPU and precision, if conversion measured one."""
     try:
         table = json.loads((cache_root() / "engine-choice.json").read_text())
     except (OSError, ValueError):
         return None
-    return table.get(f"{_cpu_name()} | {os.cpu_count()} cpus | {precision}")
+    return table.get(_choice_key(precision))
 
 
 def measure_engines(models: dict[str, Any], model: Any, precision: str = "auto", side: int = 256,
@@ -278,7 +281,7 @@ def measure_engines(models: dict[str, Any], model: Any, precision: str = "auto",
         table = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         table = {}
-    table[f"{_cpu_name()} | {os.cpu_count()} cpus | {precision}"] = entry
+    table[_choice_key(precision)] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")

@@ -12,48 +12,21 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .colour import CURVE_STEPS, curve_codes
 from .model import LambaNet, fold_weight_norm
 
 
-class _Stem(nn.Module):
-    def __init__(self, net: LambaNet) -> None:
+class _Part(nn.Module):
+    """One of LambaNet's three parts (`stem`, `coarse`, `fine`) as a module of its own, for conversion."""
+
+    def __init__(self, net: LambaNet, part: str) -> None:
         super().__init__()
-        self.conv32x = net.conv32x
+        self.net, self.part = net, part
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv32x(F.pixel_unshuffle(x, 16))
-
-
-class _Coarse(nn.Module):
-    def __init__(self, net: LambaNet) -> None:
-        super().__init__()
-        self.rdbs = nn.ModuleList([net.RDB1, net.RDB2, net.RDB3])
-        self.rdball = net.rdball
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        r1 = self.rdbs[0](a)
-        r2 = self.rdbs[1](r1)
-        r3 = self.rdbs[2](r2)
-        return self.rdball(torch.cat([r1, r2, r3], dim=1)) + a
-
-
-class _Fine(nn.Module):
-    def __init__(self, net: LambaNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        n = self.net
-        c = n.conv_rdb8x(F.pixel_shuffle(b, 4))
-        d = n.resblock8x(F.pixel_unshuffle(x, 4))
-        fused = torch.stack([d, c], dim=2).flatten(1, 2)  # the channel shuffle: d0, c0, d1, c1, ...
-        e = F.pixel_shuffle(n.conv32_8_cat(fused), 4)
-        out = n.conv_2_8_32(torch.cat([n.conv2x(x), e], dim=1))
-        return F.pixel_shuffle(out, 2).clamp(0.0, 1.0)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.net, self.part)(*inputs)
 
 
 class _Colour(nn.Module):
@@ -84,13 +57,14 @@ def convert(model: LambaNet) -> dict:
     net = fold_weight_norm(copy.deepcopy(model).float().eval())
     x = torch.zeros(1, 4, 64, 64)
     with torch.no_grad():
-        a = _Stem(net)(x)
-        b = _Coarse(net)(a)
-        rgb = _Fine(net)(x, b)
+        a = net.stem(x)
+        b = net.coarse(a)
+        rgb = net.fine(x, b)
         return {
-            "stem": ov.convert_model(_Stem(net), example_input=x, input=[(1, 4, -1, -1)]),
-            "coarse": ov.convert_model(_Coarse(net), example_input=a, input=[(1, 64, -1, -1)]),
-            "fine": ov.convert_model(_Fine(net), example_input=(x, b), input=[(1, 4, -1, -1), (1, 64, -1, -1)]),
+            "stem": ov.convert_model(_Part(net, "stem"), example_input=x, input=[(1, 4, -1, -1)]),
+            "coarse": ov.convert_model(_Part(net, "coarse"), example_input=a, input=[(1, 64, -1, -1)]),
+            "fine": ov.convert_model(_Part(net, "fine"), example_input=(x, b),
+                                     input=[(1, 4, -1, -1), (1, 64, -1, -1)]),
             **{f"colour{bits}": ov.convert_model(_Colour(bits), example_input=(rgb, torch.eye(3), torch.ones(3)),
                                                  input=[(1, 3, -1, -1), (3, 3), (3,)]) for bits in (8, 16)},
         }

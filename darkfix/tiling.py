@@ -154,8 +154,8 @@ Sink = Callable[[Any, Tile], None]
 
 
 class TiledEngine:
-    """The two-pass tiling over any engine. Subclasses set `tile`, `margin`, `large_frame_tile` and
-    `split_on_oom`, and implement `stem`, `coarse`, `fine` (and `concat`, `out_of_memory`, `release`);
+    """The two-pass tiling over any engine. Subclasses call `set_tiling`, set `split_on_oom`, and implement
+    `stem`, `coarse`, `fine` (and `concat`, `out_of_memory`, `release`);
     arrays are the engine's own (torch tensors on a device, numpy arrays)."""
 
     engine: str
@@ -167,6 +167,13 @@ class TiledEngine:
     large_frame_tile: int | None = None
     split_on_oom: bool = False
     out_of_memory: tuple[type[BaseException], ...] = ()
+
+    def set_tiling(self, tile: int | None, default: int, margin: int, large_frames: bool) -> None:
+        """Tile side (`tile`, else `default`) and margin, both rounded to whole ALIGN cells; with
+        `large_frames` and no `tile` given, large frames get LARGE_FRAME_CPU_TILE (see LARGE_FRAME)."""
+        self.tile = max(ALIGN, (tile or default) // ALIGN * ALIGN)
+        self.large_frame_tile = LARGE_FRAME_CPU_TILE if tile is None and large_frames else None
+        self.margin = math.ceil(margin / ALIGN) * ALIGN
 
     def stem(self, x: np.ndarray) -> Any:
         """(1, 4, h, w) packed region -> `a` (1, 64, h/16, w/16)."""

@@ -131,7 +131,7 @@ def test_engine_choice(monkeypatch, tmp_path):
                       (("tpu", "cpu", "auto"), "unknown engine")):
         with pytest.raises(ValueError, match=msg):
             engine.choose(*args)
-    key = f"{ovengine._cpu_name()} | {os.cpu_count()} cpus | auto"
+    key = ovengine._choice_key("auto")
     (tmp_path / "engine-choice.json").write_text(json.dumps(
         {key: {"choice": "torch", "ms": {"openvino": 9.0, "torch": 5.0}, "tile": 256}}))
     name, why = engine.choose("auto", "cpu", "auto")
