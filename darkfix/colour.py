@@ -73,12 +73,9 @@ def display_terms(wb: np.ndarray, rgb_cam: np.ndarray) -> tuple[np.ndarray, np.n
             (1.0 / wb).astype(np.float32))
 
 
-def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor, bit_depth: int,
-               clipped: torch.Tensor | None = None) -> np.ndarray:
-    """`render` of one (1, 3, H, W) image, quantised: an (H, W, 3) uint8 or uint16 array.
-
-    `clipped` (H, W) bool marks where the raw was saturated: those pixels come out white, as in the SID
-    ground truth (LibRaw clips after white balance), whatever colour the network gave them.
+def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor, bit_depth: int) -> np.ndarray:
+    """`render` of one (1, 3, H, W) image, quantised: an (H, W, 3) uint8 or uint16 array. (Where the sensor
+    clipped, pipeline.render_bands sets the codes to white afterwards, whichever engine rendered them.)
 
     The same function in fewer passes over memory: white balance folded into the matrix (clipping at
     1 / wb instead of 1), the network's channels-last layout kept so that the (H, W, 3) result needs no
@@ -92,9 +89,6 @@ def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor
     wb = wb.to(x).reshape(1, 3, 1, 1)
     m = rgb_cam.to(x).reshape(3, 3) * wb.reshape(1, 3)  # display_terms, on the tensors' device
     full = 1.0 / wb  # 1 after white balance
-    if clipped is not None and bool(clipped.any()):
-        # full in every channel is white after the matrix (its rows sum to 1)
-        x = torch.where(clipped.to(x.device)[None, None], full, x)
     # a 1x1 convolution applies the matrix several times faster than a matmul on the (H, W, 3) view
     linear = F.conv2d(torch.minimum(x, full).clamp_min_(0.0), m[:, :, None, None])
     linear = linear.permute(0, 2, 3, 1)[0]  # (H, W, 3): contiguous when the input is channels-last

@@ -136,16 +136,3 @@ def test_to_display_agrees_with_render(bit_depth):
     diff = np.abs(fast.astype(np.int64) - slow.astype(np.int64))
     assert diff.max() <= 1
     assert (diff > 0).mean() < 0.01
-
-
-def test_to_display_renders_clipped_pixels_white_and_only_them():
-    x = (torch.rand(1, 3, 8, 10, generator=torch.Generator().manual_seed(1)) * 0.5).contiguous(
-        memory_format=torch.channels_last)
-    wb = torch.tensor([2.1, 1.0, 1.6])
-    m = torch.from_numpy(rgb_cam_from_xyz_cam(SONY_XYZ)).float()
-    clipped = torch.zeros(8, 10, dtype=torch.bool)
-    clipped[2:5, 3:7] = True
-    for bits, top in ((8, 255), (16, 65535)):
-        plain, marked = to_display(x, wb, m, bits), to_display(x, wb, m, bits, clipped=clipped)
-        assert (marked[2:5, 3:7] == top).all() and not (plain[2:5, 3:7] == top).all()
-        assert np.array_equal(marked[~clipped.numpy()], plain[~clipped.numpy()])

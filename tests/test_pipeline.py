@@ -165,3 +165,30 @@ def test_streamed_bands_match_an_independent_whole_frame_for_every_flip(make_dng
         expected = orient(upright, flip)
         assert got.shape == expected.shape, flip
         assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, flip
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+@pytest.mark.parametrize("bit_depth, top", [(8, 255), (16, 65535)])
+def test_clipped_photosites_render_white_and_only_them(make_dng, weights_file, monkeypatch, engine, bit_depth, top):
+    """Where the sensor clipped, the picture is white whatever colour the network gave it (as in the SID
+    ground truth: LibRaw clips after white balance), and nowhere else does that change a code; either engine."""
+    import darkfix.pipeline as pipeline
+    from darkfix import engine as engines, ovengine
+
+    if engine == "openvino" and not ovengine.available():
+        pytest.skip("OpenVINO is not installed")
+    mosaic = (512 + np.random.default_rng(1).integers(0, 300, (64, 96))).astype(np.uint16)
+    mosaic[20:30, 40:60] = 16383
+    src = make_dng("clip.dng", mosaic=mosaic)
+    restorer, info = engines.load(weights_file, engine=engine, device="cpu", precision="fp32")
+    frame = read_raw(src)
+    opts = RestoreOptions(bit_depth=bit_depth, ratio=20)
+    prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
+    marked = infer_and_render(frame, prep, restorer, info, opts)
+    monkeypatch.setattr(pipeline, "saturated_pixels", lambda *args: None)
+    plain = infer_and_render(frame, prep, restorer, info, opts)
+    clipped = np.zeros(mosaic.shape, bool)
+    clipped[20:30, 40:60] = True
+    assert marked.shape[:2] == mosaic.shape
+    assert (marked[clipped] == top).all() and not (plain[clipped] == top).all()
+    assert np.array_equal(marked[~clipped], plain[~clipped])
