@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .colour import to_display
-from .model import LambaNet, fold_weight_norm
+from .model import LambaNet, fold_weight_norm, guide
 from .packing import pad_to_multiple
 from .tiling import (ALIGN, COARSE_BLOCK, COARSE_REACH, DEFAULT_CPU_TILE, DEFAULT_CUDA_TILE,  # noqa: F401
                      DEFAULT_MARGIN, FINE_REACH, LARGE_FRAME, LARGE_FRAME_CPU_TILE, STEM_REACH, STEM_ROWS,
-                     TiledEngine, Tile, bands, limit_malloc_arenas, release_memory, tiles)
+                     TiledEngine, Tile, bands, fine_reach, limit_malloc_arenas, margin_for, release_memory, tiles)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -126,6 +126,16 @@ class InferenceNet(nn.Module):
         self.conv_rdb8x = net.conv_rdb8x[0]
         self.res1 = net.resblock8x.conv1[0]
         self.res2 = net.resblock8x.conv2[0]
+        self.plus = net.plus
+        self.guide_radius = net.guide_radius
+        extra = []
+        if net.plus:
+            self.res3, self.res4 = net.resblock8x_2.conv1[0], net.resblock8x_2.conv2[0]
+            # the refinement reads the last convolution's 12 channels in the (i, j, c) order it now emits
+            order = _shuffle_order(3, 2)
+            self.refine1 = _rebuilt(net.refine2x[0][0], in_order=order + list(range(12, 16)))
+            self.refine2 = _rebuilt(net.refine2x[1][0], out_order=order)
+            extra = [self.res3, self.res4, self.refine1, self.refine2]
         # The fusion conv (groups 4) reads d and c interleaved (channel shuffle); instead its weights are
         # reordered so that each group reads 16 channels of d, then the same 16 of c: a plain concat.
         order = [2 * k for k in range(16)] + [2 * k + 1 for k in range(16)]
@@ -137,12 +147,12 @@ class InferenceNet(nn.Module):
         self.final = _rebuilt(net.conv_2_8_32[0], out_order=_shuffle_order(3, 2), out_pad=pad)
         self.pad_outputs = pad_outputs
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        for m in (self.conv_rdb8x, self.res1, self.res2, self.fuse1, self.fuse2, self.conv2x, self.final):
+        for m in (self.conv_rdb8x, self.res1, self.res2, self.fuse1, self.fuse2, self.conv2x, self.final, *extra):
             m.to(memory_format=self.memory_format)
 
     def stem_forward(self, packed: torch.Tensor) -> torch.Tensor:
         """(N, 4, h, w) -> `a`, 64 channels at 1/16 of h and w (exact where 2 cells from the border)."""
-        return self.stem(F.pixel_unshuffle(packed, 16))
+        return self.stem(F.pixel_unshuffle(packed.clamp_min(0.0), 16))
 
     def coarse(self, a: torch.Tensor) -> torch.Tensor:
         """`a` -> `b` (exact where COARSE_REACH cells from the border of `a`)."""
@@ -154,11 +164,13 @@ class InferenceNet(nn.Module):
     def fine(self, packed: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(N, 4, h, w) and its `b` (N, 64, h/16, w/16) -> (N, 3, 2h, 2w) in [0, 1]."""
         n, _, h, w = packed.shape
-        x = packed.contiguous(memory_format=self.memory_format)
+        x = packed.clamp_min(0.0).contiguous(memory_format=self.memory_format)
         c = self.conv_rdb8x(F.pixel_shuffle(b, 4).contiguous(memory_format=self.memory_format))
         u = F.pixel_unshuffle(x, 4)
         d = self.res2(F.leaky_relu_(self.res1(u), 0.2)).add_(u)
         del u
+        if self.plus:
+            d = self.res4(F.leaky_relu_(self.res3(d), 0.2)).add_(d)
         fused = torch.cat([t for i in range(0, 64, 16) for t in (d[:, i : i + 16], c[:, i : i + 16])], dim=1)
         del c, d
         y = self.fuse2(self.fuse1(fused))
@@ -171,11 +183,16 @@ class InferenceNet(nn.Module):
         z[:, :12] = self.conv2x(x)[:, :12]
         out = self.final(z)
         del z
+        if self.plus:
+            r = self.refine1(torch.cat([out[:, :12], x], dim=1))
+            out = self.refine2(F.leaky_relu_(r, 0.2)).add_(out[:, :12])
+            del r
         # pixel_shuffle(clamp(out), 2) in one pass
         image = torch.empty((n, 3, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=self.memory_format)
         dst, src = _shuffled_view(image, out[:, :12], 2)
         torch.clamp(src, 0.0, 1.0, out=dst)
-        return image
+        # the guide's local statistics in float32 (bf16 sums of squares lose them)
+        return guide(image, packed, self.guide_radius) if self.guide_radius else image
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         return self.fine(packed, self.coarse(self.stem_forward(packed)))
@@ -187,7 +204,7 @@ class Restorer(TiledEngine):
     engine = "torch"
 
     def __init__(self, model: LambaNet, device: str = "auto", precision: str = "auto",
-                 tile: int | None = None, margin: int = DEFAULT_MARGIN) -> None:
+                 tile: int | None = None, margin: int | None = None) -> None:
         self.device = pick_device(device)
         self.dtype = pick_precision(precision, self.device)
         self.precision = next(k for k, v in PRECISIONS.items() if v == self.dtype)
@@ -199,6 +216,8 @@ class Restorer(TiledEngine):
         for p in self.net.parameters():
             p.requires_grad_(False)
         cpu = self.device.type == "cpu"
+        if margin is None:
+            margin = margin_for(fine_reach(model.plus, model.guide_radius))
         self.set_tiling(tile, DEFAULT_CPU_TILE if cpu else DEFAULT_CUDA_TILE, margin, large_frames=cpu)
 
     def _input(self, x: np.ndarray) -> torch.Tensor:

@@ -23,13 +23,13 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import WeightsError
-from .tiling import (DEFAULT_CPU_TILE, DEFAULT_MARGIN, TiledEngine, Tile,
+from .tiling import (DEFAULT_CPU_TILE, TiledEngine, Tile, fine_reach, margin_for,
                      release_memory)
 from .weights import file_sha256
 
 PARTS = ("stem", "coarse", "fine", "colour8", "colour16")
 # Bumped whenever the converted graphs change: models in the cache from another version are rebuilt.
-GRAPH_VERSION = "3"
+GRAPH_VERSION = "4"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
@@ -82,11 +82,12 @@ def model_dir(sha: str) -> Path:
     return cache_root() / "openvino" / f"{sha[:24]}-g{GRAPH_VERSION}"
 
 
-def _stamp(models: dict[str, Any], sha: str, name: str) -> None:
+def _stamp(models: dict[str, Any], sha: str, name: str, reach: int) -> None:
     for m in models.values():
         m.set_rt_info(sha, ["darkfix", "weights_sha256"])
         m.set_rt_info(name, ["darkfix", "weights_file"])
         m.set_rt_info(GRAPH_VERSION, ["darkfix", "graph_version"])
+        m.set_rt_info(str(reach), ["darkfix", "fine_reach"])
 
 
 def _stamped(model: Any) -> tuple[str, str]:
@@ -130,7 +131,7 @@ def load_models(weights: str | os.PathLike, convert: bool = True,
     if say:
         say(f"converting {path.name} for OpenVINO (once; cached in {folder.parent})")
     models = convert_model(model)
-    _stamp(models, sha, path.name)
+    _stamp(models, sha, path.name, fine_reach(model.plus, model.guide_radius))
     _save(models, folder)
     return models
 
@@ -165,7 +166,7 @@ class OpenVINORestorer(TiledEngine):
     device = _CPU()
 
     def __init__(self, models: dict[str, Any], precision: str = "auto", threads: int | None = None,
-                 tile: int | None = None, margin: int = DEFAULT_MARGIN) -> None:
+                 tile: int | None = None, margin: int | None = None) -> None:
         core = _core()
         compiled_cache = cache_root() / "openvino" / "compiled"
         try:  # OpenVINO keeps compiled kernels here: a later process compiles in a quarter of the time
@@ -190,6 +191,8 @@ class OpenVINORestorer(TiledEngine):
         # compiled when first used
         self._colour_config = {**config, "INFERENCE_PRECISION_HINT": "f32"}
         self._core, self._models = core, models
+        if margin is None:  # the conversion stamped how far the fine part reads
+            margin = margin_for(int(models["fine"].get_rt_info(["darkfix", "fine_reach"]).astype(str)))
         self.set_tiling(tile, DEFAULT_CPU_TILE, margin, large_frames=True)
 
     def _run(self, part: str, *inputs: np.ndarray) -> np.ndarray:

@@ -18,6 +18,11 @@ if TYPE_CHECKING:  # torch is imported lazily: batch's decode workers run this m
 
 # Where the white-balanced input of `balanced` weights is clipped (darkfix.lab.synth trains with the same)
 BALANCED_CEILING = 4.0
+# A packed pixel whose four white-balanced planes are all amplified past this is past white in every
+# channel: its colour is unknown (it renders white) and the network gets it as plain white (1 in every
+# plane), since over-range colour there leaks into the neighbourhood as a coloured fringe. The margin
+# above 1 keeps the noise of what is just below white from passing it in all four planes at once.
+OVER_WHITE = 1.25
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,12 @@ class PackedFrame:
 
     Slicing `[:, y0:y1, x0:x1]` computes that region from the uint16 mosaic, so a tiled network never
     holds the whole float frame (8 bytes per mosaic pixel, 0.8 GB at 100 MP). `np.asarray(frame)`
-    gives the whole frame: `pack`'s planes, max(raw - black, 0) / (white - black) clipped at 1, times the
-    gain (to float rounding). With `wb` (4 multipliers, for the R, G1, G2, B planes) each plane is also
-    white-balanced and the result clipped at BALANCED_CEILING instead.
+    gives the whole frame: `pack`'s planes, (raw - black) / (white - black) clipped at 1, times the gain
+    (to float rounding). Noise below black stays negative, down to -1 (what it is worth after the gain):
+    the network reads its input clipped at 0, but its colour guide (model.guide) needs local means that
+    no clip has biased. With `wb` (4 multipliers, for the R, G1, G2, B planes) each plane is also
+    white-balanced and the result clipped at BALANCED_CEILING instead, and pixels past OVER_WHITE in all
+    four planes become 1 in each.
     """
 
     dtype = np.dtype(np.float32)
@@ -121,6 +129,8 @@ class PackedFrame:
             self.gain = np.float32(BALANCED_CEILING)
         # a little under the white level: sensors clip at slightly different codes per photosite
         self.clip = b + np.float32(0.99) * (np.float32(white) - b)
+        # the raw code at which each plane passes OVER_WHITE (never, for input that is not balanced)
+        self.over = b + np.float32(OVER_WHITE) / self.scale if wb is not None else None
         self._any_saturated: bool | None = None
 
     def __getitem__(self, key: tuple) -> np.ndarray:
@@ -130,19 +140,32 @@ class PackedFrame:
         _, h, w = self.shape
         y0, y1, _ = key[1].indices(h)
         x0, x1, _ = key[2].indices(w)
-        out = np.subtract(self._raw(y0, max(y0, y1), x0, max(x0, x1)), self.black, dtype=np.float32)
+        raw = self._raw(y0, max(y0, y1), x0, max(x0, x1))
+        out = np.subtract(raw, self.black, dtype=np.float32)
         out *= self.scale
-        return np.clip(out, 0.0, self.gain, out=out)
+        np.clip(out, -1.0, self.gain, out=out)
+        if self.over is not None and self._any_bright():
+            out[:, (raw >= self.over).all(axis=0)] = 1.0
+        return out
+
+    def _any_bright(self) -> bool:
+        """Whether any photosite of the frame reaches the sensor's clip or an OVER_WHITE level (checked once)."""
+        if self._any_saturated is None:
+            low = self.clip.min() if self.over is None else min(self.clip.min(), self.over.min())
+            self._any_saturated = bool(self.mosaic.max() >= low)
+        return self._any_saturated
 
     def saturated(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
-        """(y1 - y0, x1 - x0) bool: packed pixels where a photosite reached the sensor's white level, so
-        that the light's colour there is unknown (rendered white, as LibRaw's default clipping does).
-        None where there is none in the region (and, checked once, for frames without any)."""
-        if self._any_saturated is None:
-            self._any_saturated = bool(self.mosaic.max() >= self.clip.min())
-        if not self._any_saturated:
+        """(y1 - y0, x1 - x0) bool: packed pixels whose light's colour is unknown, so that they render white
+        as LibRaw's default clipping does: where a photosite reached the sensor's white level, or (balanced
+        input) where all four planes are amplified past OVER_WHITE. None where there is none in the region
+        (and, checked once, for frames without any)."""
+        if not self._any_bright():
             return None
-        mask = (self._raw(y0, y1, x0, x1) >= self.clip).any(axis=0)
+        raw = self._raw(y0, y1, x0, x1)
+        mask = (raw >= self.clip).any(axis=0)
+        if self.over is not None:
+            mask |= (raw >= self.over).all(axis=0)
         return mask if mask.any() else None
 
     def _raw(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

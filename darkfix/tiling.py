@@ -5,8 +5,9 @@ The network runs in two passes, so that tiles need little overlap and still matc
 1. the 1/32 branch (`b` in DESIGN.md: two convolutions, three residual dense blocks) sees about 250
    packed pixels far but costs little and is 1/16 the size of the input, so it is computed once for
    the whole frame, in blocks that read exactly the context they need;
-2. everything else reaches only 20 packed pixels: it runs tile by tile, each tile reading a margin of
-   context (32 by default) and the part of `b` under it. With a margin of at least 20 the tiles agree
+2. everything else reaches only 20 packed pixels (27 with the colour guide, 37 with the plus layers
+   too: `fine_reach`): it runs tile by tile, each tile reading a margin of context (`margin_for` the
+   reach: 32, or 48) and the part of `b` under it. With a margin of at least the reach the tiles agree
    with one pass over the whole frame to float rounding; smaller margins leave seams.
 
 An engine (darkfix.inference for torch, darkfix.ovengine for OpenVINO) subclasses `TiledEngine` and says
@@ -26,8 +27,20 @@ import numpy as np
 
 ALIGN = 16  # packed pixels per cell of the network's 1/32 branch
 FINE_REACH = 20  # packed pixels of context the full-resolution part of the network reads on each side
+PLUS_REACH = 10  # what the lamba2021-plus layers add to it (two 3x3 at 1/4, two at full packed resolution)
 # Each tile reads this much context beyond the part it keeps: FINE_REACH rounded up to ALIGN.
 DEFAULT_MARGIN = 32
+
+
+def fine_reach(plus: bool = False, guide_radius: int = 0) -> int:
+    """Packed pixels of context a network's fine part reads on each side: the colour guide's box, and
+    the bilinear upsampling of its gain, add radius + 1."""
+    return FINE_REACH + (PLUS_REACH if plus else 0) + (guide_radius + 1 if guide_radius else 0)
+
+
+def margin_for(reach: int) -> int:
+    """The default margin for a network of this reach: DEFAULT_MARGIN, or more where it reads further."""
+    return max(DEFAULT_MARGIN, math.ceil(reach / ALIGN) * ALIGN)
 COARSE_REACH = 14  # 1/32 cells the residual dense blocks read on each side (4 + 5 + 5 convolutions 3x3)
 STEM_REACH = 2  # 1/32 cells the two convolutions before them read on each side
 COARSE_BLOCK = 160  # 1/32 cells per side of a block of the first pass (a 12 MP frame is one block)

@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # torch is imported only to load or save tensors: reading met
 
     from .model import LambaNet
 
-ARCHITECTURE = "lamba2021"  # the network of darkfix.model
+ARCHITECTURE = "lamba2021"  # the network of darkfix.model, as the paper has it
+ARCHITECTURE_PLUS = "lamba2021-plus"  # the same with LambaNet(plus=True)'s extra layers
+GUIDE_RADIUS = 6  # model.guide's default radius (here, where reading metadata needs no torch)
 
 FORMAT_VERSION = "1"
 DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v3.safetensors"
@@ -35,6 +37,17 @@ class WeightsInfo:
     format: str  # "darkfix" (safetensors) or "authors" (the paper's .pth)
     output: str  # "camera" (camera RGB, rendered with the file's metadata) or "srgb" (written as is)
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("architecture", ARCHITECTURE)
+
+    @property
+    def guide_radius(self) -> int:
+        """The colour guide's radius (model.guide), 0 for none: as trained, or for white-balanced weights
+        trained before it existed, the default radius (it corrects their colour bias after the fact)."""
+        default = GUIDE_RADIUS if self.input == "balanced" else 0
+        return int(self.metadata.get("guide_radius", default))
 
     @property
     def input(self) -> str:
@@ -76,8 +89,9 @@ def _authors_info(p: Path) -> WeightsInfo:
 
 
 def _darkfix_info(p: Path, meta: dict[str, str]) -> WeightsInfo:
-    if meta.get("architecture") != ARCHITECTURE:
-        raise WeightsError(f"{p}: architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r}")
+    if meta.get("architecture") not in (ARCHITECTURE, ARCHITECTURE_PLUS):
+        raise WeightsError(f"{p}: architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r} "
+                           f"or {ARCHITECTURE_PLUS!r}")
     info = WeightsInfo(p, "darkfix", meta.get("output", "camera"), dict(meta))
     if info.output not in ("camera", "srgb"):
         raise WeightsError(f"{p}: unknown output colour space {info.output!r}")
@@ -114,7 +128,7 @@ def save_weights(model: LambaNet, path: str | os.PathLike, metadata: dict[str, o
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta.update(
-        architecture=ARCHITECTURE,
+        architecture=model.architecture,
         format_version=FORMAT_VERSION,
         output=str(metadata.get("output", "camera")),
         sha256=tensors_sha256(state),
@@ -135,7 +149,7 @@ def _check_state(state: dict[str, torch.Tensor], model: LambaNet, path: Path) ->
         missing = sorted(set(expected) - set(got))
         wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
         detail = f"missing {missing[0]}" if missing else f"shape of {wrong[0]}" if wrong else "extra tensors"
-        raise WeightsError(f"{path}: not {ARCHITECTURE} weights ({detail})")
+        raise WeightsError(f"{path}: not {model.architecture} weights ({detail})")
     for k, v in state.items():
         if not torch.isfinite(v).all():
             raise WeightsError(f"{path}: tensor {k} holds non-finite values")
@@ -151,7 +165,7 @@ def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, Weigh
 
     info = read_info(path)
     p = info.path
-    model = LambaNet()
+    model = LambaNet(plus=info.architecture == ARCHITECTURE_PLUS, guide_radius=info.guide_radius)
     if info.format == "darkfix":
         try:
             state = load_file(str(p))

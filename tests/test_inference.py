@@ -34,14 +34,27 @@ def _model_and_input():
     return model, np.ascontiguousarray(packed.numpy()), "random"
 
 
-@pytest.fixture(scope="module")
-def setup():
+def with_plus_layers(model: LambaNet, seed: int = 5) -> LambaNet:
+    """A lamba2021-plus network holding `model`'s weights, its extra layers made far from identity."""
+    plus = LambaNet(plus=True)
+    plus.load_state_dict(model.state_dict(), strict=False)
+    g = torch.Generator().manual_seed(seed)
+    for p in (plus.resblock8x_2.conv2[0].weight_g, plus.refine2x[1][0].weight_g):
+        p.data.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return plus.eval()
+
+
+@pytest.fixture(scope="module", params=["paper", "plus"])
+def setup(request):
+    """Every agreement test runs on both architectures: the plus layers widen what a tile must read."""
     model, packed, kind = _model_and_input()
+    if request.param == "plus":
+        model, kind = with_plus_layers(model), f"{kind} + plus layers"
     return model.state_dict(), packed, kind
 
 
 def _fresh(state):
-    m = LambaNet()
+    m = LambaNet(plus=any(k.startswith("refine2x") for k in state))
     m.load_state_dict(state)
     return m.eval()
 

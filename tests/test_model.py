@@ -68,6 +68,44 @@ def test_parameter_count():
     assert sum(p.numel() for p in LambaNet().parameters()) == 784_768
 
 
+def test_plus_network_starts_as_the_paper_network():
+    """Paper weights in a plus network compute exactly what they compute; its extra layers then train."""
+    torch.manual_seed(2)
+    paper = LambaNet().eval()
+    plus = LambaNet(plus=True).eval()
+    missing, unexpected = plus.load_state_dict(paper.state_dict(), strict=False)
+    assert not unexpected and all(k.split(".")[0] in ("resblock8x_2", "refine2x") for k in missing)
+    assert sum(p.numel() for p in plus.parameters()) == 784_768 + 80_104
+    x = torch.rand(1, 4, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(plus(x), paper(x))
+        plus.refine2x[1][0].weight_g.fill_(0.1)
+        assert (plus(x) - paper(x)).abs().max() > 1e-3
+    assert plus.architecture == "lamba2021-plus" and paper.architecture == "lamba2021"
+
+
+def test_guide_restores_local_means_and_leaves_noise_alone():
+    """The colour guide moves a biased output to the input's local means, and does not bring the input's
+    noise back into an output that is right."""
+    from darkfix.model import guide
+
+    g = torch.Generator().manual_seed(0)
+    field = F.interpolate(0.1 + 0.4 * torch.rand(1, 3, 6, 8, generator=g), size=(96, 128), mode="bicubic",
+                          align_corners=False).clamp(0.05, 0.6)  # (1, 3, 96, 128): the clean image
+    half = F.avg_pool2d(field, 2)
+    sigma = 0.05
+    packed = torch.cat([half[:, :1], half[:, 1:2], half[:, 1:2], half[:, 2:]], 1)
+    packed = packed + sigma * torch.randn(packed.shape, generator=g)
+    biased = field * torch.tensor([0.85, 1.0, 0.9]).view(1, 3, 1, 1)  # red and blue 15 % and 10 % low
+    fixed = guide(biased, packed, 6)
+    for c, bias in ((0, 0.85), (2, 0.9)):
+        ratio = float(fixed[0, c].mean() / field[0, c].mean())
+        assert abs(ratio - 1.0) < abs(bias - 1.0) / 3, (c, ratio)  # most of the bias gone
+    kept = guide(field, packed, 6)
+    assert float((kept - field).pow(2).mean().sqrt()) < 0.1 * sigma  # noise of the input stays out
+    assert float((guide(field, half[:, [0, 1, 1, 2]], 6) - field).abs().max()) < 1e-4  # agreement: no change
+
+
 def test_state_dict_matches_official_keys(reference):
     expected = {}
     for line in (reference / "official_keys.txt").read_text().splitlines():

@@ -101,11 +101,14 @@ def test_packed_frame_zeroes_every_planes_own_black(cfa, h, w):
 
 
 def test_packed_frame_clips_at_white_then_amplifies():
+    """Below black stays negative (the colour guide needs unbiased local means), down to -1 amplified."""
     mosaic = np.array([[0, 512, 1000, 16383, 65535, 700]], np.uint16).repeat(2, axis=0)
     x = np.asarray(prepare(mosaic, "RGGB", np.full((2, 2), 512.0), 16383.0, ratio=2.0).packed)
     assert x.dtype == np.float32
-    assert np.allclose(x[0, 0], 2.0 * np.array([0.0, 488 / 15871, 1.0]))  # R: 0, 1000, 65535
+    assert np.allclose(x[0, 0], 2.0 * np.array([-512 / 15871, 488 / 15871, 1.0]))  # R: 0, 1000, 65535
     assert np.allclose(x[1, 0], 2.0 * np.array([0.0, 1.0, 188 / 15871]))  # G1: 512, 16383, 700
+    x = np.asarray(prepare(mosaic, "RGGB", np.full((2, 2), 512.0), 16383.0, ratio=100.0).packed)
+    assert x[0, 0, 0] == -1.0 and np.isclose(x[0, 0, 1], 100 * 488 / 15871)
 
 
 @pytest.mark.parametrize("cfa", ["RGGB", "GRBG", "GBRG", "BGGR"])
@@ -116,10 +119,15 @@ def test_balanced_frame_white_balances_each_plane_then_clips_at_the_ceiling(cfa)
     x = np.asarray(prep.packed)
     level = 50.0 * 100 / 15871
     assert np.allclose(x[:, 0, 0], level * np.array([2.0, 1.0, 1.0, 1.5]), rtol=1e-6)  # R, G1, G2, B
-    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=500.0, wb=wb, balanced=True)
+    hot = np.array([4.0, 1.0, 1.5], np.float32)  # red past the ceiling, green below OVER_WHITE
+    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=175.0, wb=hot, balanced=True)
     x = np.asarray(prep.packed)
     assert x.max() == BALANCED_CEILING and prep.balanced and prep.source == "ratio"
-    assert np.allclose(x[1, 0, 0], 500.0 * 100 / 15871) and x[0, 0, 0] == BALANCED_CEILING  # red clips, green not
+    assert np.allclose(x[1, 0, 0], 175.0 * 100 / 15871) and x[0, 0, 0] == BALANCED_CEILING  # red clips, green not
+    assert prep.packed.saturated(0, 2, 0, 3) is None  # one plane past white: its colour is still known
+    # every plane past OVER_WHITE: plain white in, rendered white out
+    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=500.0, wb=wb, balanced=True)
+    assert np.all(np.asarray(prep.packed) == 1.0) and prep.packed.saturated(0, 2, 0, 3).all()
     raw = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=1000.0, wb=wb)
     assert np.allclose(np.asarray(raw.packed), 1000.0 * 100 / 15871)  # raw input: neither balanced nor clipped
 
@@ -128,7 +136,7 @@ def test_balanced_frame_white_balances_each_plane_then_clips_at_the_ceiling(cfa)
 @given(phases, sizes, sizes, st.data())
 def test_packed_frame_regions_equal_the_whole(cfa, h, w, data):
     """Every region the network may ask for equals that part of the whole frame, and the whole frame is
-    the packed mosaic, normalised per plane and amplified."""
+    the packed mosaic, normalised per plane and amplified (negative below black, down to -1)."""
     mosaic = np.random.default_rng(h * 100 + w).integers(0, 16384, (h, w)).astype(np.uint16)
     black = np.array([[500, 510], [520, 530]], np.float32)
     prep = prepare(mosaic, cfa, black, 16383.0, ratio=5.0)
@@ -136,7 +144,7 @@ def test_packed_frame_regions_equal_the_whole(cfa, h, w, data):
     planes, layout = pack(mosaic, cfa)
     b = channel_black(black, layout).reshape(4, 1, 1)
     assert layout == prep.layout and whole.shape == planes.shape == prep.packed.shape
-    assert np.allclose(whole, np.clip((planes - b) / (16383.0 - b), 0, 1) * 5.0, rtol=1e-6, atol=1e-6)
+    assert np.allclose(whole, np.clip((planes - b) / (16383.0 - b) * 5.0, -1, 5), rtol=1e-6, atol=1e-6)
     _, ph, pw = whole.shape
     y0 = data.draw(st.integers(0, ph - 1))
     y1 = data.draw(st.integers(y0 + 1, ph))

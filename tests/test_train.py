@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from darkfix.lab import synth
-from darkfix.packing import BALANCED_CEILING
+from darkfix.packing import BALANCED_CEILING, OVER_WHITE
 from darkfix.cli import main
 from darkfix.colour import rgb_cam_from_xyz_cam
 from darkfix.lab.train import TrainConfig, train
@@ -126,6 +126,26 @@ def test_train_command(photos, tmp_path):
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
 
 
+def test_train_plus_from_paper_weights(photos, tmp_path):
+    """--plus --init with paper-architecture weights trains the plus network from their function."""
+    from darkfix.model import LambaNet
+    from darkfix.weights import save_weights
+
+    start = save_weights(LambaNet(), tmp_path / "paper.safetensors", {"output": "camera", "input": "balanced"})
+    out = tmp_path / "plus.safetensors"
+    r = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "2",
+                                  "--batch", "1", "--crop", "192", "--threads", "1", "--device", "cpu",
+                                  "--plus", "--init", str(start)])
+    assert r.exit_code == 0, r.output
+    model, info = load_weights(out)
+    assert model.plus and info.architecture == "lamba2021-plus"
+    assert model.refine2x[1][0].weight_g.abs().max() > 0  # the extra layers trained from zero
+    back = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(tmp_path / "x.safetensors"),
+                                     "--iterations", "1", "--batch", "1", "--crop", "192", "--device", "cpu",
+                                     "--init", str(out)])
+    assert back.exit_code == 2 and "cannot start a lamba2021 network" in back.output
+
+
 def test_sensor_scaling_of_the_noise_model():
     """Another sensor's range scales the Sony-calibrated parameters: same noise relative to white."""
     g = torch.Generator().manual_seed(2)
@@ -159,7 +179,12 @@ def test_synthetic_pairs_cover_real_sensors_and_highlights():
     assert {8.0, 10.0, 12.0, 14.0, 16.0} <= set(bits.tolist())
     assert (s.sensor.black == 0).any() and (s.sensor.black / s.sensor.white).max() <= 0.1
     x = s.network_input()
-    assert x.min() >= 0 and x.max() <= BALANCED_CEILING and (x > 1.0).any()
+    assert x.min() >= -1.0 and (x < 0).any() and x.max() <= BALANCED_CEILING and (x > 1.0).any()
+    # past OVER_WHITE in every plane: plain white, as packing.PackedFrame gives real files
+    unclipped = synth.normalise(s.raw, s.sensor, clip_black=False) * s.ratio.view(-1, 1, 1, 1) \
+        * synth.packed_wb(s.camera.wb)
+    over_white = (unclipped >= OVER_WHITE).all(1)
+    assert over_white.any() and (x.permute(1, 0, 2, 3)[:, over_white] == 1.0).all()
     over = (s.linear * s.camera.wb[:, :, None, None]).amax((1, 2, 3)) > 1.0
     assert over.float().mean() > 0.1  # a good share of crops is pushed past white
     t = s.target_balanced()

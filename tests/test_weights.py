@@ -63,6 +63,20 @@ def test_round_trip_keeps_tensors_and_metadata(tmp_path, state):
         assert torch.equal(v, state[k]), k
 
 
+def test_plus_weights_round_trip_and_are_not_paper_weights(tmp_path, state):
+    plus = LambaNet(plus=True)
+    plus.load_state_dict(state, strict=False)
+    path = save_weights(plus, tmp_path / "p.safetensors", {"output": "camera"})
+    loaded, info = load_weights(path)
+    assert loaded.plus and info.architecture == "lamba2021-plus"
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, plus.state_dict()[k]), k
+    # plus tensors under the paper's name: refused with the missing tensors' news, not half loaded
+    tensors = {k: v for k, v in plus.state_dict().items() if not k.startswith("refine2x")}
+    save_file(tensors, str(tmp_path / "q.safetensors"), metadata=_darkfix_meta(tensors, architecture="lamba2021-plus"))
+    _expect_error(tmp_path / "q.safetensors", "not lamba2021-plus weights", "missing refine2x")
+
+
 def test_round_trip_srgb_output(tmp_path, state):
     model = LambaNet()
     model.load_state_dict(state)

@@ -62,8 +62,11 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
               help="Network arithmetic: auto = bf16 (mixed) on CUDA and on CPUs with native bf16, else fp32.")
 @click.option("--minutes", type=click.FloatRange(0.1), default=None,
               help="Stop after this many minutes, with a checkpoint that --resume continues from.")
+@click.option("--plus", is_flag=True,
+              help="Train the lamba2021-plus network (more capacity at 1/8 and full resolution); --init may "
+                   "then name paper-architecture weights, whose function it starts from.")
 def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from, precision, minutes) -> None:
+          validate_every, msssim_from, precision, minutes, plus) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -84,7 +87,7 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
-                      init=str(init_weights) if init_weights else None)
+                      init=str(init_weights) if init_weights else None, plus=plus)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
     with Progress(*columns) as progress:

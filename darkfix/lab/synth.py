@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..colour import XYZ_FROM_SRGB
-from ..packing import BALANCED_CEILING
+from ..packing import BALANCED_CEILING, OVER_WHITE
 
 BLACK, WHITE = 512.0, 16383.0  # Sony A7S II levels: the reference sensor of the ELD calibration
 SONY_RANGE = WHITE - BLACK  # the ELD parameters are in DN of this range; other sensors scale them
@@ -211,11 +211,13 @@ def to_raw(dn: torch.Tensor, sensor: Sensor) -> torch.Tensor:
     return torch.minimum(torch.round(dn + black).clamp_min(0.0), white)
 
 
-def normalise(raw: torch.Tensor, sensor: Sensor) -> torch.Tensor:
-    """max(raw - black, 0) / (white - black), as darkfix reads real files."""
+def normalise(raw: torch.Tensor, sensor: Sensor, clip_black: bool = True) -> torch.Tensor:
+    """max(raw - black, 0) / (white - black); with `clip_black=False` negative below black, as darkfix
+    reads real files (packing.PackedFrame)."""
     n = raw.shape[0]
     black = sensor.black.to(raw.device).view(n, 1, 1, 1)
-    return ((raw - black).clamp_min(0.0) / sensor.range.to(raw.device).view(n, 1, 1, 1)).clamp(max=1.0)
+    x = raw - black
+    return ((x.clamp_min(0.0) if clip_black else x) / sensor.range.to(raw.device).view(n, 1, 1, 1)).clamp(max=1.0)
 
 
 def sample_ratio(n: int, g: torch.Generator, low_fraction: float = 0.15) -> torch.Tensor:
@@ -246,12 +248,15 @@ class Synthetic:
     linear: torch.Tensor  # (N, 3, H, W) the clean linear camera RGB at the restored exposure (may exceed 1)
 
     def network_input(self, amplification: torch.Tensor | None = None) -> torch.Tensor:
-        """The packed input darkfix's camera-balanced weights see: normalised, amplified, white-balanced,
-        clipped at packing.BALANCED_CEILING (packing.PackedFrame does the same to real files)."""
+        """The packed input darkfix's camera-balanced weights see, as packing.PackedFrame makes it from real
+        files: normalised (negative below black, down to -1 once amplified), amplified, white-balanced, clipped at BALANCED_CEILING,
+        and 1 in every plane where all four are past OVER_WHITE."""
         amp = self.ratio if amplification is None else amplification
         n = amp.shape[0]
-        x = normalise(self.raw, self.sensor) * amp.to(self.raw.device).view(n, 1, 1, 1)
-        return (x * packed_wb(self.camera.wb).to(x.device)).clamp(0.0, BALANCED_CEILING)
+        x = normalise(self.raw, self.sensor, clip_black=False) * amp.to(self.raw.device).view(n, 1, 1, 1)
+        x = x * packed_wb(self.camera.wb).to(x.device)
+        over = (x >= OVER_WHITE).all(dim=1, keepdim=True)
+        return torch.where(over, torch.ones_like(x), x.clamp(-1.0, BALANCED_CEILING))
 
     def target_balanced(self) -> torch.Tensor:
         """The clean image white-balanced and clipped, as LibRaw clips a normal exposure: highlights white."""

@@ -45,6 +45,8 @@ class TrainConfig:
     val_crops: int = 12
     msssim_from: float = 0.75  # fraction of the run after which the MS-SSIM term joins the L1 loss
     init: str | None = None  # weights to start from (fine-tuning) instead of a random initialisation
+    plus: bool = False  # LambaNet(plus=True); `init` may then be paper-architecture weights
+    guide_radius: int = 0  # train through model.guide of this radius (0: none)
     precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
     max_seconds: float | None = None  # stop (checkpointed, resumable) after this long in this call
 
@@ -211,14 +213,18 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     device = torch.device(cfg.device)
     ckpt_path = Path(cfg.checkpoint or f"{cfg.out}.ckpt")
     torch.manual_seed(cfg.seed)
-    model = LambaNet().to(device).train()
+    model = LambaNet(plus=cfg.plus, guide_radius=cfg.guide_radius).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     step, best, history, seconds = 0, -1.0, [], 0.0
     if cfg.init and not resume:
         from ..weights import load_weights
 
-        model.load_state_dict(load_weights(cfg.init)[0].state_dict())
+        start = load_weights(cfg.init)[0]
+        if start.plus != cfg.plus and not cfg.plus:
+            raise ValueError(f"{cfg.init}: {start.architecture} weights cannot start a {model.architecture} network")
+        # paper weights into a plus network: its extra layers keep their identity initialisation
+        model.load_state_dict(start.state_dict(), strict=start.plus == cfg.plus)
     if resume:
         # our own checkpoints hold only tensors and plain values: no arbitrary unpickling needed
         state = torch.load(resume, map_location=device, weights_only=True)
@@ -244,6 +250,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         save_weights(model, cfg.out, {
             "output": "camera",
             "input": INPUT,
+            **({"guide_radius": str(cfg.guide_radius)} if cfg.guide_radius else {}),
             "amplification": "trained with the true exposure ratio times an exposure of 0.6-6",
             "training": {"iterations": step, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
                          "loss": "L1 on the sRGB rendering" + (
