@@ -91,7 +91,9 @@ def _stamp(models: dict[str, Any], sha: str, name: str, reach: int) -> None:
 
 
 def _stamped(model: Any) -> tuple[str, str]:
+    """(weights checksum, graph version) the model was stamped with; empty where any stamp is missing."""
     try:
+        model.get_rt_info(["darkfix", "fine_reach"])
         return (model.get_rt_info(["darkfix", "weights_sha256"]).astype(str),
                 model.get_rt_info(["darkfix", "graph_version"]).astype(str))
     except RuntimeError:  # no such entry
