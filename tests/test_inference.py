@@ -14,7 +14,7 @@ from conftest import reference_dir
 from darkfix.inference import (ALIGN, DEFAULT_MARGIN, Restorer, bands, native_bf16, pick_device, pick_precision,
                                tiles)
 from darkfix.packing import pad_to_multiple
-from darkfix.model import LambaNet
+from darkfix.model import GUIDE_RADIUS, LambaNet
 from darkfix.weights import load_weights
 
 
@@ -44,17 +44,21 @@ def with_plus_layers(model: LambaNet, seed: int = 5) -> LambaNet:
     return plus.eval()
 
 
-@pytest.fixture(scope="module", params=["paper", "plus"])
+@pytest.fixture(scope="module", params=["paper", "plus", "paper+guide", "plus+guide"])
 def setup(request):
-    """Every agreement test runs on both architectures: the plus layers widen what a tile must read."""
+    """Every agreement test runs on both architectures, with and without the colour guide: the plus layers
+    and the guide widen what a tile must read (and so the default margin)."""
     model, packed, kind = _model_and_input()
-    if request.param == "plus":
+    if request.param.startswith("plus"):
         model, kind = with_plus_layers(model), f"{kind} + plus layers"
-    return model.state_dict(), packed, kind
+    guide_radius = GUIDE_RADIUS if request.param.endswith("guide") else 0
+    return (model.state_dict(), guide_radius), packed, f"{kind}{' + guide' if guide_radius else ''}"
 
 
-def _fresh(state):
-    m = LambaNet(plus=any(k.startswith("refine2x") for k in state))
+def _fresh(spec):
+    """A model from a state dict, or from (state dict, guide radius)."""
+    state, guide_radius = spec if isinstance(spec, tuple) else (spec, 0)
+    m = LambaNet(plus=any(k.startswith("refine2x") for k in state), guide_radius=guide_radius)
     m.load_state_dict(state)
     return m.eval()
 
@@ -184,6 +188,13 @@ def test_restorer_folds_and_freezes():
     assert r.tile == 96 and r.margin == 32  # tile rounded down, margin up, to ALIGN
     assert all(not p.requires_grad for p in r.net.parameters())
     assert not any(type(m).__name__ == "WNConv2d" for m in r.net.modules())
+
+
+def test_default_margin_covers_what_each_network_reads():
+    """32 packed pixels for the paper's network with or without the guide (reach 20 / 27); 48 for plus
+    with the guide (37)."""
+    assert [Restorer(LambaNet(plus=p, guide_radius=g), "cpu", "fp32").margin
+            for p, g in ((False, 0), (False, GUIDE_RADIUS), (True, 0), (True, GUIDE_RADIUS))] == [32, 32, 32, 48]
 
 
 def test_large_frames_get_smaller_tiles_by_default_on_cpu():

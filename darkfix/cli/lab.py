@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import DarkfixError
+from ..weights import GUIDE_RADIUS
 from .common import DEVICE, Brightness, fail, lab_module, load_restorer, network_options
 
 @click.command()
@@ -65,8 +66,10 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
 @click.option("--plus", is_flag=True,
               help="Train the lamba2021-plus network (more capacity at 1/8 and full resolution); --init may "
                    "then name paper-architecture weights, whose function it starts from.")
+@click.option("--guide-radius", type=click.IntRange(0, 32), default=GUIDE_RADIUS, show_default=True,
+              help="Train through the colour guide of this radius (packed pixels; 0: none), as restoring applies it.")
 def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from, precision, minutes, plus) -> None:
+          validate_every, msssim_from, precision, minutes, plus, guide_radius) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -87,7 +90,7 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
-                      init=str(init_weights) if init_weights else None, plus=plus)
+                      init=str(init_weights) if init_weights else None, plus=plus, guide_radius=guide_radius)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
     with Progress(*columns) as progress:
