@@ -218,6 +218,7 @@ def test_info_on_good_file(weights_file):
     assert "output:        camera" in r.stdout
     assert "784,768" in r.stdout
     assert "random init for tests" in r.stdout
+    assert "colour guide:  " in r.stdout
     assert "engine:        " in r.stdout and "openvino:      " in r.stdout
 
 
@@ -226,6 +227,7 @@ def test_info_on_authors_checkpoint(reference):
     assert r.exit_code == 0, r.output
     assert "format:        authors" in r.stdout
     assert "output:        srgb" in r.stdout
+    assert "colour guide:  none" in r.stdout  # the paper's sRGB output: nothing to guide
 
 
 @pytest.mark.parametrize("kind", ["random", "truncated", "missing"])

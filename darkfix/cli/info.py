@@ -25,8 +25,10 @@ def info(weights) -> None:
     how = "rendered with each file's colour metadata" if meta.output == "camera" else "written as is"
     click.echo(f"output:        {meta.output} ({how})")
     click.echo(f"parameters:    {sum(p.numel() for p in model.parameters()):,}")
+    guide = f"radius {model.guide_radius} (packed pixels)" if model.guide_radius else "none"
+    click.echo(f"colour guide:  {guide}")
     for key in sorted(meta.metadata):
-        if key not in ("output",):
+        if key not in ("output", "guide_radius"):
             click.echo(f"{key + ':':<14} {meta.metadata[key]}")
     chosen, why = engine.choose("auto", "auto", "auto")
     if ovengine.available():
