@@ -6,8 +6,8 @@
 # run starts from the packaged weights. Writes into OUTDIR: env.txt, train.txt (the log), train.safetensors
 # (the best validated weights) and train.safetensors.ckpt (9.5 MB), status.txt. Environment: MINUTES
 # (default 8: a ten-minute loan with time to spare), ITERATIONS (the schedule's length, default 100000;
-# keep it the same across resumed runs), BATCH (16), CROP (512), LR (1.5e-4), PLUS (1: train the
-# lamba2021-plus architecture, from the packaged weights' function), PYTHON.
+# keep it the same across resumed runs), BATCH (16), CROP (512), LR (1.5e-4), PLUS (1: the lamba2021-plus
+# architecture; default: the packaged weights' own; keep it across resumed runs too), PYTHON.
 # Synthesis runs on the CPU cores (torch threads), the network in mixed bf16 on the GPU.
 # Exit codes: 0 done (or out of time, resumable), 2 bad arguments, 3 no CUDA device, 1 training failed.
 set -uo pipefail
@@ -33,7 +33,8 @@ args=(train --images "$PHOTOS" --out "$OUT/train.safetensors" --device cuda --pr
       --minutes "${MINUTES:-8}" --iterations "${ITERATIONS:-100000}" --batch "${BATCH:-16}" --crop "${CROP:-512}"
       --lr "${LR:-1.5e-4}" --validate-every 1000 --threads "$(nproc)")
 [ -d "$PHOTOS/../val" ] && args+=(--val "$PHOTOS/../val")
-[ "${PLUS:-0}" = 1 ] && args+=(--plus)
+PLUS=${PLUS:-$("$PY" -c 'from darkfix.weights import read_info; print(int(read_info().architecture.endswith("-plus")))')}
+[ "$PLUS" = 1 ] && args+=(--plus)
 if [ -n "$CKPT" ]; then
     [ "$CKPT" = "$OUT/train.safetensors.ckpt" ] || cp "$CKPT" "$OUT/train.safetensors.ckpt"
     args+=(--resume "$OUT/train.safetensors.ckpt")
