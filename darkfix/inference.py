@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .colour import to_display
-from .model import LambaNet, fold_weight_norm, guide
+from .model import LambaNet, fold_weight_norm, guide_gain
 from .packing import pad_to_multiple
 from .tiling import (ALIGN, COARSE_BLOCK, COARSE_REACH, DEFAULT_CPU_TILE, DEFAULT_CUDA_TILE,  # noqa: F401
                      DEFAULT_MARGIN, FINE_REACH, LARGE_FRAME, LARGE_FRAME_CPU_TILE, STEM_REACH, STEM_ROWS,
@@ -187,12 +187,17 @@ class InferenceNet(nn.Module):
             r = self.refine1(torch.cat([out[:, :12], x], dim=1))
             out = self.refine2(F.leaky_relu_(r, 0.2)).add_(out[:, :12])
             del r
-        # pixel_shuffle(clamp(out), 2) in one pass
+        out = out[:, :12].clamp_(0.0, 1.0)
+        if self.guide_radius:
+            per_colour = out.view(n, 4, 3, h, w)  # (i, j, c) order: the 2 x 2 position, then colour
+            # the guide's statistics in float32 (bf16 sums of squares lose them)
+            gain = guide_gain(per_colour.mean(1), packed, self.guide_radius).to(out.dtype)
+            out = per_colour.mul_(gain[:, None]).clamp_(0.0, 1.0).view(n, 12, h, w)
+        # pixel_shuffle(out, 2) in one pass
         image = torch.empty((n, 3, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=self.memory_format)
-        dst, src = _shuffled_view(image, out[:, :12], 2)
-        torch.clamp(src, 0.0, 1.0, out=dst)
-        # the guide's local statistics in float32 (bf16 sums of squares lose them)
-        return guide(image, packed, self.guide_radius) if self.guide_radius else image
+        dst, src = _shuffled_view(image, out, 2)
+        dst.copy_(src)
+        return image
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         return self.fine(packed, self.coarse(self.stem_forward(packed)))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import ARCHITECTURE, ARCHITECTURE_PLUS, GUIDE_RADIUS  # noqa: F401  (shared with weights files)
+from .weights import ARCHITECTURE, ARCHITECTURE_PLUS, GUIDE_CELL, GUIDE_RADIUS  # noqa: F401  (weights files')
 
 
 class WNConv2d(nn.Module):
@@ -92,48 +92,51 @@ class ResBlock(nn.Module):
         return self.conv2(self.conv1(x)) + x
 
 
-# The colour guide (`guide`): its box radius is GUIDE_RADIUS packed pixels; GUIDE_WIENER is how many times
-# the variance of the input's local mean its difference from the output's must exceed to be trusted.
-# Chosen on darkfix's Sony benchmarks with v3 (24 frames each): +0.7 dB on photos, +0.5 dB on textures.
+# The colour guide (`guide_gain`): its statistics are taken over cells of GUIDE_CELL packed pixels, in a
+# box of 2 (radius // GUIDE_CELL) + 1 cells (radius GUIDE_RADIUS: 12 x 12 packed pixels); GUIDE_WIENER is
+# how many times the variance of the input's local mean its difference from the output's must exceed to
+# be trusted. Chosen on darkfix's Sony benchmarks with v3 (24 frames each, an exact 13 x 13 box): +0.7 dB
+# on photos, +0.5 dB on textures; cells make it cheap (statistics at 1/16 of the pixels).
 GUIDE_WIENER = 16.0
 GUIDE_EPS = 0.01  # a floor (in white-balanced, amplified units) under local means, against 0/0
 
 
-def box_mean(t: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean over (2r+1)^2 neighbours (those inside the tensor, at its borders), in two 1-D passes."""
-    t = F.avg_pool2d(t, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)
-    return F.avg_pool2d(t, (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)
-
-
-def guide(image: torch.Tensor, packed: torch.Tensor, r: int = GUIDE_RADIUS) -> torch.Tensor:
-    """Give the network's (N, 3, 2h, 2w) output the local means of its (N, 4, h, w) input, where the input
-    shows them reliably: a fixed, parameter-free last stage.
+def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE_RADIUS) -> torch.Tensor:
+    """The colour guide: per-channel gains (N, 3, h, w) that give the network's output the local means of
+    its (N, 4, h, w) input where the input shows them reliably; a fixed, parameter-free last stage.
+    `mean_out` is the output (in [0, 1]) averaged over each packed pixel's 2 x 2, h and w multiples of
+    GUIDE_CELL.
 
     The network shrinks colour towards grey and darkens dim red and blue (its mean R/G, B/G come out
     5-10 % low on smooth test scenes whose input's local means are right to 0.3 %). Per channel, the
-    difference between the input's and the output's mean over (2r+1)^2 packed pixels is taken in
-    proportion d^2 / (d^2 + GUIDE_WIENER var), var the noise variance of the input's mean (estimated from
-    the residual), so noise is not brought back; the output is scaled by the corrected mean over its own.
-    `packed` must not be clipped at 0: a clip biases dark local means upwards.
+    difference d between the input's and the output's local mean is taken in proportion
+    d^2 / (d^2 + GUIDE_WIENER var), var the noise variance of the input's mean (estimated from the
+    residual), so noise is not brought back. `packed` must not be clipped at 0: a clip biases dark local
+    means upwards.
     """
-    image, packed = image.float(), packed.float().clamp(-1.0, 1.0)
+    mean_out, packed = mean_out.float(), packed.float().clamp(-1.0, 1.0)
     inp = torch.cat([packed[:, :1], 0.5 * (packed[:, 1:2] + packed[:, 2:3]), packed[:, 3:]], dim=1)
-    out = F.avg_pool2d(image, 2)
-    res = inp - out
-    d = box_mean(res, r)
-    var = (box_mean(res * res, r) - d * d).clamp_min(0.0) / float((2 * r + 1) ** 2)
+    res = inp - mean_out
+    cells = radius // GUIDE_CELL
+    n = float((2 * cells + 1) ** 2 * GUIDE_CELL**2)  # samples in a box
+
+    def box(t: torch.Tensor) -> torch.Tensor:
+        t = F.avg_pool2d(t, GUIDE_CELL)
+        return F.avg_pool2d(t, 2 * cells + 1, stride=1, padding=cells, count_include_pad=False)
+
+    d, low = box(res), box(mean_out)
+    var = (box(res * res) - d * d).clamp_min(0.0) / n
     # the 1e-8 leaves differences under 1e-4, far below any noise, alone: rounding then cannot flip k
     k = d * d / (d * d + GUIDE_WIENER * var + 1e-8)
-    low = box_mean(out, r)
     gain = (low + k * d + GUIDE_EPS) / (low + GUIDE_EPS)
-    return (image * F.interpolate(gain, scale_factor=2.0, mode="bilinear", align_corners=False)).clamp(0.0, 1.0)
+    return F.interpolate(gain, scale_factor=float(GUIDE_CELL), mode="bilinear", align_corners=False)
 
 
 class LambaNet(nn.Module):
     """Packed, amplified RGGB input (N, 4, h, w), h and w multiples of 16 -> (N, 3, 2h, 2w) in [0, 1].
 
     The input may hold negative values (noise below black): the network reads it clipped at 0, as the
-    paper's does, and `guide` (with `guide_radius` > 0) reads it as it is.
+    paper's does, and the colour guide (`guide_gain`, with `guide_radius` > 0) reads it as it is.
 
     `plus` adds capacity where the paper's network has least: a second residual block in the 1/8
     branch, and a small non-linear refinement at full packed resolution (the paper's last two
@@ -198,8 +201,13 @@ class LambaNet(nn.Module):
         out = self.conv_2_8_32(torch.cat([self.conv2x(x), e], dim=1))
         if self.plus:
             out = out + self.refine2x(torch.cat([out, x], dim=1))
-        image = F.pixel_shuffle(out, 2).clamp(0.0, 1.0)
-        return guide(image, packed, self.guide_radius) if self.guide_radius else image
+        out = out.clamp(0.0, 1.0)
+        if self.guide_radius:
+            n, _, h, w = out.shape
+            per_colour = out.view(n, 3, 4, h, w)  # pixel_shuffle's order: colour, then the 2 x 2 position
+            gain = guide_gain(per_colour.mean(2), packed, self.guide_radius)
+            out = (per_colour * gain[:, :, None]).clamp(0.0, 1.0).view(n, 12, h, w)
+        return F.pixel_shuffle(out, 2)
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         return self.fine(packed, self.coarse(self.stem(packed)))

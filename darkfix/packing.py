@@ -102,8 +102,8 @@ class PackedFrame:
     holds the whole float frame (8 bytes per mosaic pixel, 0.8 GB at 100 MP). `np.asarray(frame)`
     gives the whole frame: `pack`'s planes, (raw - black) / (white - black) clipped at 1, times the gain
     (to float rounding). Noise below black stays negative, down to -1 (what it is worth after the gain):
-    the network reads its input clipped at 0, but its colour guide (model.guide) needs local means that
-    no clip has biased. With `wb` (4 multipliers, for the R, G1, G2, B planes) each plane is also
+    the network reads its input clipped at 0, but its colour guide (model.guide_gain) needs local means
+    that no clip has biased. With `wb` (4 multipliers, for the R, G1, G2, B planes) each plane is also
     white-balanced and the result clipped at BALANCED_CEILING instead, and pixels past OVER_WHITE in all
     four planes become 1 in each.
     """

@@ -5,7 +5,7 @@ The network runs in two passes, so that tiles need little overlap and still matc
 1. the 1/32 branch (`b` in DESIGN.md: two convolutions, three residual dense blocks) sees about 250
    packed pixels far but costs little and is 1/16 the size of the input, so it is computed once for
    the whole frame, in blocks that read exactly the context they need;
-2. everything else reaches only 20 packed pixels (27 with the colour guide, 37 with the plus layers
+2. everything else reaches only 20 packed pixels (31 with the colour guide, 41 with the plus layers
    too: `fine_reach`): it runs tile by tile, each tile reading a margin of context (`margin_for` the
    reach: 32, or 48) and the part of `b` under it. With a margin of at least the reach the tiles agree
    with one pass over the whole frame to float rounding; smaller margins leave seams.
@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .weights import GUIDE_CELL
+
 ALIGN = 16  # packed pixels per cell of the network's 1/32 branch
 FINE_REACH = 20  # packed pixels of context the full-resolution part of the network reads on each side
 PLUS_REACH = 10  # what the lamba2021-plus layers add to it (two 3x3 at 1/4, two at full packed resolution)
@@ -33,9 +35,10 @@ DEFAULT_MARGIN = 32
 
 
 def fine_reach(plus: bool = False, guide_radius: int = 0) -> int:
-    """Packed pixels of context a network's fine part reads on each side: the colour guide's box, and
-    the bilinear upsampling of its gain, add radius + 1."""
-    return FINE_REACH + (PLUS_REACH if plus else 0) + (guide_radius + 1 if guide_radius else 0)
+    """Packed pixels of context a network's fine part reads on each side. The colour guide adds its box
+    of cells and the neighbouring cell its gain is interpolated from (11 for the default radius)."""
+    guide = (guide_radius // GUIDE_CELL + 2) * GUIDE_CELL - 1 if guide_radius else 0
+    return FINE_REACH + (PLUS_REACH if plus else 0) + guide
 
 
 def margin_for(reach: int) -> int:

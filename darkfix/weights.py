@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # torch is imported only to load or save tensors: reading met
 
 ARCHITECTURE = "lamba2021"  # the network of darkfix.model, as the paper has it
 ARCHITECTURE_PLUS = "lamba2021-plus"  # the same with LambaNet(plus=True)'s extra layers
-GUIDE_RADIUS = 6  # model.guide's default radius (here, where reading metadata needs no torch)
+GUIDE_RADIUS = 6  # model.guide_gain's default radius (here, where reading metadata needs no torch)
+GUIDE_CELL = 4  # and the packed pixels of its cells
 
 FORMAT_VERSION = "1"
 DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v3.safetensors"
@@ -44,7 +45,7 @@ class WeightsInfo:
 
     @property
     def guide_radius(self) -> int:
-        """The colour guide's radius (model.guide), 0 for none: as trained, or for white-balanced weights
+        """The colour guide's radius (model.guide_gain), 0 for none: as trained, or for white-balanced weights
         trained before it existed, the default radius (it corrects their colour bias after the fact)."""
         default = GUIDE_RADIUS if self.input == "balanced" else 0
         return int(self.metadata.get("guide_radius", default))

@@ -73,8 +73,8 @@ def test_colour_balance_survives_every_sensor(shipped, tmp_path):
     The scenes are softly coloured, as photos mostly are (strongly coloured scenes also lose some
     saturation to the denoising, which moves their mean R/G towards 1 whatever the sensor).
 
-    The goal (issue 10) is 5 %. Measured with the shipped v3 and the colour guide (model.guide): 2.7 % at
-    worst; without the guide 8.9 % (v2 8.2 %, v1 23.7 %)."""
+    The goal (issue 10) is 5 %. Measured with the shipped v3 and the colour guide (model.guide_gain): 2.8 %
+    at worst; without the guide 8.9 % (v2 8.2 %, v1 23.7 %)."""
     restorer, _ = shipped
     worst = (0.0, None)
     case = 0

@@ -249,8 +249,8 @@ class Synthetic:
 
     def network_input(self, amplification: torch.Tensor | None = None) -> torch.Tensor:
         """The packed input darkfix's camera-balanced weights see, as packing.PackedFrame makes it from real
-        files: normalised (negative below black, down to -1 once amplified), amplified, white-balanced, clipped at BALANCED_CEILING,
-        and 1 in every plane where all four are past OVER_WHITE."""
+        files: normalised (negative below black, down to -1 once amplified), amplified, white-balanced,
+        clipped at BALANCED_CEILING, and 1 in every plane where all four are past OVER_WHITE."""
         amp = self.ratio if amplification is None else amplification
         n = amp.shape[0]
         x = normalise(self.raw, self.sensor, clip_black=False) * amp.to(self.raw.device).view(n, 1, 1, 1)

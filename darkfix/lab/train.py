@@ -46,7 +46,7 @@ class TrainConfig:
     msssim_from: float = 0.75  # fraction of the run after which the MS-SSIM term joins the L1 loss
     init: str | None = None  # weights to start from (fine-tuning) instead of a random initialisation
     plus: bool = False  # LambaNet(plus=True); `init` may then be paper-architecture weights
-    guide_radius: int = GUIDE_RADIUS  # train through model.guide of this radius (0: none)
+    guide_radius: int = GUIDE_RADIUS  # train through model.guide_gain of this radius (0: none)
     precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
     max_seconds: float | None = None  # stop (checkpointed, resumable) after this long in this call
 
