@@ -99,6 +99,11 @@ class ResBlock(nn.Module):
 # on photos, +0.5 dB on textures; cells make it cheap (statistics at 1/16 of the pixels).
 GUIDE_WIENER = 16.0
 GUIDE_EPS = 0.01  # a floor (in white-balanced, amplified units) under local means, against 0/0
+# The gains stay within 1/1.2 .. 1.2: the network's own bias is a few to 10 %, while a black level the file
+# states a few DN wrong shifts dark local means far more (the network copes with that; an unbounded guide
+# copied it: -0.3 dB at ratio 300 on the many-sensor benchmark, -5 dB on its worst frames; bounded, -0.07
+# there, at the cost of 0.1 dB of the guide's +0.6 on the Sony photos).
+GUIDE_MAX_GAIN = 1.2
 
 
 def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE_RADIUS) -> torch.Tensor:
@@ -128,7 +133,7 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
     var = (box(res * res) - d * d).clamp_min(0.0) / n
     # the 1e-8 leaves differences under 1e-4, far below any noise, alone: rounding then cannot flip k
     k = d * d / (d * d + GUIDE_WIENER * var + 1e-8)
-    gain = (low + k * d + GUIDE_EPS) / (low + GUIDE_EPS)
+    gain = ((low + k * d + GUIDE_EPS) / (low + GUIDE_EPS)).clamp(1.0 / GUIDE_MAX_GAIN, GUIDE_MAX_GAIN)
     return F.interpolate(gain, scale_factor=float(GUIDE_CELL), mode="bilinear", align_corners=False)
 
 
