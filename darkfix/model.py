@@ -95,8 +95,8 @@ class ResBlock(nn.Module):
 # The colour guide (`guide_gain`): its statistics are taken over cells of GUIDE_CELL packed pixels, in a
 # box of 2 (radius // GUIDE_CELL) + 1 cells (radius GUIDE_RADIUS: 12 x 12 packed pixels); GUIDE_WIENER is
 # how many times the variance of the input's local mean its difference from the output's must exceed to
-# be trusted. Chosen on darkfix's Sony benchmarks with v3 (24 frames each, an exact 13 x 13 box): +0.7 dB
-# on photos, +0.5 dB on textures; cells make it cheap (statistics at 1/16 of the pixels).
+# be trusted. Chosen on darkfix's Sony benchmarks with v3 (24 frames each, an exact 13 x 13 box, no bound):
+# +0.7 dB on photos, +0.5 on textures; as shipped (cells, bounded) +0.5 on both, whole benchmarks.
 GUIDE_WIENER = 16.0
 GUIDE_EPS = 0.01  # a floor (in white-balanced, amplified units) under local means, against 0/0
 # The gains stay within 1/1.2 .. 1.2: the network's own bias is a few to 10 %, while a black level the file
