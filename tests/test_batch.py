@@ -97,8 +97,9 @@ def test_output_written_meanwhile_by_another_batch_is_skipped(make_dng, weights_
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_file, tmp_path, sig):
     folder = tmp_path / "shots"
-    for i in range(10):
-        make_dng(f"f{i:02d}.dng", size=(192, 256), seed=i, directory=folder)
+    # enough work that the signal lands mid-batch on a quiet machine too (ten small files took 0.3 s)
+    for i in range(24):
+        make_dng(f"f{i:02d}.dng", size=(384, 512), seed=i, directory=folder)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "darkfix", "batch", str(folder), "-o", str(out), "--weights", str(weights_file),
            "--threads", "1"]
@@ -111,10 +112,10 @@ def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_f
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     done = sorted(out.glob("*.png"))
-    assert 1 <= len(done) < 10
+    assert 1 <= len(done) < 24
     assert not [p for p in out.iterdir() if p.suffix != ".png"], "temporary files left behind"
     assert all(_png_ok(p) for p in done)
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert len(list(out.glob("*.png"))) == 10
+    assert len(list(out.glob("*.png"))) == 24
     assert all(_png_ok(p) for p in out.glob("*.png"))

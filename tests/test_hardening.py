@@ -139,7 +139,7 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_path, sig):
     """The PNG streams into a temporary file while the network runs: a signal then must remove it."""
-    src = make_dng(size=(1200, 1600))
+    src = make_dng(size=(2400, 3200))  # long enough to be caught mid-way on a quiet machine
     out = tmp_path / "out"
     out.mkdir()
     cmd = [sys.executable, "-m", "darkfix", "restore", str(src), "-o", str(out / "x.png"), "--weights",
