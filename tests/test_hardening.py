@@ -144,7 +144,9 @@ def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_
     out.mkdir()
     cmd = [sys.executable, "-m", "darkfix", "restore", str(src), "-o", str(out / "x.png"), "--weights",
            str(weights_file), "--threads", "1", "--tile", "64"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # started with the signal blocked, as a parent's mask is inherited: darkfix must unblock it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {sig}))
     deadline = time.monotonic() + 120
     while not list(out.glob(".x.png.*.part")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)

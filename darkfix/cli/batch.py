@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
 import click
 
 from ..errors import DarkfixError
-from .common import fail, load_restorer, network_options, raise_interrupt, restore_options, restore_settings
+from .common import fail, load_restorer, network_options, restore_options, restore_settings, stop_on_signals
 
 def _files_per_second():
     """A progress column showing files per second (rich is imported only where progress is shown)."""
@@ -119,7 +118,7 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
     except DarkfixError as e:
         fail(str(e), e.exit_code)
     console = Console(stderr=True)
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    stop_on_signals()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _files_per_second(),
                TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:

@@ -123,3 +123,14 @@ def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, c
 
 def raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """SIGTERM stops a run as Ctrl-C does (KeyboardInterrupt: temporary files removed, exit 130). Both are
+    also unblocked: a blocked signal mask is inherited from the parent process (some job runners, and
+    test runs that used libraries which block them), and a blocked SIGTERM would let the run finish."""
+    import signal
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import DarkfixError
-from .common import fail, load_restorer, network_options, raise_interrupt, restore_options, restore_settings
+from .common import fail, load_restorer, network_options, restore_options, restore_settings, stop_on_signals
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -58,7 +57,7 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
             check_camera_output(jobs[0][1], info)
         failures = 0
         done = 0
-        signal.signal(signal.SIGTERM, raise_interrupt)
+        stop_on_signals()
         for src, dst in jobs:
             started = time.monotonic()
             try:
