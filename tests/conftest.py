@@ -100,3 +100,13 @@ def make_dng(tmp_path):
         return write_dng(out_dir / name, np.ascontiguousarray(mosaic, dtype=np.uint16), spec)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _default_sigterm():
+    """In-process CLI runs (CliRunner) install darkfix's SIGTERM handler in the test process; put the
+    default back after each test so that later tests' child processes start as from a shell."""
+    import signal
+
+    yield
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
