@@ -115,3 +115,12 @@ def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, peak: float
     mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
 
+
+
+def shell_env() -> dict:
+    """A child's environment as a shell would give it: earlier tests in the same run leave variables
+    behind that made SIGTERM go unheeded in darkfix subprocesses in full runs."""
+    import os
+
+    keep = ("PATH", "HOME", "TMPDIR", "DARKFIX_CACHE", "VIRTUAL_ENV", "LANG")
+    return {k: v for k, v in os.environ.items() if k in keep}

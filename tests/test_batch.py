@@ -11,6 +11,7 @@ from pathlib import Path
 
 import png
 import pytest
+from _util import shell_env
 from click.testing import CliRunner
 
 from darkfix.batch import find_raws, run_batch
@@ -94,6 +95,8 @@ def test_output_written_meanwhile_by_another_batch_is_skipped(make_dng, weights_
     assert (out / "raced.png").read_bytes() == b"written by the other batch"  # left as the other one wrote it
 
 
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_file, tmp_path, sig):
     folder = tmp_path / "shots"
@@ -103,7 +106,7 @@ def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_f
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "darkfix", "batch", str(folder), "-o", str(out), "--weights", str(weights_file),
            "--threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env())
     deadline = time.monotonic() + 120
     while not list(out.glob("*.png")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

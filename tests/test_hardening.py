@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from _util import shell_env
 import tifffile
 
 from test_cli_restore import assert_refused, files_under, restore
@@ -136,6 +137,8 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
         run(cpu)
 
 
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_path, sig):
     """The PNG streams into a temporary file while the network runs: a signal then must remove it."""
@@ -145,7 +148,7 @@ def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_
     cmd = [sys.executable, "-m", "darkfix", "restore", str(src), "-o", str(out / "x.png"), "--weights",
            str(weights_file), "--threads", "1", "--tile", "64"]
     # started with the signal blocked, as a parent's mask is inherited: darkfix must unblock it
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env(),
                             preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {sig}))
     deadline = time.monotonic() + 120
     while not list(out.glob(".x.png.*.part")) and time.monotonic() < deadline and proc.poll() is None:
