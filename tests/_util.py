@@ -117,6 +117,14 @@ def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, peak: float
 
 
 
+def default_signals() -> None:
+    """preexec_fn: SIGINT as an interactive shell leaves it. Earlier tests leave it ignored in the test
+    process, children inherit that, and Python keeps an inherited ignored SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def shell_env() -> dict:
     """A child's environment as a shell would give it: earlier tests in the same run leave variables
     behind that made SIGTERM go unheeded in darkfix subprocesses in full runs."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import png
 import pytest
-from _util import shell_env
+from _util import default_signals, shell_env
 from click.testing import CliRunner
 
 from darkfix.batch import find_raws, run_batch
@@ -97,10 +97,7 @@ def test_output_written_meanwhile_by_another_batch_is_skipped(make_dng, weights_
 
 
 
-# SIGTERM: known to go unheeded by the darkfix child in full CI runs only (passes alone and in a shell,
-# for both engines; open in issue 11's note); SIGINT stays tested here
-@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.skip(
-    reason="SIGTERM goes unheeded by the child in full CI runs only; under investigation"))])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_file, tmp_path, sig):
     folder = tmp_path / "shots"
     # enough work that the signal lands mid-batch on a quiet machine too (ten small files took 0.3 s)
@@ -109,7 +106,8 @@ def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_f
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "darkfix", "batch", str(folder), "-o", str(out), "--weights", str(weights_file),
            "--threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env(),
+                            preexec_fn=default_signals)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.png")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

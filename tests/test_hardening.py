@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from _util import shell_env
+from _util import default_signals, shell_env
 import tifffile
 
 from test_cli_restore import assert_refused, files_under, restore
@@ -139,10 +139,7 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
 
 
 
-# SIGTERM: known to go unheeded by the darkfix child in full CI runs only (passes alone and in a shell,
-# for both engines; open in issue 11's note); SIGINT stays tested here
-@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.skip(
-    reason="SIGTERM goes unheeded by the child in full CI runs only; under investigation"))])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_path, sig):
     """The PNG streams into a temporary file while the network runs: a signal then must remove it."""
     src = make_dng(size=(2400, 3200))  # long enough to be caught mid-way on a quiet machine
@@ -152,7 +149,7 @@ def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_
            str(weights_file), "--threads", "1", "--tile", "64"]
     # started with the signal blocked, as a parent's mask is inherited: darkfix must unblock it
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env(),
-                            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {sig}))
+                            preexec_fn=lambda: (default_signals(), signal.pthread_sigmask(signal.SIG_BLOCK, {sig})))
     deadline = time.monotonic() + 120
     while not list(out.glob(".x.png.*.part")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
