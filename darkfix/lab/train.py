@@ -221,7 +221,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         from ..weights import load_weights
 
         start = load_weights(cfg.init)[0]
-        if start.plus != cfg.plus and not cfg.plus:
+        if start.plus and not cfg.plus:
             raise ValueError(f"{cfg.init}: {start.architecture} weights cannot start a {model.architecture} network")
         # paper weights into a plus network: its extra layers keep their identity initialisation
         model.load_state_dict(start.state_dict(), strict=start.plus == cfg.plus)
@@ -250,7 +250,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         save_weights(model, cfg.out, {
             "output": "camera",
             "input": INPUT,
-            **({"guide_radius": str(cfg.guide_radius)} if cfg.guide_radius else {}),
+            "guide_radius": str(cfg.guide_radius),  # restoring applies what training went through, 0 too
             "amplification": "trained with the true exposure ratio times an exposure of 0.6-6",
             "training": {"iterations": step, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
                          "loss": "L1 on the sRGB rendering" + (
