@@ -1,8 +1,8 @@
 """Choosing and loading the engine that runs the network: torch (CPU or CUDA) or OpenVINO (CPU).
 
-`--engine auto` takes OpenVINO on a CPU where it is installed and measured faster than torch on this
-machine (ovengine.measure_engines, run once when the weights are first converted), torch otherwise, and
-always torch for CUDA. Nothing here imports torch unless the torch engine is chosen.
+`--engine auto` takes OpenVINO on a CPU where it is installed, unless torch measured clearly faster on this
+machine (ovengine.measure_engines, run once when the weights are first converted), and always torch for
+CUDA. Nothing here imports torch unless the torch engine is chosen.
 """
 
 from __future__ import annotations
@@ -89,5 +89,6 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
 
 def _reason(measured: dict) -> str:
     ms = measured["ms"]
+    rule = "" if "torch_margin" not in measured else f"; torch only if {measured['torch_margin']}x faster"
     return (f"auto: measured on this CPU, fine pass on a {measured['tile']}-pixel tile: "
-            f"openvino {ms['openvino']} ms, torch {ms['torch']} ms")
+            f"openvino {ms['openvino']} ms, torch {ms['torch']} ms{rule}")

@@ -168,9 +168,13 @@ def test_engine_choice(monkeypatch, tmp_path):
             engine.choose(*args)
     key = ovengine._choice_key("auto")
     (tmp_path / "engine-choice.json").write_text(json.dumps(
-        {key: {"choice": "torch", "ms": {"openvino": 9.0, "torch": 5.0}, "tile": 256}}))
+        {key: {"choice": "torch", "ms": {"openvino": 9.0, "torch": 5.0}, "tile": 576, "torch_margin": 1.25}}))
     name, why = engine.choose("auto", "cpu", "auto")
-    assert name == "torch" and "openvino 9.0 ms, torch 5.0 ms" in why
+    assert name == "torch" and "openvino 9.0 ms, torch 5.0 ms; torch only if 1.25x faster" in why
+    # a choice recorded by the first rule (no margin, a 256-pixel tile) is measured again
+    (tmp_path / "engine-choice.json").write_text(json.dumps(
+        {key: {"choice": "torch", "ms": {"openvino": 9.0, "torch": 5.0}, "tile": 256}}))
+    assert engine.choose("auto", "cpu", "auto")[0] == "openvino" and ovengine.engine_choice("auto") is None
     monkeypatch.setattr(ovengine, "available", lambda: False)
     assert engine.choose("auto", "cpu", "auto") == ("torch", "auto: OpenVINO is not installed")
     with pytest.raises(ValueError, match="pip install openvino"):
@@ -182,6 +186,8 @@ def test_measurement_decides_auto(weights_file, monkeypatch, tmp_path):
     restorer, info = engine.load(weights_file, device="cpu")
     measured = ovengine.engine_choice("auto")
     assert measured is not None and set(measured["ms"]) == {"openvino", "torch"}
+    ms = measured["ms"]
+    assert measured["choice"] == ("torch" if ms["torch"] * ovengine.TORCH_MARGIN < ms["openvino"] else "openvino")
     assert restorer.engine == measured["choice"] and "measured on this CPU" in restorer.engine_reason
     again, _ = engine.load(weights_file, device="cpu")
     assert again.engine == restorer.engine
