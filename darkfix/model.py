@@ -95,15 +95,19 @@ class ResBlock(nn.Module):
 # The colour guide (`guide_gain`): its statistics are taken over cells of GUIDE_CELL packed pixels, in a
 # box of 2 (radius // GUIDE_CELL) + 1 cells (radius GUIDE_RADIUS: 12 x 12 packed pixels); GUIDE_WIENER is
 # how many times the variance of the input's local mean its difference from the output's must exceed to
-# be trusted. Chosen on darkfix's Sony benchmarks with v3 (24 frames each, an exact 13 x 13 box, no bound):
-# +0.7 dB on photos, +0.5 on textures; as shipped (cells, bounded) +0.5 on both, whole benchmarks.
-GUIDE_WIENER = 16.0
+# be trusted. First chosen on darkfix's Sony benchmarks with v3 (24 frames each, an exact 13 x 13 box, no
+# bound); then, as shipped (cells, bounded), on the three whole benchmarks (sixth session, RESULTS.md):
+# Wiener 16 -> 8 and the bound 1.2 -> 1.3 gained 0.12 dB on the Sony photos and 0.13 on the textures, at
+# every ratio, and cost 0.01 overall on the many-sensor one; Wiener 4 with bound 1.5 gained 0.2 on both
+# Sony benchmarks but lost 0.26 at ratio 300 on the many-sensor one.
+GUIDE_WIENER = 8.0
 GUIDE_EPS = 0.01  # a floor (in white-balanced, amplified units) under local means, against 0/0
-# The gains stay within 1/1.2 .. 1.2: the network's own bias is a few to 10 %, while a black level the file
-# states a few DN wrong shifts dark local means far more (the network copes with that; an unbounded guide
-# copied it: -0.3 dB at ratio 300 on the many-sensor benchmark, -5 dB on its worst frames; bounded, -0.07
-# there, at the cost of 0.1 dB of the guide's +0.6 on the Sony photos).
-GUIDE_MAX_GAIN = 1.2
+# The gains stay within 1/1.3 .. 1.3: the network's own bias is a few to 10 % (more in dark, saturated
+# colours), while a black level the file states a few DN wrong shifts dark local means far more (the
+# network copes with that; an unbounded guide copied it: -0.3 dB at ratio 300 on the many-sensor
+# benchmark, -5 dB on its worst frames).
+GUIDE_MAX_GAIN = 1.3
+GUIDE_CLIPPED = 0.999  # input at or above this (in [0, 1] after the clamp) counts as clipped
 
 
 def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE_RADIUS) -> torch.Tensor:
@@ -121,7 +125,10 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
     """
     mean_out, packed = mean_out.float(), packed.float().clamp(-1.0, 1.0)
     inp = torch.cat([packed[:, :1], 0.5 * (packed[:, 1:2] + packed[:, 2:3]), packed[:, 3:]], dim=1)
-    res = inp - mean_out
+    # clipped input (white, or a plane at 1) says nothing of the scene's local mean: left out of the
+    # statistics, so that next to a window the room's colour is what the output is pulled towards
+    valid = (inp.amax(1, keepdim=True) < GUIDE_CLIPPED).float()
+    res = (inp - mean_out) * valid
     cells = radius // GUIDE_CELL
     n = float((2 * cells + 1) ** 2 * GUIDE_CELL**2)  # samples in a box
 
@@ -129,12 +136,16 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
         t = F.avg_pool2d(t, GUIDE_CELL)
         return F.avg_pool2d(t, 2 * cells + 1, stride=1, padding=cells, count_include_pad=False)
 
-    d, low = box(res), box(mean_out)
-    var = (box(res * res) - d * d).clamp_min(0.0) / n
-    # the 1e-8 leaves differences under 1e-4, far below any noise, alone: rounding then cannot flip k
-    k = d * d / (d * d + GUIDE_WIENER * var + 1e-8)
+    share = box(valid)  # the valid fraction of each box
+    per = 1.0 / share.clamp_min(1.0 / n)
+    d, low = box(res) * per, box(mean_out * valid) * per
+    var = (box(res * res) * per - d * d).clamp_min(0.0) / (n * share).clamp_min(1.0)
+    # the 1e-8 leaves differences under 1e-4, far below any noise, alone: rounding then cannot flip k;
+    # a box partly clipped trusts its difference in proportion to its valid share (a whole one: fully)
+    k = share * d * d / (d * d + GUIDE_WIENER * var + 1e-8)
     gain = ((low + k * d + GUIDE_EPS) / (low + GUIDE_EPS)).clamp(1.0 / GUIDE_MAX_GAIN, GUIDE_MAX_GAIN)
-    return F.interpolate(gain, scale_factor=float(GUIDE_CELL), mode="bilinear", align_corners=False)
+    gain = F.interpolate(gain, scale_factor=float(GUIDE_CELL), mode="bilinear", align_corners=False)
+    return (gain - 1.0) * valid + 1.0  # clipped pixels themselves keep the network's output
 
 
 class LambaNet(nn.Module):

@@ -110,6 +110,24 @@ def test_guide_restores_local_means_and_leaves_noise_alone():
     assert float((guide(field, half[:, [0, 1, 1, 2]], 6) - field).abs().max()) < 1e-4  # agreement: no change
 
 
+def test_guide_leaves_clipped_input_out():
+    """Clipped input (a window past white) is left out of the guide's statistics: inside it the gain is
+    1, and next to it the output is pulled towards the room's own local means, not the window's."""
+    from darkfix.model import guide_gain
+
+    room = torch.tensor([0.30, 0.15, 0.08]).view(1, 3, 1, 1)  # a warm room, its input exact
+    packed = room[:, [0, 1, 1, 2]].expand(1, 4, 32, 48).clone()
+    packed[:, :, 8:24, 16:32] = 1.0  # the window
+    out = (room * 1.15).expand(1, 3, 32, 48).clone()  # the output: a brighter, greyer halo
+    out[:, :, 8:24, 16:32] = 1.0
+    gain = guide_gain(out, packed, 6)
+    assert float((gain[:, :, 8:24, 16:32] - 1.0).abs().max()) == 0.0  # the window itself: untouched
+    fixed = (out * gain)[0, :, :, 24] / room[0, :, 0, :]  # (3, rows) of one column, against the room
+    assert float(fixed[:, :2].max()) < 1.03  # far from the window: the room's level
+    # next to it, boxes half window: pulled half way (the statistics with the window in: 1.10-1.14)
+    assert float(fixed[:, 6:8].max()) < 1.08
+
+
 def test_state_dict_matches_official_keys(reference):
     expected = {}
     for line in (reference / "official_keys.txt").read_text().splitlines():
