@@ -107,7 +107,7 @@ GUIDE_EPS = 0.01  # a floor (in white-balanced, amplified units) under local mea
 # network copes with that; an unbounded guide copied it: -0.3 dB at ratio 300 on the many-sensor
 # benchmark, -5 dB on its worst frames).
 GUIDE_MAX_GAIN = 1.3
-GUIDE_CLIPPED = 0.999  # input at or above this (in [0, 1] after the clamp) counts as clipped
+GUIDE_CLIPPED = 0.999  # input at or above this in every channel (in [0, 1] after the clamp) counts as clipped
 
 
 def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE_RADIUS) -> torch.Tensor:
@@ -125,9 +125,10 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
     """
     mean_out, packed = mean_out.float(), packed.float().clamp(-1.0, 1.0)
     inp = torch.cat([packed[:, :1], 0.5 * (packed[:, 1:2] + packed[:, 2:3]), packed[:, 3:]], dim=1)
-    # clipped input (white, or a plane at 1) says nothing of the scene's local mean: left out of the
-    # statistics, so that next to a window the room's colour is what the output is pulled towards
-    valid = (inp.amax(1, keepdim=True) < GUIDE_CLIPPED).float()
+    # input clipped white (every channel at 1: a window past white) says nothing of the scene's local
+    # mean: left out of the statistics, so that next to a window the output is pulled towards the room's
+    # colour. (Leaving out pixels with only one channel clipped too cost 0.03 dB on the Sony photos.)
+    valid = (inp.amin(1, keepdim=True) < GUIDE_CLIPPED).float()
     res = (inp - mean_out) * valid
     cells = radius // GUIDE_CELL
     n = float((2 * cells + 1) ** 2 * GUIDE_CELL**2)  # samples in a box

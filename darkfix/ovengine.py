@@ -29,7 +29,7 @@ from .weights import file_sha256
 
 PARTS = ("stem", "coarse", "fine", "colour8", "colour16")
 # Bumped whenever the converted graphs change: models in the cache from another version are rebuilt.
-GRAPH_VERSION = "4"
+GRAPH_VERSION = "5"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 # `--engine auto` takes torch only where its fine pass is this much faster than OpenVINO's: a process that
 # runs torch also pays its import (1-1.5 s and 220 MB on these machines), which OpenVINO's restores skip.
