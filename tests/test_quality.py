@@ -112,8 +112,9 @@ def test_window_past_white_renders_white_without_fringe(shipped, tmp_path, senso
     chroma (max - min channel) is within 0.05 of the ground truth's (white); in a 6 px band around it too,
     is the goal (issue 10), not met yet. Pixels past white in all four planes go to the network as plain
     white (packing.OVER_WHITE): the warm fringe v2 and v3 left (0.11-0.14 off on average in the band) is
-    gone, and what remains, 0.086, is the room's colour the denoising mutes, not a fringe, so the band
-    holds the line at 0.10."""
+    gone. What remained, 0.084, was a grey, brighter halo (the network spreads the window's light) on top
+    of the room's colour the denoising mutes everywhere (0.04 less chroma far from the window too); the
+    guide, leaving the window out of its statistics, takes 0.067 (fp32), so the band holds the line at 0.08."""
     h, w = 128, 160
     balanced = smooth_colours(h, w, seed=7, lo=0.05, hi=0.4)
     win = (slice(32, 80), slice(48, 112))
@@ -138,7 +139,7 @@ def test_window_past_white_renders_white_without_fringe(shipped, tmp_path, senso
     grown[win[0].start - 6 : win[0].stop + 6, win[1].start - 6 : win[1].stop + 6] = True
     band = grown & ~inside
     assert _chroma(truth)[inside].max() < 1e-3  # the ground truth's window is white
-    for name, region, limit in (("window", inside, 0.05), ("6 px band", band, 0.10)):
+    for name, region, limit in (("window", inside, 0.05), ("6 px band", band, 0.08)):
         diff = np.abs(_chroma(got) - _chroma(truth))[region].mean()
         assert diff <= limit, f"{name}: chroma off by {diff:.3f} on average"
     # no warm (or blue) fringe: the 3 px next to the window keep the room's red-blue balance (v3 before
