@@ -127,7 +127,7 @@ class InferenceNet(nn.Module):
         self.res1 = net.resblock8x.conv1[0]
         self.res2 = net.resblock8x.conv2[0]
         self.plus = net.plus
-        self.guide_radius = net.guide_radius
+        self.guide_radius, self.guide_clipped = net.guide_radius, net.guide_clipped
         extra = []
         if net.plus:
             self.res3, self.res4 = net.resblock8x_2.conv1[0], net.resblock8x_2.conv2[0]
@@ -191,7 +191,7 @@ class InferenceNet(nn.Module):
         if self.guide_radius:
             per_colour = out.view(n, 4, 3, h, w)  # (i, j, c) order: the 2 x 2 position, then colour
             # the guide's statistics in float32 (bf16 sums of squares lose them)
-            gain = guide_gain(per_colour.mean(1), packed, self.guide_radius).to(out.dtype)
+            gain = guide_gain(per_colour.mean(1), packed, self.guide_radius, self.guide_clipped).to(out.dtype)
             out = per_colour.mul_(gain[:, None]).clamp_(0.0, 1.0).view(n, 12, h, w)
         # pixel_shuffle(out, 2) in one pass
         image = torch.empty((n, 3, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=self.memory_format)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import ARCHITECTURE, ARCHITECTURE_PLUS, GUIDE_CELL, GUIDE_RADIUS  # noqa: F401  (weights files')
+from .weights import ARCHITECTURE, ARCHITECTURE_PLUS, GUIDE_CELL, GUIDE_CLIPPED, GUIDE_RADIUS  # noqa: F401
 
 
 class WNConv2d(nn.Module):
@@ -107,10 +107,10 @@ GUIDE_EPS = 0.01  # a floor (in white-balanced, amplified units) under local mea
 # network copes with that; an unbounded guide copied it: -0.3 dB at ratio 300 on the many-sensor
 # benchmark, -5 dB on its worst frames).
 GUIDE_MAX_GAIN = 1.3
-GUIDE_CLIPPED = 0.999  # input at or above this in every channel (in [0, 1] after the clamp) counts as clipped
 
 
-def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE_RADIUS) -> torch.Tensor:
+def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE_RADIUS,
+               clipped: bool = True) -> torch.Tensor:
     """The colour guide: per-channel gains (N, 3, h, w) that give the network's output the local means of
     its (N, 4, h, w) input where the input shows them reliably; a fixed, parameter-free last stage.
     `mean_out` is the output (in [0, 1]) averaged over each packed pixel's 2 x 2, h and w multiples of
@@ -121,15 +121,16 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
     difference d between the input's and the output's local mean is taken in proportion
     d^2 / (d^2 + GUIDE_WIENER var), var the noise variance of the input's mean (estimated from the
     residual), so noise is not brought back. `packed` must not be clipped at 0: a clip biases dark local
-    means upwards.
+    means upwards. `clipped` False skips the handling of input clipped white: the same result where there
+    is none (a compiled graph for such tiles is cheaper).
     """
     mean_out, packed = mean_out.float(), packed.float().clamp(-1.0, 1.0)
     inp = torch.cat([packed[:, :1], 0.5 * (packed[:, 1:2] + packed[:, 2:3]), packed[:, 3:]], dim=1)
     # input clipped white (every channel at 1: a window past white) says nothing of the scene's local
     # mean: left out of the statistics, so that next to a window the output is pulled towards the room's
     # colour. (Leaving out pixels with only one channel clipped too cost 0.03 dB on the Sony photos.)
-    valid = (inp.amin(1, keepdim=True) < GUIDE_CLIPPED).float()
-    res = (inp - mean_out) * valid
+    valid = (inp.amin(1, keepdim=True) < GUIDE_CLIPPED).float() if clipped else None
+    res = inp - mean_out if valid is None else (inp - mean_out) * valid
     cells = radius // GUIDE_CELL
     n = float((2 * cells + 1) ** 2 * GUIDE_CELL**2)  # samples in a box
 
@@ -137,16 +138,21 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
         t = F.avg_pool2d(t, GUIDE_CELL)
         return F.avg_pool2d(t, 2 * cells + 1, stride=1, padding=cells, count_include_pad=False)
 
-    share = box(valid)  # the valid fraction of each box
-    per = 1.0 / share.clamp_min(1.0 / n)
-    d, low = box(res) * per, box(mean_out * valid) * per
-    var = (box(res * res) * per - d * d).clamp_min(0.0) / (n * share).clamp_min(1.0)
-    # the 1e-8 leaves differences under 1e-4, far below any noise, alone: rounding then cannot flip k;
-    # a box partly clipped trusts its difference in proportion to its valid share (a whole one: fully)
-    k = share * d * d / (d * d + GUIDE_WIENER * var + 1e-8)
+    # the 1e-8 leaves differences under 1e-4, far below any noise, alone: rounding then cannot flip k
+    if valid is None:
+        d, low = box(res), box(mean_out)
+        k = d * d / (d * d + GUIDE_WIENER * (box(res * res) - d * d).clamp_min(0.0) / n + 1e-8)
+    else:
+        share = box(valid)  # the valid fraction of each box
+        per = 1.0 / share.clamp_min(1.0 / n)
+        d, low = box(res) * per, box(mean_out * valid) * per
+        var = (box(res * res) * per - d * d).clamp_min(0.0) / (n * share).clamp_min(1.0)
+        # a box partly clipped trusts its difference in proportion to its valid share
+        k = share * d * d / (d * d + GUIDE_WIENER * var + 1e-8)
     gain = ((low + k * d + GUIDE_EPS) / (low + GUIDE_EPS)).clamp(1.0 / GUIDE_MAX_GAIN, GUIDE_MAX_GAIN)
     gain = F.interpolate(gain, scale_factor=float(GUIDE_CELL), mode="bilinear", align_corners=False)
-    return (gain - 1.0) * valid + 1.0  # clipped pixels themselves keep the network's output
+    # clipped pixels themselves keep the network's output
+    return gain if valid is None else (gain - 1.0) * valid + 1.0
 
 
 class LambaNet(nn.Module):
@@ -165,6 +171,7 @@ class LambaNet(nn.Module):
         super().__init__()
         self.plus = plus
         self.guide_radius = guide_radius
+        self.guide_clipped = True  # False: a fine part for input with nothing clipped white (ovexport)
         self.conv32x = nn.Sequential(
             nn.Sequential(WNConv2d(1024, 128, 3, groups=128)),
             nn.Sequential(WNConv2d(128, 64, 3)),
@@ -222,7 +229,7 @@ class LambaNet(nn.Module):
         if self.guide_radius:
             n, _, h, w = out.shape
             per_colour = out.view(n, 3, 4, h, w)  # pixel_shuffle's order: colour, then the 2 x 2 position
-            gain = guide_gain(per_colour.mean(2), packed, self.guide_radius)
+            gain = guide_gain(per_colour.mean(2), packed, self.guide_radius, self.guide_clipped)
             out = (per_colour * gain[:, :, None]).clamp(0.0, 1.0).view(n, 12, h, w)
         return F.pixel_shuffle(out, 2)
 

@@ -25,11 +25,11 @@ import numpy as np
 from .errors import WeightsError
 from .tiling import (DEFAULT_CPU_TILE, TiledEngine, Tile, fine_reach, margin_for,
                      release_memory)
-from .weights import file_sha256
+from .weights import GUIDE_CLIPPED, file_sha256
 
-PARTS = ("stem", "coarse", "fine", "colour8", "colour16")
+PARTS = ("stem", "coarse", "fine", "fine_clipped", "colour8", "colour16")
 # Bumped whenever the converted graphs change: models in the cache from another version are rebuilt.
-GRAPH_VERSION = "5"
+GRAPH_VERSION = "6"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 # `--engine auto` takes torch only where its fine pass is this much faster than OpenVINO's: a process that
 # runs torch also pays its import (1-1.5 s and 220 MB on these machines), which OpenVINO's restores skip.
@@ -192,8 +192,8 @@ class OpenVINORestorer(TiledEngine):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = {p: core.compile_model(models[p], "CPU", config) for p in ("stem", "coarse", "fine")}
-        # colour always in f32 (the curve's table index needs more than bf16's 8 bits of mantissa), and
-        # compiled when first used
+        self._config = config
+        # colour always in f32 (the curve's table index needs more than bf16's 8 bits of mantissa)
         self._colour_config = {**config, "INFERENCE_PRECISION_HINT": "f32"}
         self._core, self._models = core, models
         if margin is None:  # the conversion stamped how far the fine part reads
@@ -201,8 +201,9 @@ class OpenVINORestorer(TiledEngine):
         self.set_tiling(tile, DEFAULT_CPU_TILE, margin, large_frames=True)
 
     def _run(self, part: str, *inputs: np.ndarray) -> np.ndarray:
-        if part not in self._compiled:
-            self._compiled[part] = self._core.compile_model(self._models[part], "CPU", self._colour_config)
+        if part not in self._compiled:  # colour, and the fine part for clipped tiles: compiled when first used
+            config = self._config if part == "fine_clipped" else self._colour_config
+            self._compiled[part] = self._core.compile_model(self._models[part], "CPU", config)
         return self._compiled[part](list(inputs))[0]
 
     def stem(self, x: np.ndarray) -> np.ndarray:
@@ -212,7 +213,7 @@ class OpenVINORestorer(TiledEngine):
         return self._run("coarse", np.ascontiguousarray(a))
 
     def fine(self, x: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self._run("fine", x, np.ascontiguousarray(b))
+        return self._run("fine_clipped" if _clipped_white(x) else "fine", x, np.ascontiguousarray(b))
 
     def concat(self, parts: list[np.ndarray], axis: int) -> np.ndarray:
         return np.concatenate(parts, axis=axis)
@@ -237,6 +238,15 @@ class OpenVINORestorer(TiledEngine):
             sink(q if bit_depth == 8 else q.astype(np.uint16), t)
 
         self(packed, codes, **walk)
+
+
+def _clipped_white(x: np.ndarray) -> bool:
+    """Whether a (1, 4, h, w) packed tile holds a pixel the colour guide counts as clipped white (R, the
+    mean of the greens and B all at GUIDE_CLIPPED or above; model.guide_gain)."""
+    if float(x.max()) < GUIDE_CLIPPED:  # the common case, in one pass
+        return False
+    p = x[0]
+    return bool((np.minimum(np.minimum(p[0], p[3]), 0.5 * (p[1] + p[2])) >= GUIDE_CLIPPED).any())
 
 
 def _cpu_name() -> str:

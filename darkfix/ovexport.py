@@ -1,9 +1,11 @@
 """Converting darkfix's network to OpenVINO models (needs torch, once per weights file).
 
 The network is cut where the tiling cuts it (darkfix.tiling): `stem` and `coarse` make the 1/32 branch,
-`fine` the rest; `colour8` and `colour16` are the display rendering of one tile (white balance folded into
-the camera -> sRGB matrix, clip, BT.709 curve and rounding from a lookup table), kept apart so that they
-always run in f32.
+`fine` the rest, in two graphs: `fine_clipped` for tiles whose input holds pixels clipped white (the
+colour guide then leaves them out of its statistics, model.guide_gain), `fine` for the others, cheaper.
+`colour8` and `colour16` are the display rendering of one tile (white balance folded into the camera ->
+sRGB matrix, clip, BT.709 curve and rounding from a lookup table), kept apart so that they always run in
+f32.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class _Colour(nn.Module):
 
 
 def convert(model: LambaNet) -> dict:
-    """OpenVINO models (`openvino.Model`) `stem`, `coarse`, `fine`, `colour8` and `colour16` for `model`,
-    shapes dynamic."""
+    """OpenVINO models (`openvino.Model`) `stem`, `coarse`, `fine`, `fine_clipped`, `colour8` and `colour16`
+    for `model`, shapes dynamic."""
     from .ovengine import import_openvino
 
     ov = import_openvino()
@@ -60,11 +62,15 @@ def convert(model: LambaNet) -> dict:
         a = net.stem(x)
         b = net.coarse(a)
         rgb = net.fine(x, b)
+        fine = {}
+        for part, clipped in (("fine", False), ("fine_clipped", True)):
+            net.guide_clipped = clipped
+            fine[part] = ov.convert_model(_Part(net, "fine"), example_input=(x, b),
+                                          input=[(1, 4, -1, -1), (1, 64, -1, -1)])
         return {
             "stem": ov.convert_model(_Part(net, "stem"), example_input=x, input=[(1, 4, -1, -1)]),
             "coarse": ov.convert_model(_Part(net, "coarse"), example_input=a, input=[(1, 64, -1, -1)]),
-            "fine": ov.convert_model(_Part(net, "fine"), example_input=(x, b),
-                                     input=[(1, 4, -1, -1), (1, 64, -1, -1)]),
+            **fine,
             **{f"colour{bits}": ov.convert_model(_Colour(bits), example_input=(rgb, torch.eye(3), torch.ones(3)),
                                                  input=[(1, 3, -1, -1), (3, 3), (3,)]) for bits in (8, 16)},
         }

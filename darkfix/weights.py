@@ -25,6 +25,8 @@ ARCHITECTURE = "lamba2021"  # the network of darkfix.model, as the paper has it
 ARCHITECTURE_PLUS = "lamba2021-plus"  # the same with LambaNet(plus=True)'s extra layers
 GUIDE_RADIUS = 6  # model.guide_gain's default radius (here, where reading metadata needs no torch)
 GUIDE_CELL = 4  # and the packed pixels of its cells
+# input at or above this in every channel (in [0, 1] after the guide's clamp) counts as clipped white
+GUIDE_CLIPPED = 0.999
 
 FORMAT_VERSION = "1"
 DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v3.safetensors"

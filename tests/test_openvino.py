@@ -3,6 +3,7 @@ choice, and restoring without importing torch."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -71,6 +72,25 @@ def test_openvino_agrees_with_torch_fp32(trained, packed, tile):
     ref = _run(Restorer(model, "cpu", "fp32", tile=4096), packed)
     got = _run(ovengine.OpenVINORestorer(models, "fp32", tile=tile), packed)
     assert _psnr(got, ref) >= 50.0
+
+
+@pytest.mark.parametrize("tile", [4096, 64])
+def test_openvino_tiles_with_clipped_white_agree_with_torch(trained, packed, tile):
+    """Tiles whose input holds pixels clipped white run the guide's clipped graph (`fine_clipped`), the
+    others the cheaper one; the frame still agrees with torch, which always runs the clipped guide."""
+    model, models = trained
+    window = packed.copy()
+    window[:, 40:90, 30:100] = 1.0  # a window past white, in some tiles only
+    ref = _run(Restorer(model, "cpu", "fp32", tile=4096), window)
+    restorer = ovengine.OpenVINORestorer(models, "fp32", tile=tile)
+    got = _run(restorer, window)
+    assert _psnr(got, ref) >= 50.0 and "fine_clipped" in restorer._compiled
+    near = (slice(None), slice(2 * 34, 2 * 96), slice(2 * 24, 2 * 106))  # the window and 6 packed px around
+    assert _psnr(got[near], ref[near]) >= 50.0
+    # the clipped graph matters there: the guide without it gives something else
+    plain = copy.deepcopy(model)
+    plain.guide_clipped = False
+    assert _psnr(_run(Restorer(plain, "cpu", "fp32", tile=4096), window)[near], ref[near]) < 45.0
 
 
 def test_openvino_converts_the_plus_network(trained, packed, tmp_path, monkeypatch):
