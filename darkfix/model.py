@@ -138,17 +138,22 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
         t = F.avg_pool2d(t, GUIDE_CELL)
         return F.avg_pool2d(t, 2 * cells + 1, stride=1, padding=cells, count_include_pad=False)
 
-    # the 1e-8 leaves differences under 1e-4, far below any noise, alone: rounding then cannot flip k
     if valid is None:
-        d, low = box(res), box(mean_out)
-        k = d * d / (d * d + GUIDE_WIENER * (box(res * res) - d * d).clamp_min(0.0) / n + 1e-8)
-    else:
-        share = box(valid)  # the valid fraction of each box
+        mean, count, masked_out = box, n, mean_out
+    else:  # means over each box's valid pixels only
+        share = box(valid)
         per = 1.0 / share.clamp_min(1.0 / n)
-        d, low = box(res) * per, box(mean_out * valid) * per
-        var = (box(res * res) * per - d * d).clamp_min(0.0) / (n * share).clamp_min(1.0)
-        # a box partly clipped trusts its difference in proportion to its valid share
-        k = share * d * d / (d * d + GUIDE_WIENER * var + 1e-8)
+
+        def mean(t: torch.Tensor) -> torch.Tensor:
+            return box(t) * per
+
+        count, masked_out = (n * share).clamp_min(1.0), mean_out * valid
+    d, low = mean(res), mean(masked_out)
+    var = (mean(res * res) - d * d).clamp_min(0.0) / count
+    # the 1e-8 leaves differences under 1e-4, far below any noise, alone: rounding then cannot flip k
+    k = d * d / (d * d + GUIDE_WIENER * var + 1e-8)
+    if valid is not None:
+        k = k * share  # a box partly clipped trusts its difference in proportion to its valid share
     gain = ((low + k * d + GUIDE_EPS) / (low + GUIDE_EPS)).clamp(1.0 / GUIDE_MAX_GAIN, GUIDE_MAX_GAIN)
     gain = F.interpolate(gain, scale_factor=float(GUIDE_CELL), mode="bilinear", align_corners=False)
     # clipped pixels themselves keep the network's output

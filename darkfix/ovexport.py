@@ -62,15 +62,19 @@ def convert(model: LambaNet) -> dict:
         a = net.stem(x)
         b = net.coarse(a)
         rgb = net.fine(x, b)
-        fine = {}
-        for part, clipped in (("fine", False), ("fine_clipped", True)):
+
+        def fine(clipped: bool):
             net.guide_clipped = clipped
-            fine[part] = ov.convert_model(_Part(net, "fine"), example_input=(x, b),
-                                          input=[(1, 4, -1, -1), (1, 64, -1, -1)])
+            return ov.convert_model(_Part(net, "fine"), example_input=(x, b), input=[(1, 4, -1, -1), (1, 64, -1, -1)])
+
+        plain = fine(False)
+        # without the guide there is no clipped-white handling: one graph serves both
+        clipped = fine(True) if net.guide_radius else plain
         return {
             "stem": ov.convert_model(_Part(net, "stem"), example_input=x, input=[(1, 4, -1, -1)]),
             "coarse": ov.convert_model(_Part(net, "coarse"), example_input=a, input=[(1, 64, -1, -1)]),
-            **fine,
+            "fine": plain,
+            "fine_clipped": clipped,
             **{f"colour{bits}": ov.convert_model(_Colour(bits), example_input=(rgb, torch.eye(3), torch.ones(3)),
                                                  input=[(1, 3, -1, -1), (3, 3), (3,)]) for bits in (8, 16)},
         }

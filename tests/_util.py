@@ -116,7 +116,6 @@ def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, peak: float
     return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
 
 
-
 def default_signals() -> None:
     """preexec_fn: SIGINT as an interactive shell leaves it. Earlier tests leave it ignored in the test
     process, children inherit that, and Python keeps an inherited ignored SIGINT ignored."""

@@ -95,8 +95,6 @@ def test_output_written_meanwhile_by_another_batch_is_skipped(make_dng, weights_
     assert (out / "raced.png").read_bytes() == b"written by the other batch"  # left as the other one wrote it
 
 
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_nothing_partial_and_rerun_finishes(make_dng, weights_file, tmp_path, sig):
     folder = tmp_path / "shots"

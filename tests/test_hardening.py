@@ -137,8 +137,6 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
         run(cpu)
 
 
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_path, sig):
     """The PNG streams into a temporary file while the network runs: a signal then must remove it."""
