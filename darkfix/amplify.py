@@ -98,19 +98,22 @@ def exposure_thumbnail(mosaic: np.ndarray, black: np.ndarray, white: float, wb: 
     h, w = (s // AUTO_CELL * AUTO_CELL for s in mosaic.shape)
     if h == 0 or w == 0:
         return np.zeros((0, 0), np.float32)
-    b = np.asarray(black, np.float32).reshape(1, 2, 1, 2)
-    scale = (np.asarray(wb, np.float32).reshape(2, 2) / (np.float32(white) - np.asarray(black, np.float32))
-             ).reshape(1, 2, 1, 2)
-    k = AUTO_CELL // 2
+    # per-photosite constants as whole rows, (1, 2, w): numpy broadcasts a long inner axis 10x faster
+    # than a (.., 2) one
+    b = np.asarray(black, np.float32).reshape(2, 2)
+    scale = np.asarray(wb, np.float32).reshape(2, 2) / (np.float32(white) - b)
+    b_row, scale_row = (np.tile(v, w // 2).reshape(1, 2, w) for v in (b, scale))
+    top_row = scale_row * (np.float32(white) - b_row)  # the normalised value clipped at 1
     out = np.empty((h // AUTO_CELL, w // AUTO_CELL), np.float32)
     for r in range(0, h, _HIST_ROWS):
         band = mosaic[r : min(r + _HIST_ROWS, h), :w]
-        x = band.reshape(band.shape[0] // 2, 2, w // 2, 2).astype(np.float32)
-        x -= b
+        x = band.reshape(band.shape[0] // 2, 2, w).astype(np.float32)
+        x -= b_row
         np.clip(x, 0.0, None, out=x)
-        x *= scale
-        np.minimum(x, scale * (np.float32(white) - b), out=x)  # the normalised value clipped at 1
-        cells = x.reshape(band.shape[0] // AUTO_CELL, k, 2, w // AUTO_CELL, k, 2).mean(axis=(1, 2, 4, 5))
+        x *= scale_row
+        np.minimum(x, top_row, out=x)
+        rows = x.reshape(band.shape[0] // AUTO_CELL, AUTO_CELL, w).sum(axis=1)
+        cells = rows.reshape(rows.shape[0], w // AUTO_CELL, AUTO_CELL).sum(axis=2) / np.float32(AUTO_CELL**2)
         out[r // AUTO_CELL : r // AUTO_CELL + cells.shape[0]] = cells
     return out
 

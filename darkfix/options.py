@@ -14,7 +14,7 @@ class RestoreOptions:
     exposure: str = "auto"  # the estimate when no ratio is given: "auto" (normal exposure) or "paper"
     wb: str = "camera"  # camera | daylight
     bit_depth: int = 8
-    compression: int = 1  # zlib level: 1 costs a fraction of the network's time at ~the size of 6
+    compression: int = 1  # deflate level: 1 (ISA-L) costs a tenth of the network's time
     overwrite: bool = False
     format: str = "png"  # png | tiff | jpeg | dng (imagefile.FORMATS)
     quality: int = 95  # JPEG quality

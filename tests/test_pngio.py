@@ -16,8 +16,11 @@ from darkfix.pngio import PngStream, atomic_output, encode_png, write_atomic
 
 @pytest.mark.parametrize("dtype,depth", [(np.uint8, 8), (np.uint16, 16)])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 96)])
-@pytest.mark.parametrize("compression", [0, 1, 9])
-def test_round_trip_bit_exact(tmp_path, dtype, depth, shape, compression):
+@pytest.mark.parametrize("compression", [0, 1, 3, 9])
+@pytest.mark.parametrize("library", ["default", "zlib only"])
+def test_round_trip_bit_exact(tmp_path, monkeypatch, dtype, depth, shape, compression, library):
+    if library == "zlib only":  # what a PNG is without the isal package
+        monkeypatch.setattr(pngio, "_isal", None)
     rng = np.random.default_rng(sum(shape) + depth + compression)
     img = rng.integers(0, np.iinfo(dtype).max + 1, (*shape, 3), dtype=np.int64).astype(dtype)
     path = write_atomic(tmp_path / "x.png", encode_png(img, compression))
@@ -44,10 +47,27 @@ def test_many_slices_and_threads(tmp_path, monkeypatch):
     img = rng.integers(0, 65536, (37, 29, 3)).astype(np.uint16)
     smooth = np.repeat(np.arange(37, dtype=np.uint8)[:, None, None] * 7, 29, axis=1).repeat(3, axis=2)
     for image in (img, smooth):
-        for threads in (1, 3):
-            data = encode_png(image, 6, threads=threads)
+        for threads, level in ((1, 6), (3, 6), (1, 1), (3, 1)):
+            data = encode_png(image, level, threads=threads)
             back, _ = read_png(write_atomic(tmp_path / f"s{threads}.png", data, overwrite=True))
             assert np.array_equal(back, image)
+
+
+def test_fast_levels_use_isal_and_stay_small(tmp_path, monkeypatch):
+    """Levels 1-3 deflate with ISA-L (a requirement): a smooth photo-like image comes out no larger than
+    zlib's own level 1 makes it."""
+    pytest.importorskip("isal")
+    assert pngio.deflater(1).__name__.startswith("isal") and pngio.deflater(3) is pngio.deflater(1)
+    assert pngio.deflater(0) is pngio.zlib and pngio.deflater(9) is pngio.zlib
+    y, x = np.mgrid[0:300, 0:400]
+    shade = 128 + 60 * np.sin(x / 23.0) * np.cos(y / 31.0)
+    img = shade[..., None] + np.random.default_rng(1).normal(0, 3, (300, 400, 3))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    fast = encode_png(img, 1)
+    monkeypatch.setattr(pngio, "_isal", None)
+    plain = encode_png(img, 1)
+    assert np.array_equal(read_png(write_atomic(tmp_path / "fast.png", fast))[0], img)
+    assert len(fast) <= 1.02 * len(plain)
 
 
 @pytest.mark.parametrize("dtype,depth", [(np.uint8, 8), (np.uint16, 16)])

@@ -129,7 +129,7 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the results to this JSON file.")
 @click.option("--compression", type=click.IntRange(0, 9), default=1, show_default=True,
-              help="PNG zlib level for the encode stage.")
+              help="PNG deflate level for the encode stage.")
 @click.option("--no-reference", is_flag=True,
               help="Skip the reference network (eager fp32, weight norm per call, whole frame).")
 @network_options
