@@ -58,14 +58,41 @@ class _CPU:
         return "cpu"
 
 
+class _SkipConverter:
+    """An import hook that makes `import openvino` go without its model converter (openvino.tools.ovc,
+    which openvino imports in a try block): 100 modules and 40-60 ms a process that only runs models.
+    `converter()` imports it where a model is converted."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "openvino.tools.ovc":
+            raise ImportError("darkfix runs models without converting")
+
+
 def import_openvino():
     """The openvino module, imported with its usage telemetry turned off: as installed, importing it sends
     a report to Google Analytics (from a forked process) unless the user opted out with Intel's tool;
     without the openvino_telemetry module it uses its own no-op stub. darkfix sends nothing anywhere."""
     sys.modules.setdefault("openvino_telemetry", None)
+    if "openvino" not in sys.modules:
+        hook = _SkipConverter()
+        sys.meta_path.insert(0, hook)
+        try:
+            import openvino  # noqa: F401
+        except ImportError:  # an openvino that needs its converter to import: imported whole below
+            pass
+        finally:
+            sys.meta_path.remove(hook)
     import openvino
 
     return openvino
+
+
+def converter() -> Callable[..., Any]:
+    """OpenVINO's `convert_model` (importing its converter, which `import_openvino` leaves out)."""
+    import_openvino()
+    from openvino.tools.ovc import convert_model
+
+    return convert_model
 
 
 def _core():

@@ -53,9 +53,9 @@ class _Colour(nn.Module):
 def convert(model: LambaNet) -> dict:
     """OpenVINO models (`openvino.Model`) `stem`, `coarse`, `fine`, `fine_clipped`, `colour8` and `colour16`
     for `model`, shapes dynamic."""
-    from .ovengine import import_openvino
+    from .ovengine import converter
 
-    ov = import_openvino()
+    convert_model = converter()
     net = fold_weight_norm(copy.deepcopy(model).float().eval())
     x = torch.zeros(1, 4, 64, 64)
     with torch.no_grad():
@@ -65,16 +65,16 @@ def convert(model: LambaNet) -> dict:
 
         def fine(clipped: bool):
             net.guide_clipped = clipped
-            return ov.convert_model(_Part(net, "fine"), example_input=(x, b), input=[(1, 4, -1, -1), (1, 64, -1, -1)])
+            return convert_model(_Part(net, "fine"), example_input=(x, b), input=[(1, 4, -1, -1), (1, 64, -1, -1)])
 
         plain = fine(False)
         # without the guide there is no clipped-white handling: one graph serves both
         clipped = fine(True) if net.guide_radius else plain
         return {
-            "stem": ov.convert_model(_Part(net, "stem"), example_input=x, input=[(1, 4, -1, -1)]),
-            "coarse": ov.convert_model(_Part(net, "coarse"), example_input=a, input=[(1, 64, -1, -1)]),
+            "stem": convert_model(_Part(net, "stem"), example_input=x, input=[(1, 4, -1, -1)]),
+            "coarse": convert_model(_Part(net, "coarse"), example_input=a, input=[(1, 64, -1, -1)]),
             "fine": plain,
             "fine_clipped": clipped,
-            **{f"colour{bits}": ov.convert_model(_Colour(bits), example_input=(rgb, torch.eye(3), torch.ones(3)),
+            **{f"colour{bits}": convert_model(_Colour(bits), example_input=(rgb, torch.eye(3), torch.ones(3)),
                                                  input=[(1, 3, -1, -1), (3, 3), (3,)]) for bits in (8, 16)},
         }

@@ -214,12 +214,14 @@ def test_measurement_decides_auto(weights_file, monkeypatch, tmp_path):
 
 
 def test_restore_on_openvino_without_torch(make_dng, weights_file, tmp_path):
-    """A restore served by OpenVINO from the cache never imports torch, and writes what torch writes."""
+    """A restore served by OpenVINO from the cache never imports torch (nor OpenVINO's model converter),
+    and writes what torch writes."""
     src = make_dng("dark.dng", size=(96, 130))
     env = {**os.environ, "DARKFIX_CACHE": str(tmp_path / "cache")}
     code = ("import sys; from darkfix.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+            "print('converter imported' if 'openvino.tools.ovc' in sys.modules else 'no converter')\n")
     common = [str(src), "--weights", str(weights_file), "--precision", "fp32", "--bit-depth", "16", "--overwrite"]
     first = subprocess.run([sys.executable, "-c", code, "restore", *common, "-o", str(tmp_path / "ov.png"),
                             "--engine", "openvino"], env=env, capture_output=True, text=True)
@@ -229,6 +231,7 @@ def test_restore_on_openvino_without_torch(make_dng, weights_file, tmp_path):
                              "--engine", "openvino", "-v"], env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "no torch" in second.stdout and "engine openvino" in second.stderr
+    assert "no converter" in second.stdout and "converter imported" in first.stdout
     batch = subprocess.run([sys.executable, "-c", code, "batch", str(src.parent), "-o", str(tmp_path / "batch"),
                             "--weights", str(weights_file), "--engine", "openvino"], env=env, capture_output=True,
                            text=True)
