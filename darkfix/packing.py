@@ -19,10 +19,14 @@ if TYPE_CHECKING:  # torch is imported lazily: batch's decode workers run this m
 # Where the white-balanced input of `balanced` weights is clipped (darkfix.lab.synth trains with the same)
 BALANCED_CEILING = 4.0
 # A packed pixel whose four white-balanced planes are all amplified past this is past white in every
-# channel: its colour is unknown (it renders white) and the network gets it as plain white (1 in every
-# plane), since over-range colour there leaks into the neighbourhood as a coloured fringe. The margin
+# channel: its colour is unknown (it renders white). The network gets the colour of its surroundings
+# there instead (FILL_CELL): over-range light leaks into the neighbourhood as a coloured fringe, and
+# even plain white leaks as a grey, brighter halo that mutes the colour next to a window. The margin
 # above 1 keeps the noise of what is just below white from passing it in all four planes at once.
 OVER_WHITE = 1.25
+# Over-white pixels take the mean of the pixels in their cell of FILL_CELL x FILL_CELL packed pixels
+# with no plane past OVER_WHITE (bilinear between cells); cells with none take their neighbours' means.
+FILL_CELL = 8
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,21 @@ def _source_index(a0: int, a1: int, offset: int, n: int, reflect: bool) -> slice
     return np.clip(idx, 0, n - 1)
 
 
+def _between_cells(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For packed coordinates `pos`, the two FILL_CELL cells (of `n`) around each pixel centre and the
+    weight of the second, as bilinear interpolation between cell centres reads them (edges held)."""
+    u = np.clip((pos + 0.5) / FILL_CELL - 0.5, 0.0, n - 1)
+    lo = np.minimum(u.astype(np.int64), n - 1)
+    return lo, np.minimum(lo + 1, n - 1), (u - lo).astype(np.float32)
+
+
+def _ring_sums(x: np.ndarray) -> np.ndarray:
+    """Sums over each element's 3 x 3 neighbourhood of a (c, h, w) array (zero outside)."""
+    p = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    h, w = x.shape[1:]
+    return sum(p[:, i : i + h, j : j + w] for i in range(3) for j in range(3))
+
+
 class PackedFrame:
     """The packed, normalised and amplified frame as a lazy (4, h, w) float32 array.
 
@@ -105,7 +124,7 @@ class PackedFrame:
     the network reads its input clipped at 0, but its colour guide (model.guide_gain) needs local means
     that no clip has biased. With `wb` (4 multipliers, for the R, G1, G2, B planes) each plane is also
     white-balanced and the result clipped at BALANCED_CEILING instead, and pixels past OVER_WHITE in all
-    four planes become 1 in each.
+    four planes take the colour around them (FILL_CELL; they render white: `saturated`).
     """
 
     dtype = np.dtype(np.float32)
@@ -132,6 +151,7 @@ class PackedFrame:
         # the raw code at which each plane passes OVER_WHITE (never, for input that is not balanced)
         self.over = b + np.float32(OVER_WHITE) / self.scale if wb is not None else None
         self._any_saturated: bool | None = None
+        self._fill: np.ndarray | None = None
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         if not (isinstance(key, tuple) and len(key) == 3 and key[0] == slice(None)
@@ -141,12 +161,54 @@ class PackedFrame:
         y0, y1, _ = key[1].indices(h)
         x0, x1, _ = key[2].indices(w)
         raw = self._raw(y0, max(y0, y1), x0, max(x0, x1))
+        out = self._scaled(raw)
+        if self.over is not None and self._any_bright():
+            ys, xs = np.nonzero((raw >= self.over).all(axis=0))
+            if ys.size:
+                out[:, ys, xs] = self._fill_at(ys + y0, xs + x0)
+        return out
+
+    def _scaled(self, raw: np.ndarray) -> np.ndarray:
+        """(4, h, w) raw planes normalised, amplified (and balanced) and clipped."""
         out = np.subtract(raw, self.black, dtype=np.float32)
         out *= self.scale
-        np.clip(out, -1.0, self.gain, out=out)
-        if self.over is not None and self._any_bright():
-            out[:, (raw >= self.over).all(axis=0)] = 1.0
-        return out
+        return np.clip(out, -1.0, self.gain, out=out)
+
+    def _fill_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """(4, n) fill values for over-white packed pixels at (ys, xs): the cell map, bilinear."""
+        if self._fill is None:
+            self._fill = self._fill_map()
+        m = self._fill
+        (y0, y1, fy), (x0, x1, fx) = (_between_cells(pos, n) for pos, n in ((ys, m.shape[1]), (xs, m.shape[2])))
+        return ((1 - fy) * ((1 - fx) * m[:, y0, x0] + fx * m[:, y0, x1])
+                + fy * ((1 - fx) * m[:, y1, x0] + fx * m[:, y1, x1]))
+
+    def _fill_map(self) -> np.ndarray:
+        """(4, ch, cw): per cell of FILL_CELL packed pixels, the mean of its pixels with no plane over white;
+        cells without any take the mean of their filled neighbours, ring by ring (1 where nothing is)."""
+        _, h, w = self.shape
+        ch, cw = -(-h // FILL_CELL), -(-w // FILL_CELL)
+        sums = np.zeros((4, ch, cw), np.float64)
+        counts = np.zeros((ch, cw), np.float64)
+        starts = np.arange(0, w, FILL_CELL)
+        for cy, y0 in enumerate(range(0, h, FILL_CELL)):
+            raw = self._raw(y0, min(h, y0 + FILL_CELL), 0, w)
+            # only pixels with every plane under OVER_WHITE: the partly clipped ones at a window's edge
+            # are bright in one colour
+            keep = (raw < self.over).all(axis=0)
+            sums[:, cy] = np.add.reduceat((self._scaled(raw) * keep).sum(axis=1), starts, axis=1)
+            counts[cy] = np.add.reduceat(keep.sum(axis=0), starts)
+        filled = counts > 0
+        means = np.ones((4, ch, cw), np.float64)
+        means[:, filled] = sums[:, filled] / counts[filled]
+        while not filled.all():
+            s, n = _ring_sums(means * filled), _ring_sums(filled[None].astype(np.float64))[0]
+            new = ~filled & (n > 0)
+            if not new.any():  # nothing anywhere is under white: plain white
+                break
+            means[:, new] = s[:, new] / n[new]
+            filled |= new
+        return means.astype(np.float32)
 
     def _any_bright(self) -> bool:
         """Whether any photosite of the frame reaches the sensor's clip or an OVER_WHITE level (checked once)."""

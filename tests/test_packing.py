@@ -125,11 +125,40 @@ def test_balanced_frame_white_balances_each_plane_then_clips_at_the_ceiling(cfa)
     assert x.max() == BALANCED_CEILING and prep.balanced and prep.source == "ratio"
     assert np.allclose(x[1, 0, 0], 175.0 * 100 / 15871) and x[0, 0, 0] == BALANCED_CEILING  # red clips, green not
     assert prep.packed.saturated(0, 2, 0, 3) is None  # one plane past white: its colour is still known
-    # every plane past OVER_WHITE: plain white in, rendered white out
+    # every plane past OVER_WHITE everywhere: no colour around to take, plain white in, rendered white out
     prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=500.0, wb=wb, balanced=True)
     assert np.all(np.asarray(prep.packed) == 1.0) and prep.packed.saturated(0, 2, 0, 3).all()
     raw = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=1000.0, wb=wb)
     assert np.allclose(np.asarray(raw.packed), 1000.0 * 100 / 15871)  # raw input: neither balanced nor clipped
+
+
+@pytest.mark.parametrize("cfa", ["RGGB", "BGGR"])
+def test_over_white_takes_the_colour_around_it(cfa):
+    """A window past white in every plane goes to the network in the colour of the room around it (white,
+    or any colour it has there, would spread into the room as a halo) and renders white; every region of
+    the frame reads the same values as the whole, and a room whose colour changes is filled smoothly."""
+    h, w = 96, 160
+    cols = np.arange(w)[None, :] / w
+    mosaic = (612 + 150 * cols + np.zeros((h, 1))).astype(np.uint16)  # a room brightening to the right
+    mosaic[::2, ::2] += 60  # and a colour (different per CFA phase)
+    win = (slice(32, 64), slice(48, 112))
+    mosaic[win] = 16383
+    wb = np.array([2.0, 1.0, 1.5], np.float32)
+    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=20.0, wb=wb, balanced=True)
+    whole = np.asarray(prep.packed)
+    inside = (slice(None), slice(17, 31), slice(25, 55))  # the window, packed (either CFA phase)
+    assert prep.packed.saturated(17, 31, 25, 55).all() and prep.packed.saturated(0, 15, 0, 80) is None
+    room = np.concatenate([whole[:, :15], whole[:, 34:]], axis=1)
+    assert whole[inside].max() < room.max() + 1e-6 and whole[inside].min() > room.min() - 1e-6
+    # each plane keeps the room's colour inside the window: the same plane ratios as the room beside it
+    beside = whole[:, 11:15, 25:55].mean(axis=(1, 2))
+    assert np.allclose(whole[inside].mean(axis=(1, 2)) / beside, 1.0, atol=0.02)
+    # brighter to the right inside the window as in the room, in steps between neighbours at most twice
+    # the room's own
+    assert whole[:, 24, 54].mean() > 1.2 * whole[:, 24, 26].mean()
+    assert np.abs(np.diff(whole[:, 24, 25:55], axis=-1)).max() <= 2 * np.abs(np.diff(whole[:, 8], axis=-1)).max()
+    for y0, y1, x0, x1 in ((0, 48, 0, 80), (20, 30, 30, 40), (10, 40, 50, 70), (31, 33, 0, 80)):
+        assert np.array_equal(prep.packed[:, y0:y1, x0:x1], whole[:, y0:y1, x0:x1])
 
 
 @SETTINGS

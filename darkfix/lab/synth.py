@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..colour import XYZ_FROM_SRGB
-from ..packing import BALANCED_CEILING, OVER_WHITE
+from ..packing import BALANCED_CEILING, FILL_CELL, OVER_WHITE
 
 BLACK, WHITE = 512.0, 16383.0  # Sony A7S II levels: the reference sensor of the ELD calibration
 SONY_RANGE = WHITE - BLACK  # the ELD parameters are in DN of this range; other sensors scale them
@@ -250,17 +250,43 @@ class Synthetic:
     def network_input(self, amplification: torch.Tensor | None = None) -> torch.Tensor:
         """The packed input darkfix's camera-balanced weights see, as packing.PackedFrame makes it from real
         files: normalised (negative below black, down to -1 once amplified), amplified, white-balanced,
-        clipped at BALANCED_CEILING, and 1 in every plane where all four are past OVER_WHITE."""
+        clipped at BALANCED_CEILING, and where all four planes are past OVER_WHITE the colour around
+        (`fill_over_white`)."""
         amp = self.ratio if amplification is None else amplification
         n = amp.shape[0]
         x = normalise(self.raw, self.sensor, clip_black=False) * amp.to(self.raw.device).view(n, 1, 1, 1)
         x = x * packed_wb(self.camera.wb).to(x.device)
-        over = (x >= OVER_WHITE).all(dim=1, keepdim=True)
-        return torch.where(over, torch.ones_like(x), x.clamp(-1.0, BALANCED_CEILING))
+        return fill_over_white(x.clamp(-1.0, BALANCED_CEILING), (x >= OVER_WHITE).all(dim=1, keepdim=True))
 
     def target_balanced(self) -> torch.Tensor:
         """The clean image white-balanced and clipped, as LibRaw clips a normal exposure: highlights white."""
         return (self.linear * self.camera.wb.to(self.linear.device)[:, :, None, None]).clamp(0.0, 1.0)
+
+
+def fill_over_white(x: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
+    """(N, 4, h, w) packed input (h, w multiples of FILL_CELL) with its over-white pixels (`over`,
+    (N, 1, h, w)) given the colour around them, as packing.PackedFrame fills them: per cell the mean of
+    the pixels with no plane past OVER_WHITE, empty cells from their neighbours ring by ring, bilinear."""
+    if not over.any():
+        return x
+    import torch.nn.functional as F
+
+    keep = (x < OVER_WHITE).all(dim=1, keepdim=True).to(x.dtype)
+    sums, counts = F.avg_pool2d(x * keep, FILL_CELL), F.avg_pool2d(keep, FILL_CELL)
+    filled = counts > 0
+    means = torch.where(filled, sums / counts.clamp_min(1e-12), torch.ones_like(sums))
+    n, c, hc, wc = means.shape
+    ring = torch.ones(1, 1, 3, 3, dtype=x.dtype, device=x.device)
+    while not filled.all():
+        s = F.conv2d((means * filled).reshape(n * c, 1, hc, wc), ring, padding=1).reshape(n, c, hc, wc)
+        k = F.conv2d(filled.to(x.dtype), ring, padding=1)
+        new = ~filled & (k > 0)
+        if not new.any():  # a crop with nothing under white stays plain white
+            break
+        means = torch.where(new, s / k.clamp_min(1.0), means)
+        filled = filled | new
+    fill = F.interpolate(means, scale_factor=FILL_CELL, mode="bilinear", align_corners=False)
+    return torch.where(over, fill, x)
 
 
 @dataclass
