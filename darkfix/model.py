@@ -126,9 +126,9 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
     """
     mean_out, packed = mean_out.float(), packed.float().clamp(-1.0, 1.0)
     inp = torch.cat([packed[:, :1], 0.5 * (packed[:, 1:2] + packed[:, 2:3]), packed[:, 3:]], dim=1)
-    # input clipped white (every channel at 1: a window past white) says nothing of the scene's local
-    # mean: left out of the statistics, so that next to a window the output is pulled towards the room's
-    # colour. (Leaving out pixels with only one channel clipped too cost 0.03 dB on the Sony photos.)
+    # input white in every channel says little of the scene's local mean: left out of the statistics.
+    # (A window past white comes in with the room's colour, packing.FILL_CELL; what is left is white
+    # under OVER_WHITE. Leaving out pixels with only one channel clipped too cost 0.03 dB on the photos.)
     valid = (inp.amin(1, keepdim=True) < GUIDE_CLIPPED).float() if clipped else None
     res = inp - mean_out if valid is None else (inp - mean_out) * valid
     cells = radius // GUIDE_CELL
