@@ -199,16 +199,16 @@ class PackedFrame:
             sums[:, cy] = np.add.reduceat((self._scaled(raw) * keep).sum(axis=1), starts, axis=1)
             counts[cy] = np.add.reduceat(keep.sum(axis=0), starts)
         filled = counts > 0
-        means = np.ones((4, ch, cw), np.float64)
+        means = np.ones((4, ch, cw), np.float32)
         means[:, filled] = sums[:, filled] / counts[filled]
         while not filled.all():
-            s, n = _ring_sums(means * filled), _ring_sums(filled[None].astype(np.float64))[0]
-            new = ~filled & (n > 0)
+            ring = _ring_sums(np.concatenate([means * filled, filled[None]]).astype(np.float32))
+            new = ~filled & (ring[4] > 0)
             if not new.any():  # nothing anywhere is under white: plain white
                 break
-            means[:, new] = s[:, new] / n[new]
+            means[:, new] = ring[:4, new] / ring[4, new]
             filled |= new
-        return means.astype(np.float32)
+        return means
 
     def _any_bright(self) -> bool:
         """Whether any photosite of the frame reaches the sensor's clip or an OVER_WHITE level (checked once)."""
