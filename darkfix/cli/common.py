@@ -92,7 +92,7 @@ def restore_options(f):
                      help="JPEG quality."),
         click.option("--compression", type=click.IntRange(0, 9), default=1, show_default=True,
                      help="PNG deflate level: 0 stores, 9 is smallest and slowest; 1-3 deflate with "
-                          "ISA-L, several times faster than zlib."),
+                          "ISA-L, several times faster than zlib at about the same size."),
         click.option("--overwrite", is_flag=True, help="Replace existing output files."),
     ]):
         f = option(f)

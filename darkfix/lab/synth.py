@@ -264,15 +264,18 @@ class Synthetic:
 
 
 def fill_over_white(x: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
-    """(N, 4, h, w) packed input (h, w multiples of FILL_CELL) with its over-white pixels (`over`,
-    (N, 1, h, w)) given the colour around them, as packing.PackedFrame fills them: per cell the mean of
-    the pixels with no plane past OVER_WHITE, empty cells from their neighbours ring by ring, bilinear."""
+    """(N, 4, h, w) packed input with its over-white pixels (`over`, (N, 1, h, w)) given the colour around
+    them, as packing.PackedFrame fills them: per cell of FILL_CELL pixels (partial at the bottom and right)
+    the mean of the pixels with no plane past OVER_WHITE, empty cells from their neighbours ring by ring,
+    bilinear between cell centres."""
     if not over.any():
         return x
     import torch.nn.functional as F
 
-    keep = (x < OVER_WHITE).all(dim=1, keepdim=True).to(x.dtype)
-    sums, counts = F.avg_pool2d(x * keep, FILL_CELL), F.avg_pool2d(keep, FILL_CELL)
+    h, w = x.shape[-2:]
+    pad = (0, -w % FILL_CELL, 0, -h % FILL_CELL)  # partial cells: the padding counts as no pixel
+    keep = F.pad((x < OVER_WHITE).all(dim=1, keepdim=True).to(x.dtype), pad)
+    sums, counts = F.avg_pool2d(F.pad(x, pad) * keep, FILL_CELL), F.avg_pool2d(keep, FILL_CELL)
     filled = counts > 0
     means = torch.where(filled, sums / counts.clamp_min(1e-12), torch.ones_like(sums))
     n, c, hc, wc = means.shape
@@ -285,7 +288,7 @@ def fill_over_white(x: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
             break
         means = torch.where(new, s / k.clamp_min(1.0), means)
         filled = filled | new
-    fill = F.interpolate(means, scale_factor=FILL_CELL, mode="bilinear", align_corners=False)
+    fill = F.interpolate(means, scale_factor=FILL_CELL, mode="bilinear", align_corners=False)[..., :h, :w]
     return torch.where(over, fill, x)
 
 
