@@ -230,6 +230,7 @@ class OpenVINORestorer(TiledEngine):
         # colour always in f32 (the curve's table index needs more than bf16's 8 bits of mantissa)
         self._colour_config = {**config, "INFERENCE_PRECISION_HINT": "f32"}
         self._core, self._models = core, models
+        self._shared = False  # outputs as views of OpenVINO's buffers (`display` only)
         if margin is None:  # the conversion stamped how far the fine part reads
             margin = margin_for(int(models["fine"].get_rt_info(["darkfix", "fine_reach"]).astype(str)))
         self.set_tiling(tile, DEFAULT_CPU_TILE, margin, large_frames=True)
@@ -238,7 +239,10 @@ class OpenVINORestorer(TiledEngine):
         if part not in self._compiled:  # colour, and the fine part for clipped tiles: compiled when first used
             config = self._config if part == "fine_clipped" else self._colour_config
             self._compiled[part] = self._core.compile_model(self._models[part], "CPU", config)
-        return self._compiled[part](list(inputs))[0]
+        # shared: a view of OpenVINO's output buffer, which the part's next call overwrites (never for the
+        # first pass, whose strips are kept together)
+        share = self._shared and part not in ("stem", "coarse")
+        return self._compiled[part](list(inputs), share_outputs=share)[0]
 
     def stem(self, x: np.ndarray) -> np.ndarray:
         return self._run("stem", x)
@@ -271,7 +275,13 @@ class OpenVINORestorer(TiledEngine):
             q = self._run(part, np.ascontiguousarray(out), matrix, full)[0]
             sink(q if bit_depth == 8 else q.astype(np.uint16), t)
 
-        self(packed, codes, **walk)
+        # each tile's network output is read once, by the colour part, and its codes once, by the sink,
+        # before the next tile: both may stay in OpenVINO's buffers (a 15 MB copy a tile saved)
+        self._shared = True
+        try:
+            self(packed, codes, **walk)
+        finally:
+            self._shared = False
 
 
 def _clipped_white(x: np.ndarray) -> bool:

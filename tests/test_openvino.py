@@ -245,6 +245,26 @@ def test_restore_on_openvino_without_torch(make_dng, weights_file, tmp_path):
     assert _psnr(a, b, 65535.0) >= 50.0
 
 
+def test_tall_frame_many_strips_and_tiles_agree_with_torch(make_dng, weights_file, tmp_path, monkeypatch):
+    """A frame tall enough for several strips of the first pass (of one shape) and several tiles: what
+    OpenVINO writes is what torch writes (its outputs are read in place in `display`, the first pass's are
+    not: strips kept together would be overwritten)."""
+    from click.testing import CliRunner
+
+    from darkfix.cli import main
+
+    monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
+    src = make_dng("tall.dng", size=(2304, 96), level=60.0, seed=4)
+    for eng in ("openvino", "torch"):
+        r = CliRunner().invoke(main, ["restore", str(src), "-o", str(tmp_path / f"{eng}.png"), "--engine", eng,
+                                      "--weights", str(weights_file), "--precision", "fp32", "--bit-depth", "16",
+                                      "--tile", "256"])
+        assert r.exit_code == 0, r.output
+    a, b = read_png(tmp_path / "openvino.png")[0], read_png(tmp_path / "torch.png")[0]
+    assert a.shape == b.shape == (2304, 96, 3)
+    assert _psnr(a, b, 65535.0) >= 50.0
+
+
 def test_engine_option_errors(make_dng, monkeypatch):
     from click.testing import CliRunner
 
