@@ -103,7 +103,7 @@ def _between_cells(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     """For packed coordinates `pos`, the two FILL_CELL cells (of `n`) around each pixel centre and the
     weight of the second, as bilinear interpolation between cell centres reads them (edges held)."""
     u = np.clip((pos + 0.5) / FILL_CELL - 0.5, 0.0, n - 1)
-    lo = np.minimum(u.astype(np.int64), n - 1)
+    lo = u.astype(np.int64)
     return lo, np.minimum(lo + 1, n - 1), (u - lo).astype(np.float32)
 
 
@@ -202,7 +202,7 @@ class PackedFrame:
         means = np.ones((4, ch, cw), np.float32)
         means[:, filled] = sums[:, filled] / counts[filled]
         while not filled.all():
-            ring = _ring_sums(np.concatenate([means * filled, filled[None]]).astype(np.float32))
+            ring = _ring_sums(np.concatenate([means * filled, filled[None]]))
             new = ~filled & (ring[4] > 0)
             if not new.any():  # nothing anywhere is under white: plain white
                 break
