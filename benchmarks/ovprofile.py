@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from 
 
 from darkfix import ovengine  # noqa: E402
 from darkfix.lab.bench import machine  # noqa: E402
-from darkfix.weights import read_info  # noqa: E402
+from darkfix.weights import ARCHITECTURE, ARCHITECTURE_PLUS, read_info  # noqa: E402
 
-# multiply-accumulates a packed pixel of the paper-architecture fine part (benchmarks/RESULTS.md)
-FINE_MAC_PER_PIXEL = 17_184
+# multiply-accumulates a packed pixel of the fine part (benchmarks/RESULTS.md): the paper's, and with the
+# plus layers' second 1/4-resolution residual block (4,608) and full-resolution refinement (6,048)
+FINE_MAC_PER_PIXEL = {ARCHITECTURE: 17_184, ARCHITECTURE_PLUS: 27_840}
 
 
 @click.command()
@@ -37,11 +38,12 @@ FINE_MAC_PER_PIXEL = 17_184
 @click.option("--nodes", is_flag=True, help="Also list each node over 0.3 ms.")
 def main(weights: Path | None, size: str, precision: str, runs: int, nodes: bool) -> None:
     w, h = (int(v) for v in size.lower().split("x"))
-    models = ovengine.load_models(read_info(weights).path)
+    info = read_info(weights)
+    models = ovengine.load_models(info.path)
     rng = np.random.default_rng(0)
     x = rng.random((1, 4, h, w), dtype=np.float32) * 0.3
     b = rng.random((1, 64, h // 16, w // 16), dtype=np.float32)
-    config = {"INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision],
+    config = {"INFERENCE_PRECISION_HINT": ovengine._OV_PRECISION[precision],
               "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
     request = ovengine._core().compile_model(models["fine"], "CPU", config).create_infer_request()
     for _ in range(3):
@@ -61,7 +63,7 @@ def main(weights: Path | None, size: str, precision: str, runs: int, nodes: bool
     print(f"fine window {w}x{h}, {precision}: wall {wall:.1f} ms (median of {runs}); "
           f"nodes {sum(by_kind.values()):.1f} ms")
     conv_ms = sum(v for (kind, _), v in by_kind.items() if kind.endswith("Convolution"))
-    gmac = FINE_MAC_PER_PIXEL * w * h / 1e9
+    gmac = FINE_MAC_PER_PIXEL[info.architecture] * w * h / 1e9
     print(f"convolutions {conv_ms:.1f} ms for {gmac:.2f} GMAC = {gmac / conv_ms * 1000:.0f} GMAC/s; "
           f"the window as a whole {gmac / wall * 1000:.0f} GMAC/s")
     for (kind, impl), ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
