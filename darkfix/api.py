@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import RestoreOptions
+from .options import RestoreOptions, parse_brightness, parse_ratio
 from .weights import WeightsInfo
 
 
@@ -34,26 +34,28 @@ class Darkfix:
         """What the loaded weights are (path, format, input and output conventions, metadata)."""
         return self.info
 
-    def restore(self, source: str | os.PathLike, *, ratio: float | None = None, brightness: float = 1.0,
-                exposure: str = "auto", wb: str = "camera", bit_depth: int = 8) -> np.ndarray:
+    def restore(self, source: str | os.PathLike, *, ratio: float | str | None = None,
+                brightness: float | str = 1.0, exposure: str = "auto", wb: str = "camera",
+                bit_depth: int | str = 8) -> np.ndarray:
         """Restore one raw file into an upright sRGB (H, W, 3) array: uint8, or uint16 with bit_depth=16.
 
         `ratio` amplifies by a known exposure ratio; otherwise `exposure` picks the estimate ("auto": a
-        normal exposure; "paper": Lamba & Mitra's). `brightness` multiplies the amplification. Raises
-        `RawReadError` for files darkfix cannot read, `ValueError` for bad options.
+        normal exposure; "paper": Lamba & Mitra's). `brightness` multiplies the amplification: a factor
+        (2, "0.5") or stops ("+1ev"), as the CLI's `-m` takes it. Raises `RawReadError` for files darkfix
+        cannot read, `ValueError` for bad options (with the CLI's message).
         """
         from .packing import EXPOSURES, prepare_frame
         from .pipeline import infer_and_render
         from .rawio import read_raw
 
-        if bit_depth not in (8, 16):
+        if str(bit_depth) not in ("8", "16") or isinstance(bit_depth, bool):
             raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth!r}")
+        bit_depth = int(bit_depth)
         if wb not in ("camera", "daylight"):
             raise ValueError(f"wb must be 'camera' or 'daylight', not {wb!r}")
         if exposure not in EXPOSURES:
             raise ValueError(f"exposure must be one of {', '.join(EXPOSURES)}, not {exposure!r}")
-        if not brightness > 0 or (ratio is not None and not ratio > 0):
-            raise ValueError("brightness and ratio must be positive")
+        brightness, ratio = parse_brightness(brightness), parse_ratio(ratio)
         opts = RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=bit_depth)
         frame = read_raw(Path(source))
         prep = prepare_frame(frame, opts, balanced=self.info.input == "balanced")
@@ -67,8 +69,8 @@ def load(weights: str | os.PathLike | None = None, device: str = "auto", precisi
     return Darkfix(weights, device=device, precision=precision, tile=tile, engine=engine)
 
 
-def restore(source: str | os.PathLike, *, ratio: float | None = None, brightness: float = 1.0,
-            exposure: str = "auto", wb: str = "camera", bit_depth: int = 8,
+def restore(source: str | os.PathLike, *, ratio: float | str | None = None, brightness: float | str = 1.0,
+            exposure: str = "auto", wb: str = "camera", bit_depth: int | str = 8,
             weights: str | os.PathLike | None = None, device: str = "auto", engine: str = "auto") -> np.ndarray:
     """Restore one raw file with freshly loaded weights; see `Darkfix.restore`."""
     return load(weights, device=device, engine=engine).restore(source, ratio=ratio, brightness=brightness,

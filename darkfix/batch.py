@@ -66,29 +66,33 @@ def remove_stale_parts(directory: Path) -> int:
     return count
 
 
+# told of each file's outcome: (source, "done" | "skipped" | "failed", the reason of a failure, else "")
+OnFile = Callable[[Path, str, str], None]
+
+
 def plan_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, report: BatchReport,
-               on_file: Callable[[Path, str], None] | None = None) -> list[tuple[Path, Path]]:
+               on_file: OnFile | None = None) -> list[tuple[Path, Path]]:
     """The (source, output) pairs to restore: a file whose output another file already claims fails, one
     whose output exists is skipped (unless overwriting); both are recorded in `report`."""
     todo: list[tuple[Path, Path]] = []
     clashes = claim_outputs(list(zip(files, outputs)))
     for src, dst in zip(files, outputs):
         if src in clashes:
-            report.failed.append((src, clash_message(src, dst, clashes[src])))
+            reason = clash_message(src, dst, clashes[src])
+            report.failed.append((src, reason))
             if on_file:
-                on_file(src, "failed")
+                on_file(src, "failed", reason)
         elif dst.exists() and not opts.overwrite:
             report.skipped.append(src)
             if on_file:
-                on_file(src, "skipped")
+                on_file(src, "skipped", "")
         else:
             todo.append((src, dst))
     return todo
 
 
 def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: WeightsInfo, opts: RestoreOptions,
-              on_file: Callable[[Path, str], None] | None = None,
-              worker: DecodeWorker | None = None) -> BatchReport:
+              on_file: OnFile | None = None, worker: DecodeWorker | None = None) -> BatchReport:
     """Restore `files` into `outputs`; per-file failures are recorded, never raised.
 
     KeyboardInterrupt (SIGINT, or SIGTERM turned into it by the CLI) stops the run cleanly: the file
@@ -108,7 +112,7 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
         elif status == "skipped":
             report.skipped.append(src)
         if on_file:
-            on_file(src, status)
+            on_file(src, status, reason)
 
     def submit_next() -> tuple[Path, Path] | None:
         """Send the next file whose output can be written to the decoder."""

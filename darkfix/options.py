@@ -18,3 +18,37 @@ class RestoreOptions:
     overwrite: bool = False
     format: str = "png"  # png | tiff | jpeg | dng (imagefile.FORMATS)
     quality: int = 95  # JPEG quality
+
+
+def parse_brightness(value: float | int | str) -> float:
+    """A brightness change as the CLI's `-m` takes it: a factor (2, "0.5") or stops ("+1ev", "-0.5ev"),
+    0.01 to 100; ValueError with the CLI's message otherwise (the library and the CLI share it)."""
+    if isinstance(value, bool):  # True would read as a factor of 1
+        raise ValueError(f"{value!r} is neither a factor (e.g. 2) nor stops (e.g. +1ev)")
+    if isinstance(value, (int, float)):
+        factor = float(value)
+    else:
+        text = str(value).strip().lower()
+        try:
+            factor = 2.0 ** float(text[:-2]) if text.endswith("ev") else float(text)
+        except (ValueError, OverflowError):
+            raise ValueError(f"{value!r} is neither a factor (e.g. 2) nor stops (e.g. +1ev)") from None
+    if not 0.01 <= factor <= 100.0:  # also refuses NaN
+        raise ValueError(f"{value!r} is a factor of {factor:g}; expected 0.01 to 100 (-6.6ev to +6.6ev)")
+    return factor
+
+
+def parse_ratio(value: float | int | str | None) -> float | None:
+    """An exposure ratio as the CLI's `--ratio` takes it (1 to 10000; None: estimate instead); ValueError
+    with the CLI's message otherwise."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number") from None
+    if not 1.0 <= ratio <= 10000.0:
+        raise ValueError(f"{value!r} is not an exposure ratio from 1 to 10000")
+    return ratio

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from .batch import BatchReport, plan_batch, remove_stale_parts
+from .batch import BatchReport, OnFile, plan_batch, remove_stale_parts
 from .errors import DarkfixError, OutputExistsError
 from .options import RestoreOptions
 
@@ -85,7 +85,7 @@ class _RestoreActor:
 
 def run_ray_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, *, weights: str | None,
                   device: str, precision: str, tile: int | None, settings: RaySettings, engine: str = "auto",
-                  on_file: Callable[[Path, str], None] | None = None,
+                  on_file: OnFile | None = None,
                   on_start: Callable[[int], None] | None = None) -> BatchReport:
     """Restore `files` into `outputs` on Ray; per-file failures are recorded, never raised. `on_start`
     gets the number of actors once the cluster is up."""
@@ -130,13 +130,14 @@ def run_ray_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, 
                 else:
                     report.failed.append((src, row["reason"]))
                 if on_file:
-                    on_file(src, row["status"])
+                    on_file(src, row["status"], row["reason"])
         except (ray.exceptions.RayError, RuntimeError) as e:  # actors lost beyond Ray's own retries
             for src, _ in todo:
                 if src not in seen:
-                    report.failed.append((src, f"{src}: Ray worker lost ({type(e).__name__})"))
+                    reason = f"{src}: Ray worker lost ({type(e).__name__})"
+                    report.failed.append((src, reason))
                     if on_file:
-                        on_file(src, "failed")
+                        on_file(src, "failed", reason)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:

@@ -70,3 +70,29 @@ def test_readme_example_runs(monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["image"].dtype == np.uint8 and namespace["image16"].dtype == np.uint16
     assert 0.15 < namespace["image"].mean() / 255 < 0.6  # normally exposed by default
+
+
+def test_brightness_and_ratio_as_the_cli_takes_them(make_dng, weights_file):
+    """Issue 23: "+1ev" raised TypeError ('>' between str and int); now the library parses as `-m` does."""
+    model = darkfix.load(weights_file, device="cpu")
+    src = make_dng(size=(40, 58))
+    twice = model.restore(src, brightness=2.0)
+    assert np.array_equal(model.restore(src, brightness="+1ev"), twice)
+    assert np.array_equal(model.restore(src, brightness="2"), twice)
+    assert np.array_equal(model.restore(src, ratio="30", bit_depth="16"), model.restore(src, ratio=30.0, bit_depth=16))
+    assert np.array_equal(darkfix.restore(src, brightness="-0.5ev", weights=weights_file, device="cpu"),
+                          model.restore(src, brightness=2**-0.5))
+
+
+@pytest.mark.parametrize("option,value", [("-m", "bright"), ("-m", "+9ev"), ("-m", "0"), ("--ratio", "0.5"),
+                                          ("--ratio", "lots")])
+def test_bad_brightness_or_ratio_has_the_cli_message(make_dng, weights_file, tmp_path, option, value):
+    src = make_dng(size=(40, 58))
+    r = CliRunner().invoke(main, ["restore", str(src), "-o", str(tmp_path / "x.png"), option, value,
+                                  "--weights", str(weights_file)])
+    assert r.exit_code == 2 and not (tmp_path / "x.png").exists()
+    model = darkfix.load(weights_file, device="cpu")
+    keyword = "brightness" if option == "-m" else "ratio"
+    with pytest.raises(ValueError) as e:
+        model.restore(src, **{keyword: value})
+    assert str(e.value) and str(e.value) in " ".join(r.output.split())

@@ -49,6 +49,26 @@ def test_batch_keeps_going_and_resumes(make_dng, weights_file, tmp_path):
     assert re.search(r"│\s+0 │\s+3 │\s+2 │", r2.output), r2.output
 
 
+def test_each_failure_is_printed_once_with_its_reason_as_it_happens(make_dng, weights_file, tmp_path):
+    """Issue 23: a reason-less `failed: ...nef` line came above the bar, the reason only after the table."""
+    folder = tmp_path / "shots"
+    make_dng("good.dng", size=(40, 58), directory=folder)
+    (folder / "empty.ARW").write_bytes(b"")
+    (folder / "noise.NEF").write_bytes(bytes(range(256)) * 40)
+    r = CliRunner().invoke(main, ["batch", str(folder), "-o", str(tmp_path / "out"), "--weights", str(weights_file),
+                                  "--threads", "1"])
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    table = next(i for i, line in enumerate(lines) if "darkfix batch" in line)
+    for name, reason in (("empty.ARW", "empty file"), ("noise.NEF", "")):
+        mentions = [i for i, line in enumerate(lines) if name in line]
+        assert len(mentions) == 1, r.output  # once...
+        line = lines[mentions[0]]
+        assert line.startswith("failed: ") and reason in line and mentions[0] < table  # ...with why, before the end
+        assert len(line) > len(f"failed: {folder / name}") + 5  # a reason follows the name
+    assert r.output.count("failed: ") == 2
+
+
 def test_batch_recursive_pattern_and_symlink_loop(make_dng, weights_file, tmp_path):
     folder = tmp_path / "shots"
     make_dng("a.dng", size=(40, 58), directory=folder)

@@ -49,13 +49,18 @@ def _ray_runner(folder, outdir, files, outputs, opts, address, actors, gpus, wei
     def execute(on_file):
         report = run_ray_batch(*absolute, opts, weights=weights_path, engine=engine, device=device,
                                precision=precision, tile=tile, settings=settings,
-                               on_file=lambda src, status: on_file(names[src], status))
+                               on_file=lambda src, status, reason: on_file(names[src], status, reason))
         report.done = [names[p] for p in report.done]
         report.skipped = [names[p] for p in report.skipped]
         report.failed = [(names[p], why) for p, why in report.failed]
         return report
 
     return execute
+
+
+def failure_line(src: Path, reason: str) -> str:
+    """`failed: <reason>`, naming the file where the reason does not."""
+    return f"failed: {reason if str(src) in reason else f'{src}: {reason}'}"
 
 
 @click.command()
@@ -124,10 +129,10 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("restoring", total=len(files))
 
-        def on_file(src: Path, status: str) -> None:
+        def on_file(src: Path, status: str, reason: str) -> None:
             progress.advance(task)
-            if status == "failed":
-                progress.console.print(f"failed: {src}", style="red", markup=False, soft_wrap=True)
+            if status == "failed":  # once, with its reason, above the bar where it is seen as it happens
+                progress.console.print(failure_line(src, reason), style="red", markup=False, soft_wrap=True)
 
         try:
             report = execute(on_file)
@@ -141,8 +146,6 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
     table.add_row(str(len(report.done)), str(len(report.skipped)), str(len(report.failed)),
                   f"{report.seconds:.1f}", f"{rate:.2f}")
     console.print(table)
-    for src, reason in report.failed:
-        console.print(f"failed: {reason if str(src) in reason else f'{src}: {reason}'}", markup=False, soft_wrap=True)
     if report.interrupted:
         left = len(files) - len(report.done) - len(report.skipped) - len(report.failed)
         console.print(f"interrupted: {len(report.done)} restored, {left} left; run the same command again to resume",

@@ -18,17 +18,26 @@ class Brightness(click.ParamType):
     name = "FACTOR|STOPSev"
 
     def convert(self, value, param, ctx) -> float:
-        if isinstance(value, (int, float)):
-            factor = float(value)
-        else:
-            text = str(value).strip().lower()
-            try:
-                factor = 2.0 ** float(text[:-2]) if text.endswith("ev") else float(text)
-            except ValueError:
-                self.fail(f"{value!r} is neither a factor (e.g. 2) nor stops (e.g. +1ev)", param, ctx)
-        if not 0.01 <= factor <= 100.0:
-            self.fail(f"{value!r} is a factor of {factor:g}; expected 0.01 to 100 (-6.6ev to +6.6ev)", param, ctx)
-        return factor
+        from ..options import parse_brightness
+
+        try:
+            return parse_brightness(value)
+        except ValueError as e:  # the library raises the same message
+            self.fail(str(e), param, ctx)
+
+
+class Ratio(click.ParamType):
+    """An exposure ratio, 1 to 10000."""
+
+    name = "RATIO"
+
+    def convert(self, value, param, ctx) -> float:
+        from ..options import parse_ratio
+
+        try:
+            return parse_ratio(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -79,7 +88,7 @@ def restore_options(f):
         click.option("--exposure", type=click.Choice(["auto", "paper"]), default="auto", show_default=True,
                      help="How the amplification is chosen without --ratio: auto = a normally exposed picture; "
                           "paper = Lamba & Mitra's estimate (darker; the authors brighten it with -m 5 to 8)."),
-        click.option("--ratio", type=click.FloatRange(1.0, 10000.0), default=None,
+        click.option("--ratio", type=Ratio(), default=None,
                      help="Amplify by this exposure ratio instead of an estimate (SID protocol)."),
         click.option("--wb", type=click.Choice(["camera", "daylight"]), default="camera", show_default=True,
                      help="White balance: as shot, or the camera's daylight multipliers."),
