@@ -16,9 +16,10 @@ from typing import Callable
 
 from .decoder import DecodeWorker
 from .errors import DarkfixError, OutputExistsError
-from .imagefile import FORMATS, default_suffix
+from .imagefile import default_suffix
 from .pipeline import (RAW_SUFFIXES, Restorer, RestoreOptions, check_output, claim_outputs, clash_message,
                        default_output, make_output_dir, restore_frame)
+from .pngio import OutputClaim, claim_output
 from .weights import WeightsInfo
 
 
@@ -56,16 +57,6 @@ class BatchReport:
     seconds: float = 0.0
 
 
-def remove_stale_parts(directory: Path) -> int:
-    """Delete temporary files an earlier, killed run of darkfix left in `directory`."""
-    count = 0
-    for suffix in {s for _, suffixes in FORMATS.values() for s in suffixes}:
-        for p in directory.glob(f".*{suffix}.*.part"):
-            p.unlink(missing_ok=True)
-            count += 1
-    return count
-
-
 # told of each file's outcome: (source, "done" | "skipped" | "failed", the reason of a failure, else "")
 OnFile = Callable[[Path, str, str], None]
 
@@ -101,7 +92,7 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
     report = BatchReport()
     started = time.monotonic()
     todo = plan_batch(files, outputs, opts, report, on_file)
-    worker = worker or DecodeWorker(opts, info.input == "balanced")
+    worker = worker or DecodeWorker(opts, info.input)
     queue = iter(todo)
 
     def record(src: Path, status: str, reason: str = "") -> None:
@@ -114,44 +105,55 @@ def run_batch(files: list[Path], outputs: list[Path], restorer: Restorer, info: 
         if on_file:
             on_file(src, status, reason)
 
-    def submit_next() -> tuple[Path, Path] | None:
-        """Send the next file whose output can be written to the decoder."""
+    def submit_next() -> tuple[Path, OutputClaim] | None:
+        """Claim the next output no other process has or is writing, and send its file to the decoder."""
         for src, dst in queue:
             try:
                 make_output_dir(dst.parent)
                 check_output(src, dst, opts.overwrite, opts.format)
-            except OutputExistsError:  # another process wrote it meanwhile (two batches on one folder)
+                # a claim per output, held until it is written: a second batch on the same folder skips
+                # this file instead of restoring it too, and takes it if this process dies first
+                claim = claim_output(dst, opts.overwrite)
+            except OutputExistsError:  # another process wrote it meanwhile, or is writing it now
                 record(src, "skipped")
                 continue
             except DarkfixError as e:
                 record(src, "failed", str(e))
                 continue
-            worker.submit(src)
-            return src, dst
+            try:
+                worker.submit(src)
+            except BaseException:
+                claim.release()
+                raise
+            return src, claim
         return None
 
+    current = None
     try:
         current = submit_next()
         while current is not None:
-            src, dst = current
-            try:
-                decoded = worker.result()
-            except DarkfixError as e:
-                decoded = None
-                record(src, "failed", str(e))
-            current = submit_next()  # the next file decodes while the network runs on this one
-            if decoded is not None:
+            (src, claim), current = current, None
+            with claim:
                 try:
-                    restore_frame(src, *decoded, dst, restorer, info, opts)
-                    record(src, "done")
-                except OutputExistsError:
-                    record(src, "skipped")
+                    decoded = worker.result()
                 except DarkfixError as e:
+                    decoded = None
                     record(src, "failed", str(e))
-                decoded = None  # this mosaic goes before the next one arrives
+                current = submit_next()  # the next file decodes while the network runs on this one
+                if decoded is not None:
+                    try:
+                        restore_frame(src, *decoded, claim.path, restorer, info, opts)
+                        record(src, "done")
+                    except OutputExistsError:
+                        record(src, "skipped")
+                    except DarkfixError as e:
+                        record(src, "failed", str(e))
+                    decoded = None  # this mosaic goes before the next one arrives
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
+        if current is not None:  # claimed, never restored: free for the next run
+            current[1].release()
         worker.close()
         report.seconds = time.monotonic() - started
     return report

@@ -21,3 +21,7 @@ class OutputError(DarkfixError):
 
 class OutputExistsError(OutputError):
     """The output is already there (and --overwrite was not given): batch counts such a file as skipped."""
+
+
+class OutputBusyError(OutputExistsError):
+    """Another darkfix process is writing that output now (it holds the output's claim)."""

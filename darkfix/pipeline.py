@@ -21,8 +21,9 @@ from .imagefile import default_suffix, format_of, write_jpeg, write_linear_dng, 
 from .metadata import exif_tiff
 from .options import RestoreOptions
 from .packing import Prepared, prepare_frame
-from .pngio import PngStream, atomic_output
-from .rawio import RawFrame, read_raw
+from .pngio import PngStream, atomic_output, claim_output
+from .profile import read_frame
+from .rawio import RawFrame
 from .tiling import Tile
 from .weights import WeightsInfo
 
@@ -129,6 +130,7 @@ class Result:
     amplification: float
     size: tuple[int, int]  # width, height of the PNG
     how: str  # what the amplification came from: "ratio", "auto" or "paper"
+    noise: str | None = None  # the noise level noise-aware weights were given, and where it came from
 
 
 def saturated_pixels(prep: Prepared, t: Tile, oy: int, ox: int, h: int, w: int) -> np.ndarray | None:
@@ -186,7 +188,8 @@ def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, r
                     write_jpeg(f, image, opts.quality, frame.capture)
     except MemoryError:
         raise _out_of_memory(source) from None
-    return Result(source, output, prep.amplification, (w, h), prep.source)
+    return Result(source, output, prep.amplification, (w, h), prep.source,
+                  prep.noise.describe() if prep.noise is not None else None)
 
 
 def check_camera_output(output: Path, info: WeightsInfo) -> None:
@@ -206,12 +209,13 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
     check_output(source, output, opts.overwrite, opts.format)
     if opts.format == "dng":
         check_camera_output(output, info)
-    frame = read_raw(source)
-    try:
-        prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
-    except MemoryError:
-        raise _out_of_memory(source) from None
-    return restore_frame(source, frame, prep, output, restorer, info, opts)
+    with claim_output(output, opts.overwrite):  # before decoding: a second process on this name stops now
+        frame = read_frame(source, opts.profile)
+        try:
+            prep = prepare_frame(frame, opts, info.input)
+        except MemoryError:
+            raise _out_of_memory(source) from None
+        return restore_frame(source, frame, prep, output, restorer, info, opts)
 
 
 def check_output(source: Path, output: Path, overwrite: bool, fmt: str = "png") -> None:

@@ -6,7 +6,6 @@ import errno
 import io
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,7 +15,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import OutputError, OutputExistsError
+from .errors import OutputBusyError, OutputError, OutputExistsError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: outputs stay atomic; concurrent runs are not told apart
+    fcntl = None
 
 try:  # ISA-L's deflate: 3-4x zlib's speed at levels 1-3, files as small as zlib's level 1-2 or smaller
     from isal import isal_zlib as _isal
@@ -26,7 +30,7 @@ except ImportError:  # pragma: no cover - isal is a requirement; darkfix still w
 ISAL_LEVELS = (1, 2, 3)  # PNG levels deflated by ISA-L when it is installed (it has no stored level 0)
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SLICE_BYTES = 4 << 20
-# mkstemp creates 0600 files; outputs get the permissions an ordinary open() would give them
+# part files are created 0600; outputs get the permissions an ordinary open() would give them
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -181,36 +185,204 @@ def encode_png(image: np.ndarray, compression: int = 1, threads: int = 0) -> byt
     return buf.getvalue()
 
 
+# Hard links that a file system does not make (FAT, some FUSE and SMB mounts): the output is then renamed
+# into place after a check that it does not exist, exclusive among darkfix processes by the claim's lock.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+_claims: dict[str, "OutputClaim"] = {}  # claims this process holds, by absolute output path
+_swept: set[str] = set()  # directories whose stale part files this process removed
+
+
+def part_path(path: Path) -> Path:
+    """The temporary file an output is written to, beside it: `.NAME.part`, locked while it is written."""
+    return path.with_name(f".{path.name}.part")
+
+
+def _lock(fd: int) -> bool | None:
+    """Take an exclusive lock on `fd` without waiting: True, False where another open file holds it (a
+    live writer), None where the file system has no locks (then nothing can be told apart)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        return None  # ENOLCK, EOPNOTSUPP, EINVAL: a file system without flock
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd` (its last holder may have removed it between our
+    open and our lock)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _is_output_part(name: str) -> bool:
+    """`.NAME.png.part` (and the `.NAME.png.XXXXXXXX.part` of darkfix before issue 23) for every output
+    format's suffix: never a weights file's or a checkpoint's part file."""
+    from .imagefile import FORMATS
+
+    if not (name.startswith(".") and name.endswith(".part")):
+        return False
+    stem = name[: -len(".part")].lower()
+    suffixes = {s for _, names in FORMATS.values() for s in names}
+    return any(stem.endswith(s) or stem.rpartition(".")[0].endswith(s) for s in suffixes)
+
+
+def remove_stale_parts(directory: Path) -> int:
+    """Remove the part files in `directory` that a killed darkfix left: those no live writer holds locked
+    (a running writer's stay). The number removed."""
+    count = 0
+    try:
+        entries = [e.name for e in os.scandir(directory) if _is_output_part(e.name)]
+    except OSError:
+        return 0
+    for name in entries:
+        p = Path(directory) / name
+        try:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            if _lock(fd) and _still_named(fd, p):
+                p.unlink()
+                count += 1
+        except OSError:  # another user's directory: left as it is
+            pass
+        finally:
+            os.close(fd)
+    return count
+
+
+class OutputClaim:
+    """This process's exclusive right to write `path`: its part file `.NAME.part`, open and locked (flock)
+    from the claim to the end. A second claim on the same output, from any process, is refused while the
+    first lives (OutputBusyError) and granted once that process ends, however it ended: the lock goes with
+    it, and the part file it left is truncated and reused. Without `overwrite`, an existing output is
+    refused (OutputExistsError), at the claim and again, atomically, when the file is put in place.
+    """
+
+    def __init__(self, path: Path, overwrite: bool = False) -> None:
+        self.path, self.part, self.overwrite = Path(path), part_path(Path(path)), overwrite
+        self.committed = False
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        if not directory.is_dir():
+            raise OutputError(f"{self.path}: output directory {directory} does not exist")
+        if str(directory.resolve()) not in _swept:  # the first write here: what a killed run left goes
+            _swept.add(str(directory.resolve()))
+            remove_stale_parts(directory)
+        for _ in range(100):
+            try:
+                fd = os.open(self.part, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            except OSError as e:
+                raise OutputError(f"{self.path}: cannot write ({_reason(e)})") from None
+            locked = _lock(fd)
+            if locked is False:
+                os.close(fd)
+                raise OutputBusyError(f"{self.path}: another darkfix process is writing it")
+            if _still_named(fd, self.part):
+                break
+            os.close(fd)  # its last holder removed it meanwhile: open the name again
+        else:  # pragma: no cover - a hundred removals in a row
+            raise OutputError(f"{self.path}: cannot claim {self.part.name}")
+        self.fd = fd
+        if self.path.exists() and not overwrite:
+            self.release()
+            raise OutputExistsError(f"{self.path}: already exists (use --overwrite to replace it)")
+
+    def open(self) -> BinaryIO:
+        """The part file, emptied (of an earlier try, or of what a killed writer left), for writing."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return os.fdopen(os.dup(self.fd), "wb")  # its own descriptor: closing it keeps the lock
+
+    def commit(self) -> None:
+        """Put the written part file in place as the output: a hard link that fails where the output
+        exists (unless overwriting, then a rename), then the part's name removed."""
+        os.fchmod(self.fd, 0o666 & ~_UMASK)  # the permissions an ordinary open() would give
+        if self.overwrite:
+            os.replace(self.part, self.path)
+        else:
+            try:
+                os.link(self.part, self.path)
+                os.unlink(self.part)
+            except FileExistsError:
+                raise OutputExistsError(f"{self.path}: already exists (use --overwrite to replace it)") from None
+            except OSError as e:
+                if e.errno not in _NO_LINKS:
+                    raise
+                if self.path.exists():
+                    raise OutputExistsError(f"{self.path}: already exists (use --overwrite to replace it)") from None
+                os.replace(self.part, self.path)
+        self.committed = True
+
+    def release(self) -> None:
+        """End the claim: an uncommitted part file is removed (it is ours: we hold its lock), the lock let go."""
+        if self.fd < 0:
+            return
+        _claims.pop(os.path.abspath(self.path), None)
+        try:
+            if not self.committed and _still_named(self.fd, self.part):
+                self.part.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "OutputClaim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def claim_output(path: Path, overwrite: bool = False) -> OutputClaim:
+    """Claim `path` for this process (see OutputClaim) until `.release()`: `atomic_output` writes through
+    a claim held here, so a batch claims each output before decoding it and no other process does it too."""
+    claim = OutputClaim(path, overwrite)
+    _claims[os.path.abspath(claim.path)] = claim
+    return claim
+
+
+def _reason(e: OSError) -> str:
+    return "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+
+
 @contextmanager
 def atomic_output(path: Path, overwrite: bool = False) -> Iterator[BinaryIO]:
     """A binary file that appears at `path` whole, when the block ends without error, or not at all.
 
-    It is written to a temporary file beside `path`, synced and renamed into place; on any error or
-    interruption the temporary file is removed. OSErrors become OutputError with a one-line reason.
+    It is written to the locked part file beside `path` (through this process's claim on `path` if it
+    holds one, else a claim taken here; see OutputClaim), synced and put in place: without `overwrite`
+    exclusively, so that of several processes writing one name one succeeds and the others get
+    OutputExistsError. On any error or interruption the part file is removed. OSErrors become
+    OutputError with a one-line reason.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: already exists (use --overwrite to replace it)")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise OutputError(f"{path}: output directory {directory} does not exist")
+    held = _claims.get(os.path.abspath(path))
+    claim = held if held is not None and held.fd >= 0 else OutputClaim(path, overwrite)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with claim.open() as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+        claim.commit()
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        if claim is held and not claim.committed:
+            try:
+                os.ftruncate(claim.fd, 0)  # a claim held on keeps an empty part file until its release
+            except OSError:
+                pass
         if isinstance(e, OSError):
-            reason = "disk full" if e.errno == errno.ENOSPC else e.strerror
-            raise OutputError(f"{path}: cannot write ({reason})") from None
+            raise OutputError(f"{path}: cannot write ({_reason(e)})") from None
         raise
+    finally:
+        if claim is not held:
+            claim.release()
 
 
 def write_atomic(path: Path, data: bytes, overwrite: bool = False) -> Path:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from .batch import BatchReport, OnFile, plan_batch, remove_stale_parts
+from .batch import BatchReport, OnFile, plan_batch
 from .errors import DarkfixError, OutputExistsError
 from .options import RestoreOptions
+from .pngio import claim_output, remove_stale_parts
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class _RestoreActor:
         if self.restorer.device.type == "cpu":
             limit_malloc_arenas()
         self.opts = opts
-        self.worker = DecodeWorker(opts, self.info.input == "balanced")
+        self.worker = DecodeWorker(opts, self.info.input)
 
     def __call__(self, batch: dict) -> dict:
         from .pipeline import make_output_dir, restore_frame
@@ -66,12 +67,13 @@ class _RestoreActor:
             src, dst = Path(src), Path(dst)
             try:
                 make_output_dir(dst.parent)
-                self.worker.submit(src)
-                frame, prep = self.worker.result()
-                restore_frame(src, frame, prep, dst, self.restorer, self.info, self.opts)
+                with claim_output(dst, self.opts.overwrite):  # as the local batch: one writer per output
+                    self.worker.submit(src)
+                    frame, prep = self.worker.result()
+                    restore_frame(src, frame, prep, dst, self.restorer, self.info, self.opts)
                 status.append("done")
                 reason.append("")
-            except OutputExistsError:  # another batch wrote it meanwhile
+            except OutputExistsError:  # another batch wrote it meanwhile, or is writing it
                 status.append("skipped")
                 reason.append("")
             except DarkfixError as e:

@@ -544,8 +544,8 @@ def test_output_with_trailing_slash_is_a_directory(make_dng, weights_file, tmp_p
     src = make_dng()
     r = CliRunner().invoke(main, ["restore", str(src), "-o", str(tmp_path / "newdir") + os.sep,
                                   "--weights", str(weights_file), "--device", "cpu"])
-    assert not (tmp_path / "newdir").is_file(), "wrote a file named newdir"
-    assert r.exit_code == 2 or (tmp_path / "newdir" / "frame.png").is_file()
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "newdir").is_dir() and [p.name for p in (tmp_path / "newdir").iterdir()] == ["frame.png"]
 
 
 def test_two_inputs_same_output_refused(make_dng, weights_file, tmp_path):
@@ -554,7 +554,34 @@ def test_two_inputs_same_output_refused(make_dng, weights_file, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     r = restore(weights_file, a, b, "-o", out, "--overwrite")
-    assert r.exit_code != 0, "two inputs went into one output and darkfix reported success"
+    assert_refused(r, b, f"would write {out / 'x.png'}, as {a} does")  # refused before any work
+    assert list(out.iterdir()) == []
+
+
+def test_concurrent_restores_to_one_name_one_writes(make_dng, weights_file, tmp_path):
+    """Issue 23: ten restores at once to one name without --overwrite: 8-10 exited 0 and printed the path,
+    one file survived. Now one writes, the others are refused in one line (exit 2), nothing is left over."""
+    from _util import shell_env
+
+    src = make_dng(size=(600, 800))
+    out = tmp_path / "out" / "same.png"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-m", "darkfix", "restore", str(src), "-o", str(out), "--weights", str(weights_file),
+           "--device", "cpu", "--engine", "torch", "--threads", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env())
+             for _ in range(6)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2, 2, 2, 2, 2], results
+    for code, stdout, stderr in results:
+        if code == 0:
+            assert stdout.strip() == str(out) and stderr == ""
+        else:
+            assert stdout == "" and len(stderr.splitlines()) == 1, stderr
+            assert stderr.startswith(f"darkfix: error: {out}: ")
+            assert "already exists" in stderr or "another darkfix process is writing it" in stderr
+    assert [p.name for p in out.parent.iterdir()] == ["same.png"]
+    assert read_png(out)[0].shape == (600, 800, 3)
 
 
 # --- the real command line, in a subprocess: what a user's terminal shows ---------------------------------

@@ -149,7 +149,7 @@ def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env(),
                             preexec_fn=lambda: (default_signals(), signal.pthread_sigmask(signal.SIG_BLOCK, {sig})))
     deadline = time.monotonic() + 120
-    while not list(out.glob(".x.png.*.part")) and time.monotonic() < deadline and proc.poll() is None:
+    while not list(out.glob(".x.png*.part")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(sig)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import darkfix.pngio as pngio
 from _util import read_png
-from darkfix.errors import OutputError
+from darkfix.errors import OutputBusyError, OutputError, OutputExistsError
 from darkfix.pngio import PngStream, atomic_output, encode_png, write_atomic
 
 
@@ -168,11 +171,96 @@ def test_interrupted_write_leaves_nothing_and_keeps_old_file(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
-def test_failed_rename_leaves_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_failed_rename_leaves_nothing(tmp_path, monkeypatch, overwrite):
     def fail(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(pngio.os, "replace", fail)
-    with pytest.raises(OutputError):
-        write_atomic(tmp_path / "out.png", b"data")
+    monkeypatch.setattr(pngio.os, "link", fail)
+    with pytest.raises(OutputError, match="Invalid cross-device link"):
+        write_atomic(tmp_path / "out.png", b"data", overwrite=overwrite)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_file_system_without_hard_links_still_writes(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(pngio.os, "link", no_links)
+    assert write_atomic(tmp_path / "out.png", b"data").read_bytes() == b"data"
+    with pytest.raises(OutputExistsError):
+        write_atomic(tmp_path / "out.png", b"again")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+# A process that claims an output (as a batch does before decoding), writes part of it and waits to be killed.
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from darkfix.pngio import claim_output
+claim = claim_output(Path(sys.argv[1]))
+f = claim.open()
+f.write(b"half a picture" * 1000)
+f.flush()
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_claim(path: Path) -> subprocess.Popen:
+    """A live process holding `path`'s claim, with a partial part file (kill it to make it a dead one)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_output_created_meanwhile_is_not_replaced(tmp_path):
+    """Issue 23: the rename replaced whatever another process had put there since the check (ten restores to
+    one name: 8-10 exited 0, one file survived). Now the output is linked into place, exclusively."""
+    target = tmp_path / "out.png"
+    with pytest.raises(OutputExistsError, match="already exists"):
+        with atomic_output(target) as f:
+            f.write(b"mine")
+            target.write_bytes(b"written by another process meanwhile")
+    assert target.read_bytes() == b"written by another process meanwhile"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_a_live_writer_is_refused_a_dead_one_cleaned(tmp_path):
+    """Issue 23: a kill -9 while writing left a hidden part file (up to 4.9 MB) that no run removed."""
+    target = tmp_path / "x.png"
+    holder = hold_claim(target)
+    try:
+        part = tmp_path / ".x.png.part"
+        assert part.stat().st_size == 14000
+        with pytest.raises(OutputBusyError, match="another darkfix process is writing it"):
+            write_atomic(target, b"second")
+        assert pngio.remove_stale_parts(tmp_path) == 0 and part.exists()  # a live writer's part stays
+    finally:
+        holder.kill()
+        holder.wait()
+    assert part.exists() and not target.exists()  # what kill -9 leaves
+    # old-style leftovers (darkfix before issue 23) go too; other programs' part files stay
+    (tmp_path / ".y.tif.k2j4h1x9.part").write_bytes(b"x" * 100)
+    (tmp_path / ".w.safetensors.part").write_bytes(b"weights being saved")
+    # the next run (process) that writes there cleans up
+    next_run = ("import sys; from pathlib import Path; from darkfix.pngio import write_atomic; "
+                "write_atomic(Path(sys.argv[1]), b'whole')")
+    subprocess.run([sys.executable, "-c", next_run, str(target)], check=True)
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".w.safetensors.part", "x.png"]
+
+
+def test_claim_is_refused_while_held_and_free_once_released(tmp_path):
+    target = tmp_path / "c.png"
+    claim = pngio.claim_output(target)
+    with pytest.raises(OutputBusyError):
+        pngio.OutputClaim(target)
+    with atomic_output(target) as f:  # this process's own claim is written through
+        f.write(b"claimed")
+    with pytest.raises(OutputExistsError):
+        pngio.OutputClaim(target)  # once written, the output exists
+    claim.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png"]
+    assert (tmp_path / "c.png").read_bytes() == b"claimed"

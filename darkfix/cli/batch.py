@@ -81,14 +81,15 @@ def failure_line(src: Path, reason: str) -> str:
 @restore_options
 @network_options
 def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, ray_gpus, brightness, exposure, ratio,
-          wb, fmt, bit_depth, quality, compression, overwrite, weights, engine, device, precision, threads,
+          wb, fmt, bit_depth, quality, compression, overwrite, profile, weights, engine, device, precision, threads,
           tile) -> None:
     """Restore every raw file in FOLDER; files already restored are skipped, so a rerun resumes."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from ..batch import find_raws, output_for, remove_stale_parts, run_batch
+    from ..batch import find_raws, output_for, run_batch
+    from ..pngio import remove_stale_parts
 
     if not folder.is_dir():
         fail(f"{folder}: not a directory")
@@ -99,7 +100,8 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
             make_output_dir(outdir)
         except DarkfixError as e:
             fail(str(e), e.exit_code)
-    opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite)
+    opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
+                            profile)
     files = list(find_raws(folder, recursive, pattern))
     outputs = [output_for(f, folder, outdir, opts.format) for f in files]
     for d in {o.parent for o in outputs if o.parent.is_dir()}:
