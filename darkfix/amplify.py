@@ -62,7 +62,10 @@ def estimate_from_raw(mosaic: np.ndarray, black: np.ndarray, white: float) -> fl
     """The same estimate from an integer (H, W) mosaic with the (2, 2) black of its CFA cell.
 
     A histogram of the integer values replaces the per-pixel work, so a 12 MP frame costs milliseconds.
+    A float mosaic (a sensor profile's corrected copy, darkfix.profile) is rounded to codes for it.
     """
+    if not np.issubdtype(mosaic.dtype, np.integer):
+        mosaic = np.clip(np.rint(mosaic), 0, 65535).astype(np.uint16)
     black = np.asarray(black).reshape(2, 2)
     planes = [mosaic[i::2, j::2] for i in (0, 1) for j in (0, 1)]
     counts = np.zeros(_NBINS)

@@ -33,6 +33,7 @@ class DngSpec:
     fnumber: float | None = None
     datetime: str | None = None  # "YYYY:MM:DD HH:MM:SS"
     description: str = ""
+    noise_profile: tuple[float, ...] | None = None  # DNG NoiseProfile: S, O pairs (variance S x + O)
 
 
 def _srational(values: np.ndarray) -> list[int]:
@@ -79,6 +80,8 @@ def write_dng(path: str | os.PathLike, mosaic: np.ndarray, spec: DngSpec) -> Pat
         extratags.append((34855, "H", 1, int(spec.iso), True))
     if spec.datetime is not None:
         extratags.append((306, "s", 0, spec.datetime, True))
+    if spec.noise_profile is not None:
+        extratags.append((51041, "d", len(spec.noise_profile), tuple(spec.noise_profile), True))
     path = Path(path)
     tifffile.imwrite(
         path,

@@ -18,6 +18,7 @@ class RestoreOptions:
     overwrite: bool = False
     format: str = "png"  # png | tiff | jpeg | dng (imagefile.FORMATS)
     quality: int = 95  # JPEG quality
+    profile: str | None = None  # a sensor profile (`darkfix calibrate`) applied to every frame: absolute path
 
 
 def parse_brightness(value: float | int | str) -> float:

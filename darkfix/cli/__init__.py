@@ -1,6 +1,6 @@
 """The `darkfix` command line: thin command modules that parse options and wire the pipeline's stages.
 
-restore.py, batch.py and info.py are the product's commands, lab.py the lab's; common.py holds what they
+restore.py, batch.py, calibrate.py and info.py are the product's commands, lab.py the lab's; common.py holds what they
 share. Each command imports what it runs only when it runs.
 """
 
@@ -10,6 +10,7 @@ import click
 
 from .. import __version__
 from .batch import batch
+from .calibrate import calibrate
 from .info import info
 from .lab import bench, eval_command, synth, train
 from .restore import restore
@@ -21,7 +22,7 @@ def main() -> None:
     """Restore extremely dark camera raw photos into clean, bright sRGB pictures."""
 
 
-for command in (restore, batch, info, synth, train, bench, eval_command):
+for command in (restore, batch, calibrate, info, synth, train, bench, eval_command):
     main.add_command(command)
 
 __all__ = ["main"]

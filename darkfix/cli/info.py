@@ -11,8 +11,22 @@ from .common import fail
 
 @click.command()
 @click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Default: packaged weights.")
-def info(weights) -> None:
-    """Print what a weights file is, and which engine `--engine auto` picks on this machine."""
+@click.option("--profile", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Print this sensor profile (from `darkfix calibrate`) instead.")
+def info(weights, profile) -> None:
+    """Print what a weights file is, and which engine `--engine auto` picks on this machine; or, with
+    --profile, what a sensor profile holds."""
+    if profile is not None:
+        from ..profile import load_profile
+
+        try:
+            sensor = load_profile(profile)
+        except DarkfixError as e:
+            fail(str(e), e.exit_code)
+        click.echo(f"file:          {profile}")
+        for line in sensor.describe():
+            click.echo(line)
+        return
     from .. import engine, ovengine
     from ..weights import load_weights
 
