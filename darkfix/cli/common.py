@@ -103,6 +103,9 @@ def restore_options(f):
                      help="PNG deflate level: 0 stores, 9 is smallest and slowest; 1-3 deflate with "
                           "ISA-L, several times faster than zlib at about the same size."),
         click.option("--overwrite", is_flag=True, help="Replace existing output files."),
+        click.option("--profile", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                     help="Sensor profile from `darkfix calibrate` (dark frames of this camera at these settings): "
+                          "subtracts its master dark, uses its black levels, fills hot pixels."),
     ]):
         f = option(f)
     return f
@@ -122,13 +125,23 @@ def load_restorer(weights, engine, device, precision, threads, tile):
     return restorer, info
 
 
-def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite):
+def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite, profile=None):
     from ..options import RestoreOptions
 
     if fmt == "jpeg" and bit_depth == "16":
         fail("JPEG holds 8 bits per channel: use --bit-depth 8, or --format tiff/png for 16")
+    if profile is not None:  # a damaged profile is refused before any work; workers get its absolute path
+        from ..errors import DarkfixError
+        from ..profile import load_profile
+
+        try:
+            load_profile(profile)
+        except DarkfixError as e:
+            fail(str(e), e.exit_code)
+        profile = str(Path(profile).resolve())
     return RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=int(bit_depth),
-                          compression=compression, overwrite=overwrite, format=fmt or "png", quality=quality)
+                          compression=compression, overwrite=overwrite, format=fmt or "png", quality=quality,
+                          profile=profile)
 
 
 def raise_interrupt(signum, frame) -> None:
