@@ -110,7 +110,7 @@ class InferenceNet(nn.Module):
 
     `stem` + `coarse` make the 1/32 branch's result `b` from a packed region; `fine` makes the output
     from a packed region and the `b` under it. `forward` runs both on one (N, 4, h, w) tensor with h
-    and w multiples of ALIGN.
+    and w multiples of ALIGN (8 channels for noise-aware weights).
 
     Layout: the full-resolution part runs channels-last (NHWC), which oneDNN's convolutions with few
     channels prefer, and its two 12-channel 5x5 convolutions get 4 zero output channels so that
@@ -136,6 +136,14 @@ class InferenceNet(nn.Module):
             self.refine1 = _rebuilt(net.refine2x[0][0], in_order=order + list(range(12, 16)))
             self.refine2 = _rebuilt(net.refine2x[1][0], out_order=order)
             extra = [self.res3, self.res4, self.refine1, self.refine2]
+        self.noise_aware = net.noise_aware
+        if net.noise_aware:
+            # the finest-scale path reads and writes the last convolution's 12 channels in (i, j, c) order
+            order = _shuffle_order(3, 2)
+            self.fine_in = _rebuilt(net.fine_in[0], in_order=order + list(range(12, 20)))
+            self.fine_down, self.fine_mid, self.fine_up = net.fine_down[0], net.fine_mid[0], net.fine_up[0]
+            self.fine_out = _rebuilt(net.fine_out, out_order=order)
+            extra = [self.fine_in, self.fine_down, self.fine_mid, self.fine_up, self.fine_out]
         # The fusion conv (groups 4) reads d and c interleaved (channel shuffle); instead its weights are
         # reordered so that each group reads 16 channels of d, then the same 16 of c: a plain concat.
         order = [2 * k for k in range(16)] + [2 * k + 1 for k in range(16)]
@@ -152,7 +160,7 @@ class InferenceNet(nn.Module):
 
     def stem_forward(self, packed: torch.Tensor) -> torch.Tensor:
         """(N, 4, h, w) -> `a`, 64 channels at 1/16 of h and w (exact where 2 cells from the border)."""
-        return self.stem(F.pixel_unshuffle(packed.clamp_min(0.0), 16))
+        return self.stem(F.pixel_unshuffle(packed[:, :4].clamp_min(0.0), 16))
 
     def coarse(self, a: torch.Tensor) -> torch.Tensor:
         """`a` -> `b` (exact where COARSE_REACH cells from the border of `a`)."""
@@ -164,7 +172,7 @@ class InferenceNet(nn.Module):
     def fine(self, packed: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(N, 4, h, w) and its `b` (N, 64, h/16, w/16) -> (N, 3, 2h, 2w) in [0, 1]."""
         n, _, h, w = packed.shape
-        x = packed.clamp_min(0.0).contiguous(memory_format=self.memory_format)
+        x = packed[:, :4].clamp_min(0.0).contiguous(memory_format=self.memory_format)
         c = self.conv_rdb8x(F.pixel_shuffle(b, 4).contiguous(memory_format=self.memory_format))
         u = F.pixel_unshuffle(x, 4)
         d = self.res2(F.leaky_relu_(self.res1(u), 0.2)).add_(u)
@@ -187,11 +195,19 @@ class InferenceNet(nn.Module):
             r = self.refine1(torch.cat([out[:, :12], x], dim=1))
             out = self.refine2(F.leaky_relu_(r, 0.2)).add_(out[:, :12])
             del r
+        if self.noise_aware:
+            sigma = packed[:, 4:].contiguous(memory_format=self.memory_format)
+            f = F.leaky_relu_(self.fine_in(torch.cat([out[:, :12], x, sigma], dim=1)), 0.2)
+            u = F.leaky_relu_(self.fine_mid(F.leaky_relu_(self.fine_down(F.pixel_unshuffle(f, 2)), 0.2)), 0.2)
+            u = F.pixel_shuffle(F.leaky_relu_(self.fine_up(u), 0.2), 2)
+            out = self.fine_out(torch.cat([f, u], dim=1)).add_(out[:, :12])
+            del f, u, sigma
         out = out[:, :12].clamp_(0.0, 1.0)
         if self.guide_radius:
             per_colour = out.view(n, 4, 3, h, w)  # (i, j, c) order: the 2 x 2 position, then colour
             # the guide's statistics in float32 (bf16 sums of squares lose them)
-            gain = guide_gain(per_colour.mean(1), packed, self.guide_radius, self.guide_clipped).to(out.dtype)
+            gain = guide_gain(per_colour.mean(1), packed[:, :4], self.guide_radius,
+                              self.guide_clipped).to(out.dtype)
             out = per_colour.mul_(gain[:, None]).clamp_(0.0, 1.0).view(n, 12, h, w)
         # pixel_shuffle(out, 2) in one pass
         image = torch.empty((n, 3, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=self.memory_format)
@@ -222,7 +238,7 @@ class Restorer(TiledEngine):
             p.requires_grad_(False)
         cpu = self.device.type == "cpu"
         if margin is None:
-            margin = margin_for(fine_reach(model.plus, model.guide_radius))
+            margin = margin_for(fine_reach(model.plus, model.guide_radius, model.noise_aware))
         self.set_tiling(tile, DEFAULT_CPU_TILE if cpu else DEFAULT_CUDA_TILE, margin, large_frames=cpu)
 
     def _input(self, x: np.ndarray) -> torch.Tensor:

@@ -31,6 +31,8 @@ class Capture:
     iso: int | None = None
     focal_length: float | None = None  # mm
     lens: str | None = None
+    # the DNG NoiseProfile tag (S, O pairs: variance S x + O of the normalised signal), as written
+    noise_profile: tuple[float, ...] | None = None
 
     def is_empty(self) -> bool:
         return not any(v is not None for v in asdict(self).values())
@@ -86,7 +88,19 @@ def read_capture(path: str | os.PathLike) -> Capture:
         iso=int(iso) if isinstance(iso, (int, float)) and iso > 0 else None,
         focal_length=_number(exif.get("FocalLength")),
         lens=_text(exif.get("LensModel")),
+        noise_profile=_numbers(base.get("NoiseProfile")),
     )
+
+
+def _numbers(value) -> tuple[float, ...] | None:
+    if isinstance(value, (int, float)):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not value:
+        return None
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
 
 
 # TIFF field types

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import ARCHITECTURE, ARCHITECTURE_PLUS, GUIDE_CELL, GUIDE_CLIPPED, GUIDE_RADIUS  # noqa: F401
+from .weights import (ARCHITECTURE, ARCHITECTURE_NA, ARCHITECTURE_PLUS, GUIDE_CELL, GUIDE_CLIPPED,  # noqa: F401
+                      GUIDE_RADIUS)
 
 
 class WNConv2d(nn.Module):
@@ -162,6 +163,8 @@ def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE
 
 class LambaNet(nn.Module):
     """Packed, amplified RGGB input (N, 4, h, w), h and w multiples of 16 -> (N, 3, 2h, 2w) in [0, 1].
+    The noise-aware architecture (`noise_aware`) reads (N, 8, h, w): the four planes, then the standard
+    deviation of each (`darkfix.noise.sigma_planes`).
 
     The input may hold negative values (noise below black): the network reads it clipped at 0, as the
     paper's does, and the colour guide (`guide_gain`, with `guide_radius` > 0) reads it as it is.
@@ -172,9 +175,13 @@ class LambaNet(nn.Module):
     initialised from paper-architecture weights computes exactly what they compute.
     """
 
-    def __init__(self, plus: bool = False, guide_radius: int = 0) -> None:
+    def __init__(self, plus: bool = False, guide_radius: int = 0, noise_aware: bool = False) -> None:
         super().__init__()
+        if plus and noise_aware:
+            raise ValueError("plus and noise_aware are separate architectures")
         self.plus = plus
+        self.noise_aware = noise_aware
+        self.in_channels = 8 if noise_aware else 4
         self.guide_radius = guide_radius
         self.guide_clipped = True  # False: a fine part for input with nothing clipped white (ovexport)
         self.conv32x = nn.Sequential(
@@ -199,14 +206,30 @@ class LambaNet(nn.Module):
                                           nn.Sequential(WNConv2d(24, 12, 3)))
             for last in (self.resblock8x_2.conv2[0], self.refine2x[1][0]):
                 nn.init.zeros_(last.weight_g)
+        if noise_aware:
+            # the finest scales' non-linear path: packed resolution and 2 x 2 packed pixels (reach 7 packed
+            # pixels, periods up to ~16 px), reading the input, its noise map and the linear output
+            self.fine_in = nn.Sequential(WNConv2d(20, 16, 3), _lrelu())
+            self.fine_down = nn.Sequential(WNConv2d(64, 24, 3), _lrelu())
+            self.fine_mid = nn.Sequential(WNConv2d(24, 24, 3), _lrelu())
+            self.fine_up = nn.Sequential(WNConv2d(24, 64, 1), _lrelu())
+            self.fine_out = WNConv2d(32, 12, 3)
+            nn.init.zeros_(self.fine_out.weight_g)  # starts as the paper's network: weights load into it
 
     @property
     def architecture(self) -> str:
-        return ARCHITECTURE_PLUS if self.plus else ARCHITECTURE
+        return ARCHITECTURE_PLUS if self.plus else ARCHITECTURE_NA if self.noise_aware else ARCHITECTURE
 
     def stem(self, packed: torch.Tensor) -> torch.Tensor:
         """The 1/32 branch's first two convolutions: `a` in DESIGN.md."""
-        return self.conv32x(F.pixel_unshuffle(packed.clamp_min(0.0), 16))
+        return self.conv32x(F.pixel_unshuffle(packed[:, :4].clamp_min(0.0), 16))
+
+    def refine(self, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The noise-aware architecture's finest-scale path: a residual on the linear output `out` (N, 12,
+        h, w), from it, the input `x` (clipped at 0) and its noise map `sigma` (N, 4, h, w)."""
+        f = self.fine_in(torch.cat([out, x, sigma], dim=1))
+        u = self.fine_up(self.fine_mid(self.fine_down(F.pixel_unshuffle(f, 2))))
+        return out + self.fine_out(torch.cat([f, F.pixel_shuffle(u, 2)], dim=1))
 
     def coarse(self, a: torch.Tensor) -> torch.Tensor:
         """The residual dense blocks: `a` -> `b`."""
@@ -218,7 +241,7 @@ class LambaNet(nn.Module):
     def fine(self, packed: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Everything after `b`: the 1/8 and 1/2 branches, the fusion and the guide -> (N, 3, 2h, 2w) in
         [0, 1]."""
-        x = packed.clamp_min(0.0)
+        x = packed[:, :4].clamp_min(0.0)
         c = self.conv_rdb8x(F.pixel_shuffle(b, 4))
         d = self.resblock8x(F.pixel_unshuffle(x, 4))
         if self.plus:
@@ -230,11 +253,13 @@ class LambaNet(nn.Module):
         out = self.conv_2_8_32(torch.cat([self.conv2x(x), e], dim=1))
         if self.plus:
             out = out + self.refine2x(torch.cat([out, x], dim=1))
+        if self.noise_aware:
+            out = self.refine(out, x, packed[:, 4:])
         out = out.clamp(0.0, 1.0)
         if self.guide_radius:
             n, _, h, w = out.shape
             per_colour = out.view(n, 3, 4, h, w)  # pixel_shuffle's order: colour, then the 2 x 2 position
-            gain = guide_gain(per_colour.mean(2), packed, self.guide_radius, self.guide_clipped)
+            gain = guide_gain(per_colour.mean(2), packed[:, :4], self.guide_radius, self.guide_clipped)
             out = (per_colour * gain[:, :, None]).clamp(0.0, 1.0).view(n, 12, h, w)
         return F.pixel_shuffle(out, 2)
 

@@ -57,7 +57,8 @@ def convert(model: LambaNet) -> dict:
 
     convert_model = converter()
     net = fold_weight_norm(copy.deepcopy(model).float().eval())
-    x = torch.zeros(1, 4, 64, 64)
+    channels = net.in_channels  # 8 for noise-aware weights: the planes, then their noise map
+    x = torch.zeros(1, channels, 64, 64)
     with torch.no_grad():
         a = net.stem(x)
         b = net.coarse(a)
@@ -65,13 +66,14 @@ def convert(model: LambaNet) -> dict:
 
         def fine(clipped: bool):
             net.guide_clipped = clipped
-            return convert_model(_Part(net, "fine"), example_input=(x, b), input=[(1, 4, -1, -1), (1, 64, -1, -1)])
+            return convert_model(_Part(net, "fine"), example_input=(x, b),
+                                 input=[(1, channels, -1, -1), (1, 64, -1, -1)])
 
         plain = fine(False)
         # without the guide there is no clipped-white handling: one graph serves both
         clipped = fine(True) if net.guide_radius else plain
         return {
-            "stem": convert_model(_Part(net, "stem"), example_input=x, input=[(1, 4, -1, -1)]),
+            "stem": convert_model(_Part(net, "stem"), example_input=x, input=[(1, channels, -1, -1)]),
             "coarse": convert_model(_Part(net, "coarse"), example_input=a, input=[(1, 64, -1, -1)]),
             "fine": plain,
             "fine_clipped": clipped,

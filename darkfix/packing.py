@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .amplify import estimate_exposure, estimate_from_raw
+from .weights import INPUT_NOISE
+from .noise import NoiseLevel, amplified_terms, estimate as estimate_noise, sigma_planes
 
 if TYPE_CHECKING:  # torch is imported lazily: batch's decode workers run this module without it
     import torch
@@ -124,16 +126,18 @@ class PackedFrame:
     the network reads its input clipped at 0, but its colour guide (model.guide_gain) needs local means
     that no clip has biased. With `wb` (4 multipliers, for the R, G1, G2, B planes) each plane is also
     white-balanced and the result clipped at BALANCED_CEILING instead, and pixels past OVER_WHITE in all
-    four planes take the colour around them (FILL_CELL; they render white: `saturated`).
+    four planes take the colour around them (FILL_CELL; they render white: `saturated`). With `noise`
+    (noise-aware weights) four more planes follow: each plane's predicted standard deviation
+    (`darkfix.noise.sigma_planes`), so regions are (8, h, w).
     """
 
     dtype = np.dtype(np.float32)
 
     def __init__(self, mosaic: np.ndarray, layout: Layout, black: np.ndarray, white: float, gain: float,
-                 wb: np.ndarray | None = None) -> None:
+                 wb: np.ndarray | None = None, noise: NoiseLevel | None = None) -> None:
         self.mosaic, self.layout = mosaic, layout
         h, w = mosaic.shape
-        self.shape = (4, (layout.top + h + 1) // 2, (layout.left + w + 1) // 2)
+        self.shape = (4 if noise is None else 8, (layout.top + h + 1) // 2, (layout.left + w + 1) // 2)
         self.reflect = min(h, w) > 1
         b = np.asarray(black, dtype=np.float32).reshape(4, 1, 1)
         self.black = b
@@ -152,6 +156,10 @@ class PackedFrame:
         self.over = b + np.float32(OVER_WHITE) / self.scale if wb is not None else None
         self._any_saturated: bool | None = None
         self._fill: np.ndarray | None = None
+        self.noise = noise
+        if noise is not None:  # var = a y + b of each amplified (and balanced) plane y
+            a, b = amplified_terms(noise, np.float32(gain) * (np.ones(4) if wb is None else np.asarray(wb)))
+            self._noise_terms = (a.astype(np.float32).reshape(4, 1, 1), b.astype(np.float32).reshape(4, 1, 1))
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         if not (isinstance(key, tuple) and len(key) == 3 and key[0] == slice(None)
@@ -166,6 +174,8 @@ class PackedFrame:
             ys, xs = np.nonzero((raw >= self.over).all(axis=0))
             if ys.size:
                 out[:, ys, xs] = self._fill_at(ys + y0, xs + x0)
+        if self.noise is not None:
+            out = np.concatenate([out, sigma_planes(out, *self._noise_terms)])
         return out
 
     def _scaled(self, raw: np.ndarray) -> np.ndarray:
@@ -252,6 +262,7 @@ class Prepared:
     source: str  # what the amplification came from: "ratio", "auto" or "paper"
     wb: np.ndarray  # (3,) the white balance the frame is rendered with
     balanced: bool  # whether `packed` is white-balanced (then the network's output is too)
+    noise: NoiseLevel | None = None  # the noise level given to noise-aware weights (`packed` has 8 planes)
 
 
 EXPOSURES = ("auto", "paper")
@@ -259,12 +270,14 @@ EXPOSURES = ("auto", "paper")
 
 def prepare(mosaic: np.ndarray, cfa: str, black: np.ndarray, white: float, ratio: float | None = None,
             brightness: float = 1.0, *, exposure: str = "auto", wb: np.ndarray | None = None,
-            balanced: bool = False) -> Prepared:
+            balanced: bool = False, noise_aware: bool = False, noise: NoiseLevel | None = None) -> Prepared:
     """Align the CFA, choose the amplification and wrap the mosaic as a lazy packed frame.
 
     The amplification is `ratio` when given, else darkfix's automatic exposure (`exposure="auto"`,
     which needs the frame's white balance `wb`, R, G, B) or the paper's estimate ("paper"); the
     brightness factor multiplies it. `balanced` white-balances the packed planes (by `wb / wb[G]`).
+    `noise_aware` adds the noise map noise-aware weights read: from `noise` (a sensor profile, the DNG's
+    NoiseProfile), else estimated from the frame.
     """
     if exposure not in EXPOSURES:
         raise ValueError(f"unknown exposure {exposure!r} (expected one of {', '.join(EXPOSURES)})")
@@ -280,12 +293,23 @@ def prepare(mosaic: np.ndarray, cfa: str, black: np.ndarray, white: float, ratio
     red = cfa.index("R")
     layout = Layout(red // 2, red % 2, *mosaic.shape)
     planes = rel[[0, 1, 1, 2]] if balanced else None
-    packed = PackedFrame(mosaic, layout, channel_black(black, layout), white, amp * brightness, wb=planes)
-    return Prepared(packed, layout, amp, source, wb3, balanced)
+    black4 = channel_black(black, layout)
+    if noise_aware and noise is None:
+        noise = estimate_noise(aligned_planes(mosaic, layout), black4, white)
+    noise = noise if noise_aware else None
+    packed = PackedFrame(mosaic, layout, black4, white, amp * brightness, wb=planes, noise=noise)
+    return Prepared(packed, layout, amp, source, wb3, balanced, noise)
 
 
-def prepare_frame(frame: "RawFrame", opts: "RestoreOptions", balanced: bool = False) -> Prepared:
-    """`prepare` for a decoded frame with the user's options (its white balance as `opts.wb` says)."""
+def aligned_planes(mosaic: np.ndarray, layout: Layout) -> list[np.ndarray]:
+    """The mosaic's four colour planes as views, in packed order (R, G1, G2, B)."""
+    return [mosaic[(i + layout.top) % 2 :: 2, (j + layout.left) % 2 :: 2] for i in (0, 1) for j in (0, 1)]
+
+
+def prepare_frame(frame: "RawFrame", opts: "RestoreOptions", convention: str = "raw") -> Prepared:
+    """`prepare` for a decoded frame with the user's options (its white balance as `opts.wb` says), for
+    weights of this input `convention` (WeightsInfo.input: "raw", "balanced" or "balanced+noise")."""
     wb = frame.wb_camera if opts.wb == "camera" else frame.wb_daylight
     return prepare(frame.mosaic, frame.cfa, frame.black, frame.white, opts.ratio, opts.brightness,
-                   exposure=opts.exposure, wb=wb, balanced=balanced)
+                   exposure=opts.exposure, wb=wb, balanced=convention != "raw",
+                   noise_aware=convention == INPUT_NOISE, noise=frame.noise)

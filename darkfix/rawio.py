@@ -14,6 +14,7 @@ import rawpy
 
 from .errors import RawReadError
 from .metadata import Capture, read_capture
+from .noise import NoiseLevel, from_dng_profile
 
 # LibRaw's xyz_rgb (linear sRGB -> XYZ, D65)
 XYZ_FROM_SRGB = np.array(
@@ -37,6 +38,9 @@ class RawFrame:
     flip: int  # LibRaw orientation: 0 none, 3 = 180, 5 = 90 CCW, 6 = 90 CW
     cam_xyz: np.ndarray  # (3, 3) XYZ -> camera RGB, a ColorMatrix from which LibRaw derives rgb_cam
     capture: Capture  # camera, date, exposure... where the file has them (metadata.read_capture)
+    # the frame's noise where the file or a sensor profile states it (packed planes R, G1, G2, B); noise-
+    # aware weights otherwise get an estimate from the frame (darkfix.noise)
+    noise: NoiseLevel | None = None
 
 
 @contextmanager
@@ -140,6 +144,7 @@ def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
     # an XYZ -> camera matrix that gives LibRaw this rgb_cam back (its rows are normalised there); LibRaw's
     # own rgb_xyz_matrix is empty for DNGs
     cam_xyz = (np.linalg.inv(rgb_cam.astype(np.float64)) @ np.linalg.inv(XYZ_FROM_SRGB)).astype(np.float32)
+    capture = read_capture(p)
     return RawFrame(
         mosaic=mosaic,
         black=black,
@@ -150,5 +155,6 @@ def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
         rgb_cam=rgb_cam,
         flip=int(raw.sizes.flip),
         cam_xyz=cam_xyz,
-        capture=read_capture(p),
+        capture=capture,
+        noise=from_dng_profile(capture.noise_profile) if capture.noise_profile else None,
     )

@@ -30,15 +30,18 @@ from .weights import GUIDE_CELL
 ALIGN = 16  # packed pixels per cell of the network's 1/32 branch
 FINE_REACH = 20  # packed pixels of context the full-resolution part of the network reads on each side
 PLUS_REACH = 10  # what the lamba2021-plus layers add to it (two 3x3 at 1/4, two at full packed resolution)
+# what the lamba2021-na finest-scale path adds: a 3x3 at packed resolution, two 3x3 at 2 x 2 packed pixels
+# (the 2 x 2 grouping adds one more), a 3x3 at packed resolution
+NA_REACH = 8
 # Each tile reads this much context beyond the part it keeps: FINE_REACH rounded up to ALIGN.
 DEFAULT_MARGIN = 32
 
 
-def fine_reach(plus: bool = False, guide_radius: int = 0) -> int:
+def fine_reach(plus: bool = False, guide_radius: int = 0, noise_aware: bool = False) -> int:
     """Packed pixels of context a network's fine part reads on each side. The colour guide adds its box
     of cells and the neighbouring cell its gain is interpolated from (11 for the default radius)."""
     guide = (guide_radius // GUIDE_CELL + 2) * GUIDE_CELL - 1 if guide_radius else 0
-    return FINE_REACH + (PLUS_REACH if plus else 0) + guide
+    return FINE_REACH + (PLUS_REACH if plus else 0) + (NA_REACH if noise_aware else 0) + guide
 
 
 def margin_for(reach: int) -> int:

@@ -23,10 +23,18 @@ if TYPE_CHECKING:  # torch is imported only to load or save tensors: reading met
 
 ARCHITECTURE = "lamba2021"  # the network of darkfix.model, as the paper has it
 ARCHITECTURE_PLUS = "lamba2021-plus"  # the same with LambaNet(plus=True)'s extra layers
+# LambaNet(noise_aware=True): a noise map as input and a non-linear path at the finest scales
+ARCHITECTURE_NA = "lamba2021-na"
+ARCHITECTURES = (ARCHITECTURE, ARCHITECTURE_PLUS, ARCHITECTURE_NA)
 GUIDE_RADIUS = 6  # model.guide_gain's default radius (here, where reading metadata needs no torch)
 GUIDE_CELL = 4  # and the packed pixels of its cells
 # input at or above this in every channel (in [0, 1] after the guide's clamp) counts as clipped white
 GUIDE_CLIPPED = 0.999
+
+# what weights take (metadata "input"): raw planes, white-balanced planes, or (ARCHITECTURE_NA) those and
+# each plane's noise standard deviation (darkfix.noise)
+INPUT_NOISE = "balanced+noise"
+INPUTS = ("raw", "balanced", INPUT_NOISE)
 
 FORMAT_VERSION = "1"
 DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v3.safetensors"
@@ -49,13 +57,23 @@ class WeightsInfo:
     def guide_radius(self) -> int:
         """The colour guide's radius (model.guide_gain), 0 for none: as trained, or for white-balanced weights
         trained before it existed, the default radius (it corrects their colour bias after the fact)."""
-        default = GUIDE_RADIUS if self.input == "balanced" else 0
+        default = GUIDE_RADIUS if self.balanced else 0
         return int(self.metadata.get("guide_radius", default))
 
     @property
     def input(self) -> str:
         """"balanced" when the network takes (and gives) white-balanced camera RGB, else "raw"."""
         return self.metadata.get("input", "raw")
+
+    @property
+    def balanced(self) -> bool:
+        """Whether the network takes (and gives) white-balanced camera RGB."""
+        return self.input != "raw"
+
+    @property
+    def noise_aware(self) -> bool:
+        """Whether the network also reads each packed plane's noise level (darkfix.noise)."""
+        return self.input == INPUT_NOISE
 
 
 def default_weights_path() -> Path:
@@ -92,13 +110,14 @@ def _authors_info(p: Path) -> WeightsInfo:
 
 
 def _darkfix_info(p: Path, meta: dict[str, str]) -> WeightsInfo:
-    if meta.get("architecture") not in (ARCHITECTURE, ARCHITECTURE_PLUS):
-        raise WeightsError(f"{p}: architecture {meta.get('architecture')!r}, expected {ARCHITECTURE!r} "
-                           f"or {ARCHITECTURE_PLUS!r}")
+    if meta.get("architecture") not in ARCHITECTURES:
+        raise WeightsError(f"{p}: architecture {meta.get('architecture')!r}, expected one of "
+                           f"{', '.join(ARCHITECTURES)}")
     info = WeightsInfo(p, "darkfix", meta.get("output", "camera"), dict(meta))
     if info.output not in ("camera", "srgb"):
         raise WeightsError(f"{p}: unknown output colour space {info.output!r}")
-    if info.input not in ("raw", "balanced") or (info.input == "balanced" and info.output != "camera"):
+    if info.input not in INPUTS or (info.input != "raw" and info.output != "camera") or \
+            (info.input == INPUT_NOISE) != (info.architecture == ARCHITECTURE_NA):
         raise WeightsError(f"{p}: unknown input convention {info.input!r} for {info.output!r} output")
     return info
 
@@ -168,7 +187,8 @@ def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, Weigh
 
     info = read_info(path)
     p = info.path
-    model = LambaNet(plus=info.architecture == ARCHITECTURE_PLUS, guide_radius=info.guide_radius)
+    model = LambaNet(plus=info.architecture == ARCHITECTURE_PLUS, guide_radius=info.guide_radius,
+                     noise_aware=info.architecture == ARCHITECTURE_NA)
     if info.format == "darkfix":
         try:
             state = load_file(str(p))

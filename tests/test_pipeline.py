@@ -183,7 +183,7 @@ def test_clipped_photosites_render_white_and_only_them(make_dng, weights_file, m
     restorer, info = engines.load(weights_file, engine=engine, device="cpu", precision="fp32")
     frame = read_raw(src)
     opts = RestoreOptions(bit_depth=bit_depth, ratio=20)
-    prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
+    prep = prepare_frame(frame, opts, info.input)
     marked = infer_and_render(frame, prep, restorer, info, opts)
     monkeypatch.setattr(pipeline, "saturated_pixels", lambda *args: None)
     plain = infer_and_render(frame, prep, restorer, info, opts)

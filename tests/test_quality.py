@@ -88,7 +88,7 @@ def test_colour_balance_survives_every_sensor(shipped, tmp_path):
                 wb3 = (wb[0], 1.0, wb[1])
                 clean, _ = dark_dng(tmp_path / "c.dng", balanced, wb3, ratio, bits, black, cfa, seed=case)
                 frame = read_raw(tmp_path / "c.dng")
-                prep = prepare_frame(frame, RestoreOptions(ratio=ratio), balanced=True)
+                prep = prepare_frame(frame, RestoreOptions(ratio=ratio), "balanced")
                 with torch.no_grad():
                     out = restorer.run_tile(torch.from_numpy(np.asarray(prep.packed))[None])
                 out = crop(out, prep.layout)[0].float().numpy() / (prep.wb / prep.wb[1])[:, None, None]

@@ -40,8 +40,11 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
 @click.command()
 @click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
               help="Folder of clean photos to synthesise training pairs from.")
-@click.option("--val", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="Folder of clean photos for periodic validation (PSNR/SSIM); the best weights are kept.")
+@click.option("--val", type=click.Path(path_type=Path, exists=True, file_okay=False), multiple=True,
+              help="Folder of clean photos for periodic validation (PSNR/SSIM; repeatable; a training folder "
+                   "gives its held-out photos); the best weights are kept.")
+@click.option("--val-crops", type=click.IntRange(1), default=12, show_default=True,
+              help="Validation crops from each --val folder.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Weights file to write (.safetensors); the checkpoint goes to OUT.ckpt.")
 @click.option("--iterations", type=click.IntRange(1), default=20000, show_default=True)
@@ -66,10 +69,13 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
 @click.option("--plus", is_flag=True,
               help="Train the lamba2021-plus network (more capacity at 1/8 and full resolution); --init may "
                    "then name paper-architecture weights, whose function it starts from.")
+@click.option("--noise-aware", is_flag=True,
+              help="Train the lamba2021-na network (a noise map as input, a non-linear path at the finest "
+                   "scales); --init may name paper-architecture weights, whose function it starts from.")
 @click.option("--guide-radius", type=click.IntRange(0, 32), default=GUIDE_RADIUS, show_default=True,
               help="Train through the colour guide of this radius (packed pixels; 0: none), as restoring applies it.")
-def train(images, val, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from, precision, minutes, plus, guide_radius) -> None:
+def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
+          validate_every, msssim_from, precision, minutes, plus, noise_aware, guide_radius) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -86,11 +92,15 @@ def train(images, val, out, iterations, batch_size, crop, lr, seed, device, thre
         dev = pick_device(device)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--device") from None
-    cfg = TrainConfig(images=str(images), val=str(val) if val else None, out=str(out), iterations=iterations,
+    if plus and noise_aware:
+        raise click.BadParameter("choose one of --plus and --noise-aware", param_hint="--noise-aware")
+    cfg = TrainConfig(images=str(images), val=[str(v) for v in val] or None, val_crops=val_crops, out=str(out),
+                      iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
-                      init=str(init_weights) if init_weights else None, plus=plus, guide_radius=guide_radius)
+                      init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
+                      guide_radius=guide_radius)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
     with Progress(*columns) as progress:

@@ -274,7 +274,7 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
 
         say("warming up")
         frame = read_raw(source)
-        prep = prepare_frame(frame, opts, balanced=info.input == "balanced")
+        prep = prepare_frame(frame, opts, info.input)
         packed = np.asarray(prep.packed)
         restorer(packed, keep_first)
         image = infer_and_render(frame, prep, restorer, info, opts)  # the real image, for the encoder
@@ -288,7 +288,7 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
             # restore normalises tile by tile inside the network stage; here the whole frame is made once
             # so that the network is timed alone
             def pack() -> tuple:
-                p = prepare_frame(frame, opts, balanced=info.input == "balanced")
+                p = prepare_frame(frame, opts, info.input)
                 return p, np.asarray(p.packed)
 
             prep, packed = timer("pack+amplify", pack)

@@ -256,7 +256,7 @@ class NetworkMethod:
 
     def __call__(self, case: Case, frame: RawFrame, amplification: float) -> np.ndarray:
         opts = RestoreOptions(ratio=amplification, bit_depth=16)
-        prep = prepare_frame(frame, opts, balanced=self.info.input == "balanced")
+        prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
 
 

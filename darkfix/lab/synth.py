@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..colour import XYZ_FROM_SRGB
+from ..noise import sigma_planes
 from ..packing import BALANCED_CEILING, FILL_CELL, OVER_WHITE
 
 BLACK, WHITE = 512.0, 16383.0  # Sony A7S II levels: the reference sensor of the ELD calibration
@@ -172,6 +173,25 @@ def sample_noise(n: int, g: torch.Generator, broad: float = 0.25) -> NoiseParams
     )
 
 
+def tukey_variance(lam: torch.Tensor) -> torch.Tensor:
+    """The variance of `_tukey`'s distribution (unit scale) for shapes `lam` (> -1/2; pi^2 / 3 at 0)."""
+    lam = lam.double()
+    safe = torch.where(lam.abs() < 1e-6, torch.ones_like(lam), lam)
+    beta = torch.exp(2.0 * torch.lgamma(safe + 1.0) - torch.lgamma(2.0 * safe + 2.0))
+    general = 2.0 / safe**2 * (1.0 / (1.0 + 2.0 * safe) - beta)
+    return torch.where(lam.abs() < 1e-6, torch.full_like(lam, math.pi**2 / 3.0), general)
+
+
+def noise_terms(p: NoiseParams, sensor: Sensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shot, read), each (N,): `darkfix.noise.NoiseLevel`'s terms for these parameters, in normalised
+    units (var = shot x + read^2): read noise of its shape, row noise and the ADC's rounding together."""
+    scale = sensor.range / SONY_RANGE
+    shape = torch.where(torch.isnan(p.read_lambda), torch.ones_like(p.read_lambda.double()),
+                        tukey_variance(torch.nan_to_num(p.read_lambda)))
+    read_var = (p.read_sigma.double() * scale) ** 2 * shape + (p.row_sigma.double() * scale) ** 2 + 1.0 / 12.0
+    return (p.K * scale / sensor.range).float(), (read_var.sqrt() / sensor.range).float()
+
+
 def _tukey(u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     safe = torch.where(lam.abs() < 1e-6, torch.ones_like(lam), lam)
     general = (u**safe - (1.0 - u) ** safe) / safe
@@ -257,6 +277,22 @@ class Synthetic:
         x = normalise(self.raw, self.sensor, clip_black=False) * amp.to(self.raw.device).view(n, 1, 1, 1)
         x = x * packed_wb(self.camera.wb).to(x.device)
         return fill_over_white(x.clamp(-1.0, BALANCED_CEILING), (x >= OVER_WHITE).all(dim=1, keepdim=True))
+
+    def noise_map(self, x: torch.Tensor, amplification: torch.Tensor | None = None,
+                  g: torch.Generator | None = None, spread: float = 0.3) -> torch.Tensor:
+        """The (N, 4, h, w) noise map noise-aware weights read beside `network_input` `x`
+        (`darkfix.noise.sigma_planes`). With `g`, the shot and read terms are each off by a random factor
+        within 1 / (1 + spread) .. 1 + spread, as estimated noise levels are."""
+        amp = self.ratio if amplification is None else amplification
+        n = amp.shape[0]
+        shot, read = noise_terms(self.noise, self.sensor)
+        if g is not None:
+            off = torch.exp((2.0 * torch.rand(n, 2, generator=g) - 1.0) * math.log1p(spread))
+            shot, read = shot * off[:, 0], read * off[:, 1]
+        gains = packed_wb(self.camera.wb) * amp.view(n, 1, 1, 1)
+        a = (gains * shot.view(n, 1, 1, 1)).to(x.device)
+        b = ((gains * read.view(n, 1, 1, 1)) ** 2).to(x.device)
+        return sigma_planes(x, a, b)
 
     def target_balanced(self) -> torch.Tensor:
         """The clean image white-balanced and clipped, as LibRaw clips a normal exposure: highlights white."""

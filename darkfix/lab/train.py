@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from . import synth
 from .evaluate import psnr
 from ..colour import render
 from ..model import GUIDE_RADIUS, LambaNet
-from ..weights import save_weights
+from ..weights import INPUT_NOISE, save_weights
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -32,7 +33,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 class TrainConfig:
     images: str
     out: str
-    val: str | None = None
+    val: list[str] | None = None  # folders of validation photos (a training folder: its HELD_OUT photos)
     iterations: int = 20000
     batch: int = 8
     crop: int = 256
@@ -46,15 +47,25 @@ class TrainConfig:
     msssim_from: float = 0.75  # fraction of the run after which the MS-SSIM term joins the L1 loss
     init: str | None = None  # weights to start from (fine-tuning) instead of a random initialisation
     plus: bool = False  # LambaNet(plus=True); `init` may then be paper-architecture weights
+    noise_aware: bool = False  # LambaNet(noise_aware=True); `init` likewise
     guide_radius: int = GUIDE_RADIUS  # train through model.guide_gain of this radius (0: none)
     precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
     max_seconds: float | None = None  # stop (checkpointed, resumable) after this long in this call
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
+# Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
+# (img_004, img_008, ..., img_100: 25 photos of buildings, dense edges and fine texture).
+HELD_OUT = re.compile(r"urban100_img_\d*(00|04|08|12|16|20|24|28|32|36|40|44|48|52|56|60|64|68|72|76|80|84|88|92|96)\.")
+PARTS = ("all", "train", "held-out")
+
+
+def list_images(folder: str | os.PathLike, part: str = "all") -> list[Path]:
+    """The photos of a folder, sorted; `part` "train" leaves out the HELD_OUT ones, "held-out" keeps only them."""
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if part != "all":
+        paths = [p for p in paths if bool(HELD_OUT.match(p.name)) == (part == "held-out")]
     if not paths:
-        raise FileNotFoundError(f"{folder}: no images found")
+        raise FileNotFoundError(f"{folder}: no images found" + ("" if part == "all" else f" ({part})"))
     return paths
 
 
@@ -71,7 +82,8 @@ class PhotoPool:
 
     def __init__(self, folder: str | os.PathLike, crop: int) -> None:
         self.crop = crop
-        self.photos = [p for p in (load_photo(path, crop) for path in list_images(folder)) if min(p.shape[1:]) >= crop]
+        paths = list_images(folder, "train")
+        self.photos = [p for p in (load_photo(path, crop) for path in paths) if min(p.shape[1:]) >= crop]
         if not self.photos:
             raise ValueError(f"{folder}: no photo is at least {crop} px on its short side")
 
@@ -119,17 +131,22 @@ class Pair:
         return render(pred, torch.ones(3), self.rgb_cam.to(pred.device))
 
 
-def pair_from(s: synth.Synthetic, device: torch.device) -> Pair:
-    return Pair(s.network_input().to(device), s.target_balanced().to(device), s.camera.rgb_cam.to(device), s.ratio)
+def pair_from(s: synth.Synthetic, device: torch.device, g: torch.Generator | None = None) -> Pair:
+    """The pair's input holds the four packed planes and their noise map (`Synthetic.noise_map`, its terms
+    perturbed by `g` where given): eight channels, of which networks that are not noise-aware read four."""
+    x = s.network_input()
+    x = torch.cat([x, s.noise_map(x, g=g)], dim=1)
+    return Pair(x.to(device), s.target_balanced().to(device), s.camera.rgb_cam.to(device), s.ratio)
 
 
 def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device) -> Pair:
     """Half the batch from the Sony A7S II (SID's camera: its benchmarks are the reference), half from the
-    broad range of sensors; both with the exposure draws that push highlights past white."""
+    broad range of sensors; both with the exposure draws that push highlights past white. The noise maps
+    are off by up to 30 % (estimates at restore are)."""
     half = srgb.shape[0] // 2
     sony = synth.synthesise(srgb[:half], g, broad=False, exposure=synth.sample_exposure(half, g))
     broad = synth.synthesise(srgb[half:], g, broad=True)
-    a, b = pair_from(sony, device), pair_from(broad, device)
+    a, b = pair_from(sony, device, g), pair_from(broad, device, g)
     return Pair(*(torch.cat([x, y]) for x, y in ((a.inputs, b.inputs), (a.target_linear, b.target_linear),
                                                   (a.rgb_cam, b.rgb_cam), (a.ratio, b.ratio))))
 
@@ -147,12 +164,18 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True) -> 
     return loss
 
 
-def validation_pairs(folder: str, count: int, crop: int = 512) -> list[Pair]:
-    """A fixed set of validation crops at ratios 100, 250 and 300 (same seed every run); every other
-    crop from the broad range of sensors, the rest from the Sony A7S II."""
+def validation_pairs(folders: list[str], count: int, crop: int = 512) -> list[Pair]:
+    """A fixed set of validation crops at ratios 100, 250 and 300 (same seed every run), `count` from each
+    folder (a training folder gives its HELD_OUT photos); every other crop from the broad range of
+    sensors, the rest from the Sony A7S II."""
     g = torch.Generator().manual_seed(1234)
     pairs = []
-    for i, path in enumerate(list_images(folder)[:count]):
+    paths = []
+    for folder in folders:
+        found = list_images(folder)
+        held = [p for p in found if HELD_OUT.match(p.name)]
+        paths += (held or found)[:count]
+    for i, path in enumerate(paths):
         img = Image.open(path).convert("RGB")
         w, h = img.size
         s = min(crop, w, h) // 32 * 32
@@ -213,7 +236,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     device = torch.device(cfg.device)
     ckpt_path = Path(cfg.checkpoint or f"{cfg.out}.ckpt")
     torch.manual_seed(cfg.seed)
-    model = LambaNet(plus=cfg.plus, guide_radius=cfg.guide_radius).to(device).train()
+    model = LambaNet(plus=cfg.plus, guide_radius=cfg.guide_radius, noise_aware=cfg.noise_aware).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     step, best, history, seconds = 0, -1.0, [], 0.0
@@ -221,10 +244,10 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         from ..weights import load_weights
 
         start = load_weights(cfg.init)[0]
-        if start.plus and not cfg.plus:
+        if start.architecture not in (model.architecture, LambaNet().architecture):
             raise ValueError(f"{cfg.init}: {start.architecture} weights cannot start a {model.architecture} network")
-        # paper weights into a plus network: its extra layers keep their identity initialisation
-        model.load_state_dict(start.state_dict(), strict=start.plus == cfg.plus)
+        # paper weights into a wider network: its extra layers keep their identity initialisation
+        model.load_state_dict(start.state_dict(), strict=start.architecture == model.architecture)
     if resume:
         # our own checkpoints hold only tensors and plain values: no arbitrary unpickling needed
         state = torch.load(resume, map_location=device, weights_only=True)
@@ -249,7 +272,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     def export(val_psnr: float, val_ssim: float) -> None:
         save_weights(model, cfg.out, {
             "output": "camera",
-            "input": INPUT,
+            "input": INPUT_NOISE if cfg.noise_aware else INPUT,
             "guide_radius": str(cfg.guide_radius),  # restoring applies what training went through, 0 too
             "amplification": "trained with the true exposure ratio times an exposure of 0.6-6",
             "training": {"iterations": step, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
