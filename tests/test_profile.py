@@ -437,7 +437,7 @@ def test_profile_of_another_camera_refused(sessions, weights_file, tmp_path):
         out = tmp_path / f"{what}.png"
         assert_refused(run("restore", shot, "-o", out, "--weights", weights_file, "--profile", s.profile),
                        "does not fit", what)
-        assert not out.exists()
+        assert not out.exists() and not list(tmp_path.glob(".*part*"))
 
 
 def test_calibrate_refuses_mismatched_frames(sessions, tmp_path):
