@@ -450,7 +450,7 @@ def calibrate(darks: Sequence[str | os.PathLike], flats: Sequence[str | os.PathL
     bad = np.abs(dev) > limit
     if flicker is not None:
         bad |= flicker > 9.0 * read_total
-    bad |= hi >= white
+    bad |= master >= white - 1.0  # stuck at white (not a transient: the robust mean leaves those out)
     del hi, lo
     hot = np.flatnonzero(bad).astype(np.uint32)
     good = ~bad
@@ -523,7 +523,7 @@ def _noise_from_darks(used: list[Path], master: np.ndarray, mean: np.ndarray):
         col_vars.append(_line_noise(cols, pixel, h) * correct)
         if i < 4:  # the shape against the plain mean: the robust one leaves a frame's extremes out, and
             # a residual from it has heavier tails than the noise
-            plain = np.subtract(read_raw(p).mosaic, mean, dtype=np.float32).reshape(-1)[pick]
+            plain = r.reshape(-1)[pick] + (master - mean).reshape(-1)[pick]
             samples.append(plain - rows[pick // w] - cols[pick % w])
     full = sq / (n - 1)
     flicker = (sq - top) / (n - 2) if top is not None else full

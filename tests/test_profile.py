@@ -471,10 +471,12 @@ def test_calibrate_warns_about_lit_frames(sessions, tmp_path):
 
 
 def test_restore_batch_and_library_agree(sessions, weights_file, tmp_path):
-    """restore --profile, batch --profile (its decoder process) and darkfix.load().restore(profile=) give
-    the same picture, and it differs from the one without the profile."""
+    """restore --profile, batch --profile (its decoder process), batch --ray's actor (run here without Ray:
+    its own decoder process) and darkfix.load().restore(profile=) give the same picture, and it differs
+    from the one without the profile."""
     import darkfix
     from _util import read_png
+    from darkfix.raybatch import _RestoreActor
 
     s = sessions["8bit"]
     folder = tmp_path / "shots"
@@ -486,10 +488,19 @@ def test_restore_batch_and_library_agree(sessions, weights_file, tmp_path):
     assert r.exit_code == 0, r.output
     r = run("batch", folder, "-o", tmp_path / "many", "--weights", weights_file, "--ratio", 20, "--profile", s.profile)
     assert r.exit_code == 0, r.output
+    paths = sorted(folder.glob("*.dng"))
+    actor = _RestoreActor(str(weights_file), "torch", "cpu", "auto", None, 1,
+                          RestoreOptions(ratio=20.0, profile=str(s.profile.resolve())))
+    try:
+        done = actor({"src": [str(p) for p in paths], "dst": [str(tmp_path / "ray" / f"{p.stem}.png") for p in paths]})
+    finally:
+        actor.worker.close()
+    assert done["status"] == ["done"] * len(paths), done
     model = darkfix.load(weights_file, device="cpu", engine="torch")
-    for path in sorted(folder.glob("*.dng")):
+    for path in paths:
         one = read_png(tmp_path / "one" / f"{path.stem}.png")[0]
         assert np.array_equal(one, read_png(tmp_path / "many" / f"{path.stem}.png")[0])
+        assert np.array_equal(one, read_png(tmp_path / "ray" / f"{path.stem}.png")[0])
         assert np.array_equal(one, model.restore(path, ratio=20, profile=s.profile))
         assert not np.array_equal(one, model.restore(path, ratio=20))
 
