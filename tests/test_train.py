@@ -257,3 +257,44 @@ def test_time_budget_stops_with_a_resumable_checkpoint(photos, tmp_path):
     done = train(TrainConfig(images=str(photos), out=str(out), iterations=state["step"] + 2, batch=1, crop=192,
                              precision="fp32"), resume=f"{out}.ckpt")
     assert done["finished"] and done["steps"] == state["step"] + 2
+
+
+def test_tune_for_a_profiled_sensor(tmp_path):
+    """`darkfix tune`: weights tuned on one sensor's noise, validated first (never worse than the start on
+    that sensor's pairs), named after the profile; the same command resumes; a foreign output is refused."""
+    import json as _json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from darkfix.cli import main
+    from darkfix.dng import DngSpec, write_dng
+    from darkfix.profile import calibrate
+    from darkfix.weights import DEFAULT_WEIGHTS_NAME, read_info
+
+    rng = np.random.default_rng(0)
+    darks = [write_dng(tmp_path / f"dark{i}.dng", (256 + rng.normal(0, 3, (64, 96))).round().astype(np.uint16),
+                       DngSpec(cfa="GBRG", black=256.0, white=4095)) for i in range(3)]
+    prof = calibrate(darks)
+    profile = prof.save(tmp_path / "cam.dfprofile")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        yy, xx = np.mgrid[0:256, 0:288]
+        img = np.stack([(xx + 40 * i) % 256, yy, (xx + yy) // 3 % 256], -1).astype(np.uint8)
+        Image.fromarray(img).save(photos / f"p{i}.png")
+    out = tmp_path / "tuned.safetensors"
+    args = ["tune", "--profile", str(profile), "--images", str(photos), "-o", str(out), "--iterations", "2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    meta = read_info(out).metadata
+    tuned = _json.loads(meta["tuned_for"])
+    assert tuned["profile"] == prof.checksum and tuned["base_weights"] == DEFAULT_WEIGHTS_NAME
+    assert _json.loads(meta["training"])["iterations"] in (0, 2)
+    assert "step 0: validation" in res.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "best validation" in again.output
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"x")
+    refused = CliRunner().invoke(main, [*args[:5], "-o", str(other)])
+    assert refused.exit_code == 2 and "already exists" in refused.output and other.read_bytes() == b"x"

@@ -12,7 +12,7 @@ from .. import __version__
 from .batch import batch
 from .calibrate import calibrate
 from .info import info
-from .lab import bench, eval_command, synth, train
+from .lab import bench, eval_command, synth, train, tune
 from .restore import restore
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     """Restore extremely dark camera raw photos into clean, bright sRGB pictures."""
 
 
-for command in (restore, batch, calibrate, info, synth, train, bench, eval_command):
+for command in (restore, batch, calibrate, info, synth, train, tune, bench, eval_command):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -1,4 +1,4 @@
-"""The lab's commands: `synth`, `train`, `bench` and `eval` (darkfix.lab does the work)."""
+"""The lab's commands: `synth`, `train`, `tune`, `bench` and `eval` (darkfix.lab does the work)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..errors import DarkfixError
 from ..weights import GUIDE_RADIUS
@@ -21,7 +22,13 @@ from .common import DEVICE, Brightness, fail, lab_module, load_restorer, network
 @click.option("--sensors", type=click.Choice(["sony", "broad"]), default="sony", show_default=True,
               help="sony: SID's Sony A7S II; broad: a random sensor per photo (8-16 bits, black 0-10 %, "
                    "white balance 1-3; ratios scaled to what the bit depth holds).")
-def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
+@click.option("--black-error/--no-black-error", default=True, show_default=True,
+              help="Give each frame the training recipe's per-channel black-level error (a black level the "
+                   "file states slightly wrong), or none: measures denoising apart from that robustness.")
+@click.option("--held-out", is_flag=True,
+              help="Use only the photos training holds out of PHOTOS (every fourth Urban100 photo): a "
+                   "detail-rich benchmark the network has not trained on.")
+def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held_out) -> None:
     """Make a benchmark folder of dark DNGs and ground truth from clean PHOTOS."""
     make_benchmark = lab_module("benchset").make_benchmark
 
@@ -31,7 +38,8 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors) -> None:
         raise click.BadParameter(f"not a list of numbers: {ratios!r}", param_hint="--ratios") from None
     try:
         manifest = make_benchmark(photos, out, ratio_list, seed=seed, limit=limit, max_side=max_side, sensors=sensors,
-                                  progress=lambda name: click.echo(f"wrote {out / name}", err=True))
+                                  progress=lambda name: click.echo(f"wrote {out / name}", err=True),
+                                  black_error=black_error, part="held-out" if held_out else "all")
     except (FileNotFoundError, OSError) as e:
         fail(str(e))
     click.echo(f"{out}: {len(manifest['pairs'])} dark raws and their ground truth; manifest in {out / 'manifest.json'}")
@@ -78,11 +86,9 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
           validate_every, msssim_from, precision, minutes, plus, noise_aware, guide_radius) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..inference import pick_device
     training = lab_module("train")
-    TrainConfig, run_training = training.TrainConfig, training.train
 
     if crop % 32:
         raise click.BadParameter("must be a multiple of 32", param_hint="--crop")
@@ -94,13 +100,21 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
         raise click.BadParameter(str(e), param_hint="--device") from None
     if plus and noise_aware:
         raise click.BadParameter("choose one of --plus and --noise-aware", param_hint="--noise-aware")
-    cfg = TrainConfig(images=str(images), val=[str(v) for v in val] or None, val_crops=val_crops, out=str(out),
+    cfg = training.TrainConfig(images=str(images), val=[str(v) for v in val] or None, val_crops=val_crops, out=str(out),
                       iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
                       guide_radius=guide_radius)
+    _run_training(training.train, cfg, resume, minutes)
+
+
+def _run_training(run_training, cfg, resume: Path | None, minutes: float | None) -> None:
+    """Run (or resume) `cfg` with a progress bar and validation lines; say where the weights went."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out, iterations = cfg.out, cfg.iterations
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
     with Progress(*columns) as progress:
@@ -124,6 +138,51 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
         click.echo(f"{out}: best validation PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
     else:
         click.echo(f"{out}: the weights after {summary['steps']} steps (no --val: none validated)")
+
+
+@click.command()
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              required=True, help="The sensor profile (`darkfix calibrate`) to tune for.")
+@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="Folder of clean, well-exposed photos (JPEG, PNG, TIFF or raw): any will do, your own best.")
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Weights file to write (.safetensors); the checkpoint goes to OUT.ckpt.")
+@click.option("--weights", "base", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Weights to start from (default: darkfix's own).")
+@click.option("--minutes", type=click.FloatRange(0.1), default=15.0, show_default=True,
+              help="Stop after this long (checkpointed: run the same command again to go on).")
+@click.option("--iterations", type=click.IntRange(1), default=1500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def tune(profile_path, images, out, base, minutes, iterations, seed) -> None:
+    """Fine-tune darkfix's weights for one sensor: synthetic pairs made from PHOTOS with the noise the
+    profile measured (its system gain, read-noise shape, row and column noise, black and bit depth).
+    The weights start from darkfix's own and are validated on the same sensor's pairs before the
+    first step: they are only replaced by better ones. Run the same command again to resume."""
+    from ..profile import load_profile
+    from ..weights import default_weights_path, file_sha256, read_info
+
+    training = lab_module("train")
+    try:
+        prof = load_profile(profile_path)
+        start = read_info(base)
+    except DarkfixError as e:
+        fail(str(e), e.exit_code)
+    if start.format != "darkfix" or not start.balanced:
+        fail(f"{start.path}: only darkfix's own (white-balanced) weights can be tuned")
+    own = {"black": float(np.mean(prof.black)), "white": prof.white, "k": prof.k, "read_dn": prof.read_dn,
+           "read_lambda": prof.read_lambda, "row_dn": prof.row_dn, "col_dn": prof.col_dn}
+    ckpt = Path(f"{out}.ckpt")
+    if out.exists() and not ckpt.is_file():
+        fail(f"{out}: already exists and is not a tuning run to resume (no {ckpt.name}); choose another name")
+    cfg = training.TrainConfig(
+        images=str(images), val=[str(images)], val_crops=8, out=str(out), iterations=iterations, batch=4, crop=256,
+        lr=5e-5, seed=seed, validate_every=max(1, iterations // 6), msssim_from=1.0, max_seconds=minutes * 60,
+        init=str(start.path), plus=start.architecture == "lamba2021-plus", noise_aware=start.noise_aware,
+        guide_radius=start.guide_radius, own_sensor=own, validate_start=True,
+        tuned_for={"profile": prof.checksum, "camera": " ".join(x for x in (prof.make, prof.model) if x),
+                   "base_weights": Path(start.path).name,
+                   "base_sha256": file_sha256(start.path) if start.path != default_weights_path() else "default"})
+    _run_training(training.train, cfg, ckpt if ckpt.is_file() else None, minutes)
 
 
 # --- bench command ---
@@ -195,15 +254,19 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
               help="Only pairs with these exposure ratios, comma-separated (e.g. 100,300).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the full report (per image, per ratio, overall) as JSON to this file.")
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the summary (per ratio, per noise level, overall) as a Markdown table.")
 @click.option("--per-image/--summary-only", default=True, show_default=True,
-              help="Print the per-image table, or only the per-ratio and overall one.")
+              help="Print the per-image table, or only the per-ratio, per-noise-level and overall one.")
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, ratios,
-                 json_path, per_image, weights, engine, device, precision, threads, tile, quiet) -> None:
+                 json_path, markdown_path, per_image, weights, engine, device, precision, threads, tile,
+                 quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
-    Reports PSNR and SSIM per image, per exposure ratio and overall for the network (--weights),
+    Reports PSNR, colour-aligned PSNR (a per-channel gain fitted to the ground truth first) and SSIM per
+    image, per exposure ratio, per noise level (system gain K) and overall for the network (--weights),
     any --baseline-weights, and LibRaw's un-denoised rendering brightened by the same amount.
     """
     from rich.console import Console
@@ -219,8 +282,9 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
             ev.sid_cases(source, wanted, limit)  # refuse a bad layout before loading any network
         else:
             ev.benchmark_cases(source, wanted, limit)
-        if json_path is not None:
-            ev.check_json_target(json_path)
+        for target in (json_path, markdown_path):
+            if target is not None:
+                ev.check_json_target(target)
         methods = []
         for path in (weights, *baseline_weights):
             restorer, info = load_restorer(path, engine, device, precision, threads, tile)
@@ -237,5 +301,8 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
         if json_path is not None:
             ev.write_json(report, json_path)
             click.echo(f"report written to {json_path}")
+        if markdown_path is not None:
+            markdown_path.write_text(ev.markdown_summary(report))
+            click.echo(f"summary table written to {markdown_path}")
     except DarkfixError as e:
         fail(str(e), e.exit_code)

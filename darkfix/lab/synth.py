@@ -151,6 +151,7 @@ class NoiseParams:
     read_lambda: torch.Tensor  # Tukey-lambda shape; NaN means Gaussian read noise
     row_sigma: torch.Tensor
     bias: torch.Tensor  # (N, 4) per-channel black-level error
+    col_sigma: torch.Tensor | None = None  # column noise (a sensor profile measures it); none by default
 
 
 def sample_noise(n: int, g: torch.Generator, broad: float = 0.25) -> NoiseParams:
@@ -188,7 +189,8 @@ def noise_terms(p: NoiseParams, sensor: Sensor) -> tuple[torch.Tensor, torch.Ten
     scale = sensor.range / SONY_RANGE
     shape = torch.where(torch.isnan(p.read_lambda), torch.ones_like(p.read_lambda.double()),
                         tukey_variance(torch.nan_to_num(p.read_lambda)))
-    read_var = (p.read_sigma.double() * scale) ** 2 * shape + (p.row_sigma.double() * scale) ** 2 + 1.0 / 12.0
+    lines = p.row_sigma.double() ** 2 + (0.0 if p.col_sigma is None else p.col_sigma.double() ** 2)
+    read_var = (p.read_sigma.double() * scale) ** 2 * shape + lines * scale**2 + 1.0 / 12.0
     return (p.K * scale / sensor.range).float(), (read_var.sqrt() / sensor.range).float()
 
 
@@ -219,6 +221,9 @@ def noisy_dn(clean: torch.Tensor, ratio: torch.Tensor, p: NoiseParams, g: torch.
     rows = torch.randn(n, 2, h, generator=g, device=dev) * (col(p.row_sigma) * scale).view(n, 1, 1)
     # mosaic rows 2i and 2i+1 hold channels (R, G1) and (G2, B): each row's offset is shared along it
     row_noise = rows[:, [0, 0, 1, 1], :, None]
+    if p.col_sigma is not None:  # mosaic columns 2j and 2j+1 hold channels (R, G2) and (G1, B)
+        cols = torch.randn(n, 2, w, generator=g, device=dev) * (col(p.col_sigma) * scale).view(n, 1, 1)
+        row_noise = row_noise + cols[:, [0, 1, 0, 1], None, :]
     return shot + read + row_noise + p.bias.to(dev)[:, :, None, None] * scale
 
 
@@ -254,6 +259,37 @@ def sample_exposure(n: int, g: torch.Generator, over_fraction: float = 0.25) -> 
     near = _log_uniform(n, 0.6, 1.6, g)
     over = _log_uniform(n, 1.5, 6.0, g)
     return torch.where(torch.rand(n, generator=g, dtype=torch.float64) < over_fraction, over, near).float()
+
+
+@dataclass
+class OwnSensor:
+    """One real sensor's noise, measured (`darkfix calibrate`), for pairs made with it alone (`darkfix tune`):
+    levels and noise in its own DN."""
+
+    black: float
+    white: float
+    k: float  # DN per electron
+    read_dn: float  # read noise standard deviation
+    read_lambda: float | None  # its Tukey-lambda shape, None for Gaussian
+    row_dn: float
+    col_dn: float
+    spread: float = 0.1  # each draw's parameters off by up to this fraction: the measurement's own error
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[Sensor, NoiseParams]:
+        """The sensor for n images and noise parameters in the Sony's DN (as `noisy_dn` takes them)."""
+        sensor = Sensor(torch.full((n,), float(self.black)), torch.full((n,), float(self.white)))
+        scale = float(sensor.range[0]) / SONY_RANGE
+        off = torch.exp((2.0 * torch.rand(n, 4, generator=g) - 1.0) * math.log1p(self.spread))
+        lam = torch.full((n,), float("nan") if self.read_lambda is None else float(self.read_lambda))
+        shape = 1.0 if self.read_lambda is None else float(tukey_variance(torch.tensor([self.read_lambda]))[0])
+        return sensor, NoiseParams(
+            K=self.k / scale * off[:, 0],
+            read_sigma=self.read_dn / math.sqrt(shape) / scale * off[:, 1],
+            read_lambda=lam,
+            row_sigma=self.row_dn / scale * off[:, 2],
+            bias=0.1 * torch.randn(n, 4, generator=g),  # the profile's black, right to a tenth of a DN
+            col_sigma=self.col_dn / scale * off[:, 3],
+        )
 
 
 @dataclass
@@ -350,23 +386,27 @@ def make_scene(srgb: torch.Tensor, g: torch.Generator, broad: bool = True) -> Sc
 
 def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = True,
                ratio: torch.Tensor | None = None, exposure: torch.Tensor | None = None,
-               scene: Scene | None = None) -> Synthetic:
+               scene: Scene | None = None, own: OwnSensor | None = None) -> Synthetic:
     """The one synthetic-pair recipe (training, validation and `darkfix synth`): sRGB photos (N, 3, H, W)
     -> `make_scene` (or a given `scene`) -> exposure -> mosaic -> ELD noise (25 % virtual-camera gains
     when `broad`) -> ADC.
 
     `ratio` and `exposure` default to random draws (`sample_ratio` scaled by `ratio_limit`, and
-    `sample_exposure`; 1 unless `broad`); pass them for fixed benchmarks.
+    `sample_exposure`; 1 unless `broad`); pass them for fixed benchmarks. `own` replaces the sensor and
+    its noise by one measured sensor's.
     """
     scene = scene or make_scene(srgb, g, broad)
     camera, sensor = scene.camera, scene.sensor
     n = scene.linear.shape[0]
+    own_noise = None
+    if own is not None:
+        sensor, own_noise = own.sample(n, g)
     if ratio is None:
         ratio = (sample_ratio(n, g) * ratio_limit(sensor)).clamp_min(4.0)
     if exposure is None:
         exposure = sample_exposure(n, g) if broad else torch.ones(n)
-    noise = sample_noise(n, g, broad=0.25 if broad else 0.0)
-    if broad:
+    noise = sample_noise(n, g, broad=0.25 if broad else 0.0) if own_noise is None else own_noise
+    if broad and own_noise is None:
         # black levels that the file states a little wrong, per channel, by up to a few DN of 14 bits
         noise.bias = noise.bias + torch.randn(n, 4, generator=g) * _uniform(n, 0.0, 3.0, g).float()[:, None]
     linear = scene.linear * exposure.to(scene.linear.device).view(n, 1, 1, 1)

@@ -24,6 +24,7 @@ from . import synth
 from .evaluate import psnr
 from ..colour import render
 from ..model import GUIDE_RADIUS, LambaNet
+from ..pipeline import RAW_SUFFIXES
 from ..weights import INPUT_NOISE, save_weights
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -51,6 +52,9 @@ class TrainConfig:
     guide_radius: int = GUIDE_RADIUS  # train through model.guide_gain of this radius (0: none)
     precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
     max_seconds: float | None = None  # stop (checkpointed, resumable) after this long in this call
+    own_sensor: dict | None = None  # synth.OwnSensor's fields: every pair from that one sensor (`darkfix tune`)
+    tuned_for: dict | None = None  # what the weights' metadata says they were tuned for (profile, camera)
+    validate_start: bool = False  # validate the starting weights first: later weights must beat them
 
 
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
@@ -61,7 +65,7 @@ PARTS = ("all", "train", "held-out")
 
 def list_images(folder: str | os.PathLike, part: str = "all") -> list[Path]:
     """The photos of a folder, sorted; `part` "train" leaves out the HELD_OUT ones, "held-out" keeps only them."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | RAW_SUFFIXES)
     if part != "all":
         paths = [p for p in paths if bool(HELD_OUT.match(p.name)) == (part == "held-out")]
     if not paths:
@@ -70,8 +74,15 @@ def list_images(folder: str | os.PathLike, part: str = "all") -> list[Path]:
 
 
 def load_photo(path: Path, min_side: int) -> torch.Tensor:
-    """uint8 (3, H, W); photos large enough are halved first, which hides JPEG and noise residue."""
-    img = Image.open(path).convert("RGB")
+    """uint8 (3, H, W); photos large enough are halved first, which hides JPEG and noise residue. A raw
+    file is LibRaw's rendering of it (camera white balance, half size: no demosaicing)."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        import rawpy
+
+        with rawpy.imread(str(path)) as raw:
+            img = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
+    else:
+        img = Image.open(path).convert("RGB")
     if min(img.size) >= 2 * min_side:
         img = img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
@@ -139,6 +150,12 @@ def pair_from(s: synth.Synthetic, device: torch.device, g: torch.Generator | Non
     return Pair(x.to(device), s.target_balanced().to(device), s.camera.rgb_cam.to(device), s.ratio)
 
 
+def own_sensor_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device, own: synth.OwnSensor) -> Pair:
+    """A batch all from one measured sensor (`darkfix tune`): its levels and noise, any camera colour, the
+    exposure draws of the broad half."""
+    return pair_from(synth.synthesise(srgb, g, broad=True, own=own), device, g)
+
+
 def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device) -> Pair:
     """Half the batch from the Sony A7S II (SID's camera: its benchmarks are the reference), half from the
     broad range of sensors; both with the exposure draws that push highlights past white. The noise maps
@@ -164,10 +181,11 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True) -> 
     return loss
 
 
-def validation_pairs(folders: list[str], count: int, crop: int = 512) -> list[Pair]:
+def validation_pairs(folders: list[str], count: int, crop: int = 512,
+                     own: synth.OwnSensor | None = None) -> list[Pair]:
     """A fixed set of validation crops at ratios 100, 250 and 300 (same seed every run), `count` from each
     folder (a training folder gives its HELD_OUT photos); every other crop from the broad range of
-    sensors, the rest from the Sony A7S II."""
+    sensors, the rest from the Sony A7S II; with `own`, all from that sensor."""
     g = torch.Generator().manual_seed(1234)
     pairs = []
     paths = []
@@ -183,9 +201,11 @@ def validation_pairs(folders: list[str], count: int, crop: int = 512) -> list[Pa
         srgb = torch.from_numpy(np.asarray(img.crop(box)).copy()).permute(2, 0, 1)[None].float() / 255.0
         broad = i % 2 == 1
         ratio = torch.tensor([(100.0, 250.0, 300.0)[i % 3]])
-        if broad:
+        if own is not None:
+            broad, ratio = True, (ratio * synth.ratio_limit(own.sample(1, g)[0])).clamp_min(4.0)
+        elif broad:
             ratio = ratio / 4
-        pairs.append(pair_from(synth.synthesise(srgb, g, broad=broad, ratio=ratio, exposure=torch.ones(1)),
+        pairs.append(pair_from(synth.synthesise(srgb, g, broad=broad, ratio=ratio, exposure=torch.ones(1), own=own),
                                torch.device("cpu")))
     return pairs
 
@@ -256,7 +276,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         g.set_state(state["generator"])
         step, best, history, seconds = state["step"], state["best"], state["history"], state["seconds"]
     pool = PhotoPool(cfg.images, cfg.crop)
-    val_pairs = validation_pairs(cfg.val, cfg.val_crops) if cfg.val else []
+    own = synth.OwnSensor(**cfg.own_sensor) if cfg.own_sensor else None
+    val_pairs = validation_pairs(cfg.val, cfg.val_crops, own=own) if cfg.val else []
     started, last_loss = time.time() - seconds, float("nan")
     call_started = time.time()
 
@@ -283,12 +304,21 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                          "seconds": round(time.time() - started), "device": cfg.device,
                          "precision": str(dtype).removeprefix("torch.")},
             "validation": {"psnr": round(val_psnr, 3), "ssim": round(val_ssim, 4), "crops": len(val_pairs)},
+            **({"tuned_for": cfg.tuned_for} if cfg.tuned_for else {}),
         })
 
+    if cfg.validate_start and val_pairs and step == 0:
+        vp, vs = validate(model, val_pairs, device)
+        history.append({"step": 0, "psnr": vp, "ssim": vs})
+        best = vp
+        export(vp, vs)
+        if report:
+            report({"step": 0, "loss": float("nan"), "lr": 0.0, "elapsed": 0.0, "val_psnr": vp, "val_ssim": vs})
     while step < cfg.iterations:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        pair = make_pair(pool.batch(cfg.batch, g), g, device)
+        photos = pool.batch(cfg.batch, g)
+        pair = make_pair(photos, g, device) if own is None else own_sensor_pair(photos, g, device, own)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             pred = model(pair.inputs)
         loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step)
