@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,3 +292,217 @@ def test_openvino_sends_nothing(weights_file, tmp_path):
                        env={**os.environ, "DARKFIX_CACHE": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     assert "done" in r.stdout and "NETWORK" not in r.stdout, r.stdout
+
+
+# --- issue 23: one picture per input, a cache that checks itself ---------------------------------------------
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "seeding_x200.dng"
+
+
+def test_first_converting_run_gives_the_later_runs_picture(tmp_path, monkeypatch):
+    """Issue 23: the first restore on a machine (the one that converts) differed from every later one by up to
+    2-3/255 on 9-20 % of the pixels (measured here: 2/255 on 9.3 %, bf16): it ran the converter's in-memory
+    graph, whose marks (divisions kept out of bf16) saving drops. Now every run uses what is read from files."""
+    import darkfix
+
+    monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
+    images = [darkfix.load(engine="openvino", precision=precision).restore(EXAMPLE, bit_depth=16)
+              for precision in ("bf16", "bf16", "fp32", "fp32")]  # empty cache, then warm, per precision
+    assert images[0].shape == (432, 767, 3)
+    assert np.array_equal(images[0], images[1]) and np.array_equal(images[2], images[3])
+
+
+def _cached_folder(weights_file) -> Path:
+    return ovengine.model_dir(ovengine.file_sha256(weights_file))
+
+
+def test_damaged_model_file_is_rebuilt_not_run(weights_file, packed, tmp_path, monkeypatch):
+    """Issue 23: random floats over a weight region of the cached fine.bin gave exit 0 and a wrong picture
+    (max error 179/255). Now every cached file is checked against the checksum recorded when it was written."""
+    monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
+    expected = _run(ovengine.OpenVINORestorer(ovengine.load_models(weights_file), "fp32"), packed)
+    fine_bin = _cached_folder(weights_file) / "fine.bin"
+    data = bytearray(fine_bin.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = np.random.default_rng(0).random(1024, np.float32).tobytes()
+    fine_bin.write_bytes(bytes(data))
+    said: list[str] = []
+    models = ovengine.load_models(weights_file, say=said.append)
+    assert len(said) == 1 and "damaged (fine.bin does not match its checksum)" in said[0], said
+    assert np.array_equal(_run(ovengine.OpenVINORestorer(models, "fp32"), packed), expected)
+    said.clear()
+    ovengine.load_models(weights_file, say=said.append)
+    assert said == []  # rebuilt whole: the next run reads it silently
+
+
+def test_damaged_compiled_blob_is_compiled_again_not_run(weights_file, packed, tmp_path, monkeypatch):
+    """Issue 23: 4 KB of garbage in OpenVINO's compiled blob gave exit 0 and an all-black PNG on every run."""
+    monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
+    models = ovengine.load_models(weights_file)
+    expected = _run(ovengine.OpenVINORestorer(models, "fp32"), packed)
+    blobs = sorted((tmp_path / "cache" / "openvino" / "blobs").glob("*.blob"))
+    assert len(blobs) == 3  # stem, coarse, fine (the others compile when first used)
+    for blob in blobs:
+        data = bytearray(blob.read_bytes())
+        data[1000:5096] = np.random.default_rng(1).integers(0, 256, 4096, np.uint8).tobytes()
+        blob.write_bytes(bytes(data))
+    said: list[str] = []
+    got = _run(ovengine.OpenVINORestorer(models, "fp32", say=said.append), packed)
+    assert np.array_equal(got, expected)
+    assert len(said) == 3 and all("damaged in the cache" in s and "checksum differs" in s for s in said), said
+    said.clear()
+    assert np.array_equal(_run(ovengine.OpenVINORestorer(models, "fp32", say=said.append), packed), expected)
+    assert said == []  # written anew and whole
+
+
+def _refuse_writes_under(root: Path, monkeypatch, error: int = 13) -> None:
+    """Make every file or folder darkfix creates under `root` fail with `error` (EACCES: another user's
+    cache; tests run as root, which permissions do not stop)."""
+    import errno as errnos
+    import tempfile
+
+    real_open, real_mkdtemp, real_mkdir = os.open, tempfile.mkdtemp, Path.mkdir
+
+    def refuse(path) -> None:
+        if str(path).startswith(str(root)):
+            raise OSError(error, os.strerror(error), str(path))
+
+    def fake_open(path, flags, *args, **kwargs):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdtemp(suffix=None, prefix=None, dir=None):
+        refuse(dir)
+        return real_mkdtemp(suffix, prefix, dir)
+
+    def fake_mkdir(self, *args, **kwargs):
+        if not self.is_dir():
+            refuse(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    assert errnos.errorcode[error]
+    monkeypatch.setattr(ovengine.os, "open", fake_open)
+    monkeypatch.setattr(ovengine.tempfile, "mkdtemp", fake_mkdtemp)
+    monkeypatch.setattr(Path, "mkdir", fake_mkdir)
+    real_write_bytes = Path.write_bytes
+    monkeypatch.setattr(Path, "write_bytes", lambda self, data: refuse(self) or real_write_bytes(self, data))
+
+
+def test_another_users_valid_cache_is_used_read_only(weights_file, packed, tmp_path, monkeypatch):
+    """Issue 23: a cache another user made (blobs mode 0440) ended in a traceback ("cannot remove: Permission
+    denied"). A valid one is read, its blobs imported, and nothing is written or said."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DARKFIX_CACHE", str(cache))
+    expected = _run(ovengine.OpenVINORestorer(ovengine.load_models(weights_file), "fp32"), packed)
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    _refuse_writes_under(cache, monkeypatch)
+    said: list[str] = []
+    models = ovengine.load_models(weights_file, say=said.append)
+    assert np.array_equal(_run(ovengine.OpenVINORestorer(models, "fp32", say=said.append), packed), expected)
+    assert said == [] and {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+
+
+@pytest.mark.parametrize("how", ["a file", "another user's", "full", "fills while writing"])
+def test_unwritable_cache_converts_in_memory_with_one_warning(weights_file, packed, tmp_path, monkeypatch, how):
+    """Issue 23: a cache on a full disk gave a traceback from ov.save_model (`basic_ios::clear`), exit 1; a
+    read-only cache or a path that is a file converted on every run, each time saying "(once; cached in ...)"."""
+    monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "good"))
+    expected = _run(ovengine.OpenVINORestorer(ovengine.load_models(weights_file), "fp32"), packed)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DARKFIX_CACHE", str(cache))
+    if how == "a file":
+        cache.write_text("not a folder")
+    elif how == "another user's":
+        _refuse_writes_under(cache, monkeypatch)
+    else:
+        ov = ovengine.import_openvino()
+        real_save = ov.save_model
+
+        def full(model, path, *args, **kwargs):
+            if str(path).startswith(str(cache)):
+                raise RuntimeError("Exception from src/core/src/pass/serialize.cpp: basic_ios::clear: iostream error")
+            return real_save(model, path, *args, **kwargs)
+
+        monkeypatch.setattr(ov, "save_model", full)
+        free = 0 if how == "full" else 1 << 30
+        monkeypatch.setattr(ovengine.shutil, "disk_usage", lambda p: __import__("shutil")._ntuple_diskusage(1, 1, free))
+    said: list[str] = []
+    models = ovengine.load_models(weights_file, say=said.append)
+    warnings = [s for s in said if s.startswith("warning: ")]
+    assert len(warnings) == 1, said
+    if how == "fills while writing":  # said converting, then that it could not keep it
+        assert len(said) == 2 and "could not cache" in said[1] and "converted again next time" in said[1]
+    else:
+        assert len(said) == 1 and "in memory" in said[0] and "(once" not in said[0]
+        assert {"a file": "Not a directory", "another user's": "Permission denied", "full": "disk full"}[how] in said[0]
+    assert np.array_equal(_run(ovengine.OpenVINORestorer(models, "fp32"), packed), expected)
+    assert not list(tmp_path.glob("cache/openvino/*/*.xml"))
+
+
+def test_unwritable_cache_from_the_command_line(make_dng, weights_file, tmp_path):
+    src = make_dng(size=(40, 58))
+    env = {**os.environ, "DARKFIX_CACHE": str(tmp_path / "cache")}
+    (tmp_path / "cache").write_text("a file where the cache should be")
+    r = subprocess.run([sys.executable, "-m", "darkfix", "restore", str(src), "-o", str(tmp_path / "x.png"),
+                        "--weights", str(weights_file), "--engine", "openvino"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.strip() == str(tmp_path / "x.png"), r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("darkfix")]
+    assert lines == [line for line in lines if "warning: converting" in line] and len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_concurrent_first_runs_convert_once(weights_file, tmp_path):
+    """Issue 23: two restores converting at once both converted. Now the second waits for the first."""
+    code = ("import sys\nfrom darkfix import ovengine\n"
+            "models = ovengine.load_models(sys.argv[1], say=lambda m: print(m, flush=True))\n"
+            "print('stamped', models['fine'].get_rt_info(['darkfix', 'weights_sha256']).astype(str))\n")
+    env = {**os.environ, "DARKFIX_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(weights_file)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    said = [line for o in outs for line in o.splitlines() if not line.startswith("stamped")]
+    assert sum(line.startswith("converting") for line in said) == 1, outs
+    assert sum(line.startswith("waiting for another darkfix process") for line in said) >= 1, outs  # they overlapped
+    sha = ovengine.file_sha256(weights_file)
+    assert all(f"stamped {sha}" in o for o in outs)
+
+
+def test_others_load_sees_a_busy_process():
+    """The engine timing's measure of contention: the share of the CPUs other processes used."""
+    since = ovengine._cpu_sample()
+    if since is None:
+        pytest.skip("no /proc/stat")
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    burner.wait()
+    assert ovengine.others_load(since) >= 0.8 / os.cpu_count()
+
+
+def test_choice_timed_under_contention_is_provisional(weights_file, tmp_path, monkeypatch):
+    """Issue 23: two first runs at once stored for good a choice timed under that contention (140 vs 224 ms;
+    67 vs 136 alone). Now such a choice is used but timed again, quietly, once the machine is idle."""
+    monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path))
+    models = ovengine.load_models(weights_file)
+    model = load_weights(weights_file)[0]
+    monkeypatch.setattr(ovengine, "others_load", lambda since: 0.6)
+    entry = ovengine.measure_engines(models, model, side=128, runs=1)
+    assert entry["contended"] and entry["others_load"] == 0.6 and ovengine.engine_choice("auto") == entry
+    monkeypatch.setattr(ovengine.os, "getloadavg", lambda: (3.0 * os.cpu_count(), 0.0, 0.0))
+    assert not ovengine.retime_due(entry)  # busy now: the provisional choice is used
+    assert engine.choose("auto", "cpu", "auto")[0] == entry["choice"]
+    monkeypatch.setattr(ovengine.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert ovengine.retime_due(entry)  # idle: timed again
+    assert engine.choose("auto", "cpu", "auto") == ("openvino", "auto: OpenVINO, to be measured against torch "
+                                                                "on this CPU")
+    said: list[str] = []
+    engine.load(weights_file, device="cpu", say=said.append)
+    again = ovengine.engine_choice("auto")
+    assert again["retimed"] == 1 and again["contended"] and said == []  # quietly
+    for _ in range(ovengine.RETIMINGS - 1):
+        again = ovengine.measure_engines(models, model, side=128, runs=1)
+    assert again["retimed"] == ovengine.RETIMINGS and not ovengine.retime_due(again)  # kept after that
+    monkeypatch.setattr(ovengine, "others_load", lambda since: 0.05)
+    final = ovengine.measure_engines(models, model, side=128, runs=1)
+    assert "contended" not in final and not ovengine.retime_due(final)
