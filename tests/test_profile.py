@@ -454,6 +454,7 @@ def test_calibrate_refuses_mismatched_frames(sessions, tmp_path):
         assert not out.exists()
     assert_refused(run("calibrate", tmp_path / "missing.dng", "-o", tmp_path / "m.npz"), "missing.dng")
     assert_refused(run("calibrate", *s.darks[:2], "-o", s.profile), "already exists")
+    assert_refused(run("calibrate", *s.darks[:2], "-o", tmp_path / "no" / "p.npz"), "does not exist")
 
 
 def test_calibrate_warns_about_lit_frames(sessions, tmp_path):

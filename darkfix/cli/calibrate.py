@@ -38,6 +38,8 @@ def calibrate(darks, output, flats, overwrite) -> None:
         fail(f"{output}: already exists (use --overwrite to replace it)")
     if output.is_dir():
         fail(f"{output}: is a directory")
+    if not output.parent.is_dir():  # before the work, not after
+        fail(f"{output}: output directory {output.parent} does not exist")
     try:
         dark_files, flat_files = _raws(darks), _raws(flats)
         if not dark_files:
