@@ -24,7 +24,7 @@ The file (an .npz: a zip of numpy arrays, read with allow_pickle=False) holds th
                       power of two within half the master's own noise), deflated
     hot      uint32   flat indices (y * W + x) of the mapped photosites, ascending
 
-About 0.8 bytes per photosite (10 MB for 12 MP; the raw holds 2). Numpy only: no torch.
+About 0.5-0.9 bytes per photosite (6-11 MB for 12 MP; the raw holds 2). Numpy only: no torch.
 """
 
 from __future__ import annotations
