@@ -36,17 +36,18 @@ class Darkfix:
 
     def restore(self, source: str | os.PathLike, *, ratio: float | str | None = None,
                 brightness: float | str = 1.0, exposure: str = "auto", wb: str = "camera",
-                bit_depth: int | str = 8) -> np.ndarray:
+                bit_depth: int | str = 8, profile: str | os.PathLike | None = None) -> np.ndarray:
         """Restore one raw file into an upright sRGB (H, W, 3) array: uint8, or uint16 with bit_depth=16.
 
         `ratio` amplifies by a known exposure ratio; otherwise `exposure` picks the estimate ("auto": a
         normal exposure; "paper": Lamba & Mitra's). `brightness` multiplies the amplification: a factor
         (2, "0.5") or stops ("+1ev"), as the CLI's `-m` takes it. Raises `RawReadError` for files darkfix
-        cannot read, `ValueError` for bad options (with the CLI's message).
+        cannot read, `ValueError` for bad options (with the CLI's message). `profile` applies a sensor
+        profile (`darkfix calibrate`; `ProfileError` where it is damaged or of another camera).
         """
         from .packing import EXPOSURES, prepare_frame
         from .pipeline import infer_and_render
-        from .rawio import read_raw
+        from .profile import read_frame
 
         if str(bit_depth) not in ("8", "16") or isinstance(bit_depth, bool):
             raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth!r}")
@@ -56,9 +57,10 @@ class Darkfix:
         if exposure not in EXPOSURES:
             raise ValueError(f"exposure must be one of {', '.join(EXPOSURES)}, not {exposure!r}")
         brightness, ratio = parse_brightness(brightness), parse_ratio(ratio)
-        opts = RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=bit_depth)
-        frame = read_raw(Path(source))
-        prep = prepare_frame(frame, opts, balanced=self.info.input == "balanced")
+        opts = RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=bit_depth,
+                              profile=None if profile is None else str(Path(profile).resolve()))
+        frame = read_frame(Path(source), opts.profile)
+        prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
 
 
@@ -71,7 +73,9 @@ def load(weights: str | os.PathLike | None = None, device: str = "auto", precisi
 
 def restore(source: str | os.PathLike, *, ratio: float | str | None = None, brightness: float | str = 1.0,
             exposure: str = "auto", wb: str = "camera", bit_depth: int | str = 8,
-            weights: str | os.PathLike | None = None, device: str = "auto", engine: str = "auto") -> np.ndarray:
+            weights: str | os.PathLike | None = None, device: str = "auto", engine: str = "auto",
+            profile: str | os.PathLike | None = None) -> np.ndarray:
     """Restore one raw file with freshly loaded weights; see `Darkfix.restore`."""
     return load(weights, device=device, engine=engine).restore(source, ratio=ratio, brightness=brightness,
-                                                               exposure=exposure, wb=wb, bit_depth=bit_depth)
+                                                               exposure=exposure, wb=wb, bit_depth=bit_depth,
+                                                               profile=profile)

@@ -16,19 +16,20 @@ from typing import Callable
 from .errors import DarkfixError
 from .options import RestoreOptions
 from .packing import Prepared, prepare_frame
-from .rawio import RawFrame, read_raw
+from .profile import read_frame
+from .rawio import RawFrame
 
 DECODE_TIMEOUT = 120.0  # seconds for one file's decode before its worker is killed
 
 
-def decode(path: str, opts: RestoreOptions, balanced: bool) -> tuple[RawFrame, Prepared]:
+def decode(path: str, opts: RestoreOptions, convention: str) -> tuple[RawFrame, Prepared]:
     """Read and prepare one file (what the worker runs)."""
-    frame = read_raw(path)
+    frame = read_frame(path, opts.profile)
     # prep refers to frame.mosaic: one pickle sends the mosaic once for both
-    return frame, prepare_frame(frame, opts, balanced)
+    return frame, prepare_frame(frame, opts, convention)
 
 
-def _worker(conn, fn: Callable, opts: RestoreOptions, balanced: bool) -> None:
+def _worker(conn, fn: Callable, opts: RestoreOptions, convention: str) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what happens, the worker carries on
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # decoding ahead should fill the network's idle moments, not take cores from it
@@ -41,7 +42,7 @@ def _worker(conn, fn: Callable, opts: RestoreOptions, balanced: bool) -> None:
         if path is None:
             return
         try:
-            conn.send(("ok", fn(path, opts, balanced)))
+            conn.send(("ok", fn(path, opts, convention)))
         except DarkfixError as e:
             conn.send(("error", str(e)))
         except Exception as e:  # anything else from the decoder is this file's failure, not the batch's
@@ -63,10 +64,10 @@ def _ending(code: int | None) -> str:
 class DecodeWorker:
     """A child process that decodes and prepares one file at a time, replaceable when it dies or hangs."""
 
-    def __init__(self, opts: RestoreOptions | None = None, balanced: bool = False,
+    def __init__(self, opts: RestoreOptions | None = None, convention: str = "raw",
                  timeout: float = DECODE_TIMEOUT, fn: Callable = decode) -> None:
         # fn must be importable by name in a fresh interpreter (spawn); tests pass faulty decoders
-        self.args, self.timeout = (fn, opts or RestoreOptions(), balanced), timeout
+        self.args, self.timeout = (fn, opts or RestoreOptions(), convention), timeout
         self.ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
         self.proc = None
         self.pending: str | None = None

@@ -214,3 +214,34 @@ def test_restore_with_noise_aware_weights_says_where_the_noise_came_from(noise_a
                                     "--engine", "torch", "-v"])
     assert res.exit_code == 0, res.output
     assert "noise from dng" in res.output
+
+
+def test_noise_aware_weights_convert_to_openvino(noise_aware_model, tmp_path, monkeypatch):
+    """The OpenVINO engine takes the 8-plane input and agrees with torch (>= 50 dB), tiled or not."""
+    from darkfix import ovengine
+
+    if not ovengine.available():
+        pytest.skip("OpenVINO is not installed")
+    monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
+    _, model = noise_aware_model
+    path = save_weights(model, tmp_path / "na.safetensors", {"output": "camera", "input": "balanced+noise",
+                                                             "guide_radius": str(model.guide_radius)})
+    rng = np.random.default_rng(3)
+    smooth = np.kron(rng.random((4, 6, 8)), np.ones((1, 24, 24)))[:, :130, :190]
+    values = (0.3 * smooth + 0.06 * rng.standard_normal((4, 130, 190))).astype(np.float32)
+    packed = np.concatenate([values, sigma_planes(values, 0.01, 4e-4).astype(np.float32)])
+
+    def run(restorer) -> np.ndarray:
+        out = np.zeros((3, 260, 380), np.float32)
+
+        def sink(o, t):
+            out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = o[0] if isinstance(o, np.ndarray) else o[0].numpy()
+
+        restorer(packed, sink)
+        return out
+
+    ref = run(Restorer(load_weights(path)[0], "cpu", "fp32", tile=4096))
+    models = ovengine.load_models(path)
+    for tile in (4096, 64):
+        got = run(ovengine.OpenVINORestorer(models, "fp32", tile=tile))
+        assert 10 * np.log10(1.0 / np.mean((got - ref) ** 2)) >= 50.0

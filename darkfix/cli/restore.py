@@ -21,7 +21,7 @@ from .common import fail, load_restorer, network_options, restore_options, resto
 @network_options
 @click.option("-v", "--verbose", is_flag=True, help="Print the amplification used and timings.")
 def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
-            weights, engine, device, precision, threads, tile, verbose) -> None:
+            profile, weights, engine, device, precision, threads, tile, verbose) -> None:
     """Restore each raw FILE into a picture (PNG unless --format or the -o suffix says otherwise)."""
     from ..imagefile import format_of
     from ..pipeline import check_output, claim_outputs, clash_message, default_output, make_output_dir, restore_file
@@ -33,7 +33,8 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
         fmt = format_of(None if as_dir else out, fmt)
     except DarkfixError as e:
         fail(str(e), e.exit_code)
-    opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite)
+    opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
+                            profile)
     if as_dir and out.exists() and not out.is_dir():
         fail(f"{out}: -o must be a directory when restoring several files")
     try:
@@ -78,6 +79,8 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
                 click.echo(f"{src}: amplification {amp:.2f} "
                            f"({what} {res.amplification:.2f} x brightness {brightness:g}); "
                            f"{res.size[0]}x{res.size[1]} in {time.monotonic() - started:.2f} s")
+                if res.noise:
+                    click.echo(f"{src}: {res.noise}")
             click.echo(str(res.output))
             done += 1
     except DarkfixError as e:
