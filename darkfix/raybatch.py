@@ -43,6 +43,63 @@ def is_remote(address: str | None) -> bool:
     return host not in ("localhost", "127.0.0.1", "::1", "")
 
 
+# Ray's token sources, in the order its own clients read them
+TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+
+
+def _token_available() -> bool:
+    """Whether this machine has a Ray authentication token where Ray's clients look for one."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    try:
+        return bool(Path(path).expanduser().read_text().strip())
+    except OSError:
+        return False
+
+
+def _use_token() -> None:
+    """Send the cluster's token. Ray's driver sends one only in token mode (RAY_AUTH_MODE=token), which
+    `ray.init` turns on by itself only for a cluster it finds without an address: with `--ray-address`, a
+    `ray start` cluster (token authentication on, Ray 2.60) refused darkfix with InvalidAuthToken. A token
+    the user has, in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, turns it on here."""
+    if os.environ.get("RAY_AUTH_MODE") or not _token_available():
+        return  # the user's explicit mode stands; without a token there is nothing to send
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray caches its configuration when imported: read the mode again, as Ray's own helper does
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):  # pragma: no cover - a Ray without token authentication
+        pass
+
+
+def connect(address: str | None) -> None:
+    """`ray.init` for the batch: a cluster at `address`, RAY_ADDRESS, one `ray start` made here, or a new
+    local instance; failures become one line that says what to do. Ray's usage statistics are off for
+    every instance darkfix starts (nothing leaves the machine)."""
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # not a line a second while a connection fails
+    if address or os.environ.get("RAY_ADDRESS"):
+        _use_token()
+    where = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False,
+                 ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if where != "a local cluster":
+            if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+                reason += (f" (if the cluster uses token authentication: is the token in {TOKEN_SOURCES} the "
+                           "one `ray get-auth-token` prints on its head node?)")
+            else:
+                reason += (f" (if the cluster uses token authentication, Ray's default: put its token in "
+                           f"{TOKEN_SOURCES}; `ray get-auth-token` on its head node prints it)")
+        raise DarkfixError(f"cannot start or reach Ray at {where}: {reason}") from None
+
+
 class _RestoreActor:
     """One per Ray worker: the weights loaded once, a decoder process of its own."""
 
@@ -99,12 +156,7 @@ def run_ray_batch(files: list[Path], outputs: list[Path], opts: RestoreOptions, 
     if not todo:
         report.seconds = time.monotonic() - started
         return report
-    try:
-        ray.init(address=settings.address, logging_level="ERROR", log_to_driver=False, include_dashboard=False,
-                 ignore_reinit_error=True)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = settings.address or os.environ.get("RAY_ADDRESS") or "a local cluster"
-        raise DarkfixError(f"cannot start or reach Ray at {where}: {str(e).splitlines()[0]}") from None
+    connect(settings.address)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # darkfix shows its own progress
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:

@@ -31,6 +31,8 @@ torch.set_num_threads(1)
 # Converted OpenVINO models and engine timings go to the test session's own cache, never the user's.
 os.environ["DARKFIX_CACHE"] = tempfile.mkdtemp(prefix="darkfix-test-cache-")
 atexit.register(shutil.rmtree, os.environ["DARKFIX_CACHE"], True)
+# Ray started by the tests (and the Ray workers they spawn) reports no usage statistics: nothing leaves the machine
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 REFERENCE_FILES = ("lamba2021_sony_official.pth", "compat_input.npy", "compat_output.npy",
                    "amplifier_cases.npz", "official_keys.txt")
