@@ -1,15 +1,20 @@
-"""The strongest classical pipeline on a `darkfix synth` benchmark: oracle VST + BM3D on the packed raw.
+"""The strongest classical pipeline on a `darkfix synth` benchmark: VST + BM3D on the packed raw, blind
+(the noise estimated from the frame, what a user gets) and oracle (the benchmark's true noise).
 
     python benchmarks/bm3d_baseline.py BENCH_DIR --weights W.safetensors --limit 3 --json bm3d.json
 
 Per dark raw:
-1. subtract the per-CFA black level and pack the mosaic into R, G1, G2, B planes (DN above black);
+1. subtract the file's per-CFA black level (the one `darkfix restore` and `darkfix eval` give the network:
+   RawFrame.black) and pack the mosaic into R, G1, G2, B planes (DN above black);
 2. generalized Anscombe transform (Makitalo & Foi) for Poisson-Gaussian noise z = K * Poisson(y / K) + n,
    n ~ N(0, s^2): f(z) = 2 sqrt(max(z / K + 3/8 + (s / K)^2, 0)), which makes the noise ~ unit variance.
-   ORACLE: K is the benchmark's true system gain from manifest.json, and s^2 is the true Gaussian-equivalent
-   variance of the signal-independent noise (read + row + quantisation) -- the best case for BM3D, which on
-   real photos would have to estimate both. The manifest records the read-noise scale but not the Tukey-lambda
-   shape that half of the frames use (whose variance is 2.2 to 5.7 times scale^2), so unless the manifest
+   BLIND ("bm3d-blind"): K and s^2 from `darkfix.noise.estimate` on the frame's packed planes (the estimate
+   noise-aware weights get at restore: a Poisson-Gaussian fit on the two greens' difference; its read term
+   holds read, row and quantisation noise together).
+   ORACLE ("bm3d-oracle"): K is the benchmark's true system gain from manifest.json, and s^2 is the true
+   Gaussian-equivalent variance of the signal-independent noise (read + row + quantisation) -- the best case
+   for BM3D. The manifest records the read-noise scale but not the Tukey-lambda shape that half of the frames
+   use (whose variance is 2.2 to 5.7 times scale^2), so unless the manifest
    carries `read_lambda`, the read variance is measured on the frame itself (a texture-robust second-difference
    estimator, with the true K) and the manifest's row-noise variance is added;
 3. an orthonormal 4-point Hadamard transform across the planes (the first output is the luminance-like sum,
@@ -20,8 +25,9 @@ Per dark raw:
    (black + y * ratio, clipped to white) and render it like the "libraw" baseline of `darkfix eval`
    (rawpy postprocess with camera WB, no auto-brightening, 16 bits).
 
-The network (--weights, repeatable) and the libraw baseline run in the same loop on the same frames;
-timings are seconds per image per method on this machine (BM3D dominates: run a few images with --limit).
+The network (--weights, repeatable) and the libraw baseline run in the same loop on the same frames, and
+every method is scored by `darkfix.lab.evaluate` (PSNR, colour-aligned PSNR, SSIM; per ratio, per noise
+level, overall); timings are seconds per image per method on this machine (BM3D dominates: --limit).
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from 
 
 from darkfix.lab import evaluate as ev  # noqa: E402
 from darkfix.errors import DarkfixError  # noqa: E402
-from darkfix.packing import pack, unpack  # noqa: E402
+from darkfix.noise import estimate  # noqa: E402
+from darkfix.packing import aligned_planes, channel_black, pack, unpack  # noqa: E402
+from darkfix.rawio import RawFrame  # noqa: E402
 
 # Orthonormal 4-point Hadamard transform across R, G1, G2, B: keeps unit-variance white noise unit-variance.
 HADAMARD = 0.5 * np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=np.float64)
@@ -97,6 +105,19 @@ def noise_variance(noise: dict, planes: np.ndarray, how: str) -> tuple[float, di
                             "manifest_read_sigma": float(noise["read_sigma"])}
 
 
+def blind_noise(frame: RawFrame) -> dict:
+    """The frame's own noise in DN: {"K": DN per electron, "s2": signal-independent variance, DN^2}, from
+    `darkfix.noise.estimate` on its packed planes with the file's black and white levels (NoiseLevel.shot is
+    K / range and .read the signal-independent standard deviation over the range, range = white - the
+    greens' black, as the estimate normalises)."""
+    layout = pack(np.zeros((2, 2)), frame.cfa)[1]  # the CFA alignment alone (no copy of the frame)
+    black = channel_black(frame.black, layout)
+    level = estimate(aligned_planes(frame.mosaic, layout), black, frame.white)
+    span = float(frame.white) - 0.5 * float(black[1] + black[2])
+    return {"K": float(np.mean(level.shot)) * span, "s2": (float(np.mean(level.read)) * span) ** 2,
+            "source": "estimated on the frame (darkfix.noise.estimate)"}
+
+
 # ------------------------------------------------------------------------------ variance stabilisation
 
 
@@ -145,34 +166,37 @@ class ExactInverse:
 
 
 class BM3DMethod:
-    """Oracle-VST BM3D on the packed raw, rendered by LibRaw like the libraw baseline."""
+    """VST + BM3D on the packed raw (noise from the frame, `blind`, or from the manifest), rendered by LibRaw
+    like the libraw baseline."""
 
-    name = "bm3d"
-
-    def __init__(self, inverse: str = "exact", profile: str = "np", threads: int = 0, sigma: str = "auto") -> None:
+    def __init__(self, inverse: str = "exact", profile: str = "np", threads: int = 0, sigma: str = "auto",
+                 blind: bool = False) -> None:
         import bm3d
 
         self.bm3d = bm3d
-        self.inverse, self.sigma = inverse, sigma
+        self.name = "bm3d-blind" if blind else "bm3d-oracle"
+        self.inverse, self.sigma, self.blind = inverse, sigma, blind
         if profile == "np":
             self.profile = bm3d.BM3DProfile()
             self.profile.num_threads = threads
         else:
             self.profile = profile  # a named profile ('refilter', 'high', ...): bm3d takes the string
         self.description = {
-            "kind": "bm3d", "oracle": True,
-            "noise": "true K from the manifest; signal-independent variance from the manifest when it has "
+            "kind": "bm3d", "oracle": not blind,
+            "noise": "K and the signal-independent variance estimated on the frame (darkfix.noise.estimate)"
+                     if blind else
+                     "true K from the manifest; signal-independent variance from the manifest when it has "
                      "read_lambda, else measured on the frame with the true K, plus the manifest's row variance",
+            "black": "the file's per-CFA black level (RawFrame.black), as the network gets it",
             "vst": "generalized Anscombe", "inverse": "exact unbiased (numerical)" if inverse == "exact"
             else "closed-form approximation (Makitalo & Foi)", "bm3d_profile": profile,
             "channels": "orthonormal Hadamard across R, G1, G2, B; block matching on their sum",
             "render": "denoised raw brightened by the amplification, rawpy postprocess like libraw"}
         self.last: dict = {}
 
-    def denoise(self, planes: np.ndarray, noise: dict) -> np.ndarray:
-        """Packed planes (4, h, w) in DN above black -> denoised planes (DN)."""
-        K = float(noise["K"])
-        s2, info = noise_variance(noise, planes, self.sigma)
+    def denoise(self, planes: np.ndarray, K: float, s2: float, info: dict) -> np.ndarray:
+        """Packed planes (4, h, w) in DN above black, gain K and signal-independent variance s2 (DN^2) ->
+        denoised planes (DN)."""
         sigma_n = math.sqrt(s2) / K
         t = gat(planes.astype(np.float64), K, s2)
         coeffs = np.einsum("ij,jhw->hwi", HADAMARD, t)
@@ -182,15 +206,23 @@ class BM3DMethod:
         self.last = {"K": K, "sigma_eff": math.sqrt(s2), **info}
         return K * inv(t_hat)
 
-    def __call__(self, case: ev.Case, frame, amplification: float) -> np.ndarray:
-        if "noise" not in case.meta:
+    def __call__(self, case: ev.Case, frame: RawFrame, amplification: float) -> np.ndarray:
+        if not self.blind and "noise" not in case.meta:
             raise DarkfixError(f"{case.raw}: the manifest has no noise parameters for the oracle VST "
                                "(rebuild the benchmark with a current darkfix synth)")
+        h, w = frame.mosaic.shape
+        black = np.tile(frame.black.astype(np.float64), (h // 2 + 1, w // 2 + 1))[:h, :w]
+        planes, layout = pack(frame.mosaic.astype(np.float64) - black, frame.cfa)
+        if self.blind:
+            noise = blind_noise(frame)
+            K, s2, info = noise["K"], noise["s2"], {"source": noise["source"]}
+        else:
+            K = float(case.meta["noise"]["K"])
+            s2, info = noise_variance(case.meta["noise"], planes, self.sigma)
+        clean = unpack(self.denoise(planes, K, s2, info), layout)
         with rawpy.imread(str(case.raw)) as raw:
+            # LibRaw renders with its own black level: the same numbers RawFrame.black was read from
             visible = raw.raw_image_visible
-            black = np.asarray(raw.black_level_per_channel, dtype=np.float64)[raw.raw_colors_visible]
-            planes, layout = pack(visible.astype(np.float64) - black, frame.cfa)
-            clean = unpack(self.denoise(planes, case.meta["noise"]), layout)
             scaled = np.clip(black + clean * amplification, 0.0, float(raw.white_level))
             visible[...] = np.rint(scaled).astype(np.uint16)
             return ev.libraw_postprocess(raw, case.libraw_flip)
@@ -204,7 +236,13 @@ class BM3DMethod:
 @click.option("--weights", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Network weights to run beside BM3D (darkfix .safetensors or the authors' .pth); repeatable.")
 @click.option("--limit", type=click.IntRange(1), default=3, show_default=True, help="First N pairs only.")
+@click.option("--stride", type=click.IntRange(1), default=1, show_default=True,
+              help="Every STRIDE-th pair (before --limit): with 3 ratios per photo, 4 takes each photo once, the "
+                   "ratios in turn.")
 @click.option("--ratios", default=None, help="Only these exposure ratios, comma-separated.")
+@click.option("--noise", "modes", type=click.Choice(["both", "blind", "oracle"]), default="both", show_default=True,
+              help="BM3D's noise parameters: estimated on each frame (bm3d-blind), the manifest's (bm3d-oracle), "
+                   "or both side by side.")
 @click.option("--inverse", type=click.Choice(["exact", "closed-form"]), default="exact", show_default=True)
 @click.option("--sigma", type=click.Choice(["auto", "manifest", "measured"]), default="auto", show_default=True,
               help="Signal-independent noise variance: auto = from the manifest when it records read_lambda, "
@@ -215,9 +253,12 @@ class BM3DMethod:
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch threads for the network.")
 @click.option("--no-libraw", is_flag=True, help="Skip the un-denoised LibRaw baseline.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
-def main(benchmark, weights, limit, ratios, inverse, sigma, profile, bm3d_threads, threads, no_libraw,
-         json_path) -> None:
-    """Oracle-VST BM3D vs the network vs LibRaw on the first LIMIT pairs of a darkfix synth BENCHMARK."""
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the summary as a Markdown table.")
+def main(benchmark, weights, limit, stride, ratios, modes, inverse, sigma, profile, bm3d_threads, threads, no_libraw,
+         json_path, markdown_path) -> None:
+    """Blind and oracle VST + BM3D vs the network vs LibRaw on the first LIMIT pairs of a darkfix synth
+    BENCHMARK."""
     import torch
     from rich.console import Console
 
@@ -227,24 +268,27 @@ def main(benchmark, weights, limit, ratios, inverse, sigma, profile, bm3d_thread
     if threads:
         torch.set_num_threads(threads)
     try:
-        cases = ev.benchmark_cases(benchmark, ev.parse_ratios(ratios), limit)
-        if json_path is not None:
-            ev.check_json_target(json_path)
+        cases = ev.benchmark_cases(benchmark, ev.parse_ratios(ratios))[::stride][:limit]
+        for target in (json_path, markdown_path):
+            if target is not None:
+                ev.check_json_target(target)
         methods: list = []
         for w in weights:
             model, info = load_weights(w)
             name = ev.network_name(info, [m.name for m in methods])
             methods.append(ev.NetworkMethod(name, Restorer(model, device="cpu", precision="fp32"), info))
-        bm3d_method = BM3DMethod(inverse=inverse, profile=profile, threads=bm3d_threads, sigma=sigma)
-        methods.append(bm3d_method)
+        bm3d_methods = [BM3DMethod(inverse=inverse, profile=profile, threads=bm3d_threads, sigma=sigma, blind=b)
+                        for b in {"both": (True, False), "blind": (True,), "oracle": (False,)}[modes]]
+        methods.extend(bm3d_methods)
         if not no_libraw:
             methods.append(ev.LibRawMethod())
         noise_notes = []
 
         def progress(line: str) -> None:
-            noise_notes.append(dict(bm3d_method.last))
-            click.echo(f"{line}  [bm3d sigma_eff {bm3d_method.last.get('sigma_eff', float('nan')):.2f} DN, "
-                       f"{bm3d_method.last.get('source', '')}]", err=True)
+            noise_notes.append({m.name: dict(m.last) for m in bm3d_methods})
+            notes = ", ".join(f"{m.name} K {m.last.get('K', float('nan')):.3g} sigma_eff "
+                              f"{m.last.get('sigma_eff', float('nan')):.2f} DN" for m in bm3d_methods)
+            click.echo(f"{line}  [{notes}]", err=True)
 
         t0 = time.perf_counter()
         report = ev.evaluate_cases(cases, methods, progress=progress)
@@ -259,6 +303,9 @@ def main(benchmark, weights, limit, ratios, inverse, sigma, profile, bm3d_thread
     if json_path is not None:
         ev.write_json(report, json_path)
         click.echo(f"report written to {json_path}")
+    if markdown_path is not None:
+        markdown_path.write_text(ev.markdown_summary(report))
+        click.echo(f"summary table written to {markdown_path}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""`darkfix eval`: metrics, PNG reading, the synthetic benchmark and the SID layout, end to end on tiny files."""
+"""`darkfix eval`: metrics, PNG reading, the synthetic benchmark and the SID layout, end to end on tiny files;
+`darkfix synth`'s options and blind BM3D's noise estimate."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from darkfix.cli import main
 from darkfix.dng import DngSpec, write_dng
 from darkfix.model import LambaNet
 from darkfix.pngio import encode_png
+from darkfix.rawio import read_raw
 from darkfix.weights import save_weights
 
 # XYZ -> camera of the Sony A7S II (the DNG ColorMatrix1 the SID-like files carry)
@@ -66,13 +70,23 @@ def bench(tmp_path_factory) -> str:
     return str(root / "out")
 
 
+@pytest.fixture(scope="module")
+def bench_unbiased(bench) -> str:
+    """The same photos, seed and ratios as `bench`, without the black-level error."""
+    out = Path(bench).parent / "unbiased"
+    make_benchmark(Path(bench).parent / "photos", out, ratios=(100, 300), seed=3, black_error=False)
+    return str(out)
+
+
 def _check_summary(summary: dict, methods: list[str], count: int) -> None:
     assert set(summary) == set(methods)
     for m in methods:
         s = summary[m]
         assert s["count"] == count
-        assert all(math.isfinite(s[k]) for k in ("psnr", "ssim", "seconds"))
+        assert all(math.isfinite(s[k]) for k in ("psnr", "psnr_aligned", "ssim", "seconds"))
         assert -1.0 <= s["ssim"] <= 1.0 and s["seconds"] >= 0
+        # the fitted gains can only lower the squared error (up to the clip at 1)
+        assert s["psnr_aligned"] >= s["psnr"] - 0.05
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -87,6 +101,33 @@ def test_perfect_prediction_scores_high():
     assert 38.0 < ev.psnr(noisy, truth) < 42.0  # sigma 0.01 -> 40 dB
     with pytest.raises(ev.EvalError):
         ev.psnr(truth[:-1], truth)
+
+
+def test_colour_aligned_psnr_recovers_a_channel_gain():
+    rng = np.random.default_rng(5)
+    truth = (_smooth_photo(rng, 64, 48).astype(np.float32) / 255.0) * 0.8  # no clipping at 1 after the gains
+    gain = np.array([0.7, 1.15, 0.9], np.float32)
+    off = truth * gain
+    assert ev.psnr(off, truth) < 30.0
+    aligned, fitted = ev.aligned_psnr(off, truth)
+    assert aligned >= 60.0
+    assert fitted == pytest.approx(1.0 / gain, rel=1e-4)
+    s = ev.scores(off, truth)
+    assert set(s) == {"psnr", "psnr_aligned", "ssim", "gains"} and s["psnr_aligned"] == aligned
+    # noise is not a gain: aligning leaves a noisy image's PSNR where it was
+    noisy = np.clip(truth + rng.normal(0, 0.01, truth.shape), 0, 1).astype(np.float32)
+    assert ev.aligned_psnr(noisy, truth)[0] == pytest.approx(ev.psnr(noisy, truth), abs=0.1)
+    assert ev.channel_gains(np.zeros_like(truth), truth) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_noise_bins():
+    assert [ev.k_bin(k) for k in (0.1, 0.5, 1.9, 2.0, 30.0)] == ["K<0.5", "K 0.5-2", "K 0.5-2", "K>2", "K>2"]
+    sony = {"noise": {"K": 1.5}, "black": 512.0, "white": 16383.0}
+    assert ev.sony_gain(sony) == pytest.approx(1.5)
+    # a 12-bit sensor's K in its own DN is about a quarter of the same sensor gain on the Sony's scale
+    twelve = {"noise": {"K": 0.5}, "black": 0.0, "white": 4095.0}
+    assert ev.sony_gain(twelve) == pytest.approx(0.5 * (16383 - 512) / 4095)
+    assert ev.sony_gain({}) is None
 
 
 def test_ssim_in_strips_equals_whole_image(monkeypatch):
@@ -163,7 +204,20 @@ def test_evaluate_benchmark(bench, weights):
     for summary in report["per_ratio"].values():
         _check_summary(summary, names, 2)
     _check_summary(report["overall"], names, 4)
+    # per noise level: the K bins the rows fall in, each row's K from the manifest on the Sony's scale
+    bins = [name for _, name in ev.K_BINS]
+    assert report["per_noise"] and set(report["per_noise"]) <= set(bins)
+    assert sum(s["darkfix"]["count"] for s in report["per_noise"].values()) == 4
+    for row in report["images"]:
+        assert row["k"] == pytest.approx(row["meta"]["noise"]["K"], abs=1e-3)  # a Sony: its own scale
+        assert row["k_bin"] == ev.k_bin(row["k"]) and len(row["results"]["darkfix"]["gains"]) == 3
+    for key, summary in report["per_noise"].items():
+        _check_summary(summary, names, sum(r["k_bin"] == key for r in report["images"]))
+    table = ev.markdown_summary(report)
+    assert table.splitlines()[0].startswith("| method | x100 (n=2) | x300 (n=2) | ")
+    assert "overall (n=4)" in table and len(table.splitlines()) == 2 + len(names)
     assert report["overall"]["truth"]["psnr"] == ev.PSNR_CAP
+    assert report["overall"]["truth"]["psnr_aligned"] == ev.PSNR_CAP
     assert report["overall"]["truth"]["ssim"] == pytest.approx(1.0, abs=1e-6)
     # LibRaw brightened by the true ratio: right exposure and colour, but all the noise
     for row in report["images"]:
@@ -174,8 +228,10 @@ def test_evaluate_benchmark(bench, weights):
 def test_cli_eval_json(bench, weights, tmp_path):
     out = tmp_path / "report.json"
     result = CliRunner().invoke(main, ["eval", bench, "--weights", weights, "--device", "cpu", "--ratios", "300",
-                                       "--limit", "1", "--auto-amp", "--json", str(out), "-q"])
+                                       "--limit", "1", "--auto-amp", "--json", str(out), "-q",
+                                       "--markdown", str(tmp_path / "summary.md")])
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "summary.md").read_text().startswith("| method | x300 (n=1) |")
     report = json.loads(out.read_text())
     assert report["amplification"] == "auto"
     assert [r["ratio"] for r in report["images"]] == [300.0]
@@ -258,3 +314,72 @@ def test_cli_eval_sid(tmp_path, weights):
     # the short exposure brightened by the ratio is the long one plus noise
     for row in report["images"]:
         assert 15.0 < row["results"]["libraw"]["psnr"] < 45.0
+
+
+# ------------------------------------------------------------------------------- darkfix synth's options
+
+
+def test_no_black_error_changes_only_the_bias(bench, bench_unbiased):
+    biased = json.loads((Path(bench) / "manifest.json").read_text())
+    unbiased = json.loads((Path(bench_unbiased) / "manifest.json").read_text())
+    assert biased["black_error"] is True and unbiased["black_error"] is False
+    assert len(biased["pairs"]) == len(unbiased["pairs"]) == 4
+    for a, b in zip(biased["pairs"], unbiased["pairs"]):
+        assert b["noise"]["black_bias"] == [0.0] * 4 and any(v != 0 for v in a["noise"]["black_bias"])
+        # the same draws otherwise: noise parameters, camera, ground truth
+        assert {k: v for k, v in a["noise"].items() if k != "black_bias"} == \
+            {k: v for k, v in b["noise"].items() if k != "black_bias"}
+        assert (a["cfa"], a["wb"]) == (b["cfa"], b["wb"])
+        assert (Path(bench) / a["gt"]).read_bytes() == (Path(bench_unbiased) / b["gt"]).read_bytes()
+        fa, fb = read_raw(Path(bench) / a["raw"]), read_raw(Path(bench_unbiased) / b["raw"])
+        diff = fa.mosaic.astype(np.float64) - fb.mosaic.astype(np.float64)
+        # the frames differ by the bias alone, rounded: less than a code from it at each photosite
+        red = a["cfa"].index("R")
+        for i in (0, 1):
+            for j in (0, 1):
+                plane = ((i + red // 2) % 2) * 2 + (j + red % 2) % 2  # black_bias is per packed R, G1, G2, B
+                d = diff[i::2, j::2]
+                assert np.all(np.abs(d - a["noise"]["black_bias"][plane]) < 1.0)
+                assert d.mean() == pytest.approx(a["noise"]["black_bias"][plane], abs=0.15)
+
+
+def test_cli_synth_held_out_without_black_error(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(6)
+    for name in ("urban100_img_004", "urban100_img_005", "other"):
+        Image.fromarray(_smooth_photo(rng, 48, 40)).save(photos / f"{name}.png")
+    out = tmp_path / "held"
+    result = CliRunner().invoke(main, ["synth", str(photos), str(out), "--held-out", "--no-black-error",
+                                       "--ratios", "100"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["black_error"] is False and manifest["photos"] == "held-out"
+    assert [p["photo"] for p in manifest["pairs"]] == ["urban100_img_004.png"]
+    assert manifest["pairs"][0]["noise"]["black_bias"] == [0.0] * 4
+
+
+# ------------------------------------------------------------------------------ blind BM3D's noise estimate
+
+
+def _bm3d_baseline():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bm3d_baseline.py"
+    spec = importlib.util.spec_from_file_location("bm3d_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_blind_bm3d_noise_from_the_frame(tmp_path):
+    """A flat-stepped frame of known Poisson-Gaussian noise: the blind mode's K and variance in DN."""
+    rng = np.random.default_rng(7)
+    k, read, black, white = 2.0, 6.0, 512.0, 16383
+    # a dark frame's levels (up to 100 DN above black) in 16-px steps: each of the estimator's blocks flat
+    levels = np.repeat(np.linspace(0.0, 100.0, 32), 16)
+    signal = np.broadcast_to(levels[None, :], (512, 512))
+    dark = k * rng.poisson(signal / k) + rng.normal(0.0, read, signal.shape) + black
+    spec = DngSpec(cfa="GRBG", black=black, white=white, as_shot_neutral=(0.5, 1.0, 0.6), color_matrix=SONY_XYZ)
+    write_dng(tmp_path / "flat.dng", np.clip(np.round(dark), 0, white).astype(np.uint16), spec)
+    noise = _bm3d_baseline().blind_noise(read_raw(tmp_path / "flat.dng"))
+    assert noise["K"] == pytest.approx(k, rel=0.2)
+    assert noise["s2"] == pytest.approx(read**2 + 1.0 / 12.0, rel=0.3)

@@ -3,14 +3,20 @@
 Each photo becomes, for each exposure ratio, a dark DNG (random CFA phase, the Sony A7S II or a random
 sensor, the sampled camera's ColorMatrix1 and AsShotNeutral in its tags), plus one 16-bit PNG ground
 truth: the clean linear camera image rendered in the SID convention. `manifest.json` lists every pair.
+
+By default the frames carry the training recipe's per-channel black-level error (`black_bias`: the file
+states the black level a little wrong); `black_error=False` zeroes it, so that denoising is measured apart
+from robustness to a wrong black level (every random draw is kept: the frames differ by the bias alone).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,14 +33,37 @@ MANIFEST = "manifest.json"
 _PHASES = {(0, 0): "RGGB", (0, 1): "GRBG", (1, 0): "GBRG", (1, 1): "BGGR"}
 
 
+@contextmanager
+def _no_black_error(active: bool) -> Iterator[None]:
+    """While active, `synth.synthesise` applies no black-level error: the bias is still drawn (the random
+    stream, hence the photon, read and row noise, stays the same) but zeroed where `noisy_dn` adds it.
+    synthesise (the training recipe, not the lab's to change) has no switch for it."""
+    if not active:
+        yield
+        return
+    original = synth.noisy_dn
+
+    def unbiased(clean, ratio, p, g, sensor=None):
+        return original(clean, ratio, dataclasses.replace(p, bias=torch.zeros_like(p.bias)), g, sensor)
+
+    synth.noisy_dn = unbiased
+    try:
+        yield
+    finally:
+        synth.noisy_dn = original
+
+
 def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tuple[float, ...] = (100, 250, 300),
                    seed: int = 0, limit: int | None = None, max_side: int | None = None, sensors: str = "sony",
-                   progress: Callable[[str], None] | None = None) -> dict:
+                   progress: Callable[[str], None] | None = None, black_error: bool = True,
+                   part: str = "all") -> dict:
     """Write the benchmark folder and return its manifest.
 
     `sensors`: "sony" (the Sony A7S II of SID: 14 bits, black 512, ELD noise) or "broad" (each photo its
     own random sensor: 8-16 bits, black 0-10 %, white balance 1-3; the ratios are scaled by
     `synth.ratio_limit`, so an 8-bit sensor's 300 becomes about 25, and the manifest holds the true one).
+    `black_error=False`: no black-level error (manifest `black_bias` all 0). `part`: `train.list_images`'s
+    selection ("held-out": the Urban100 photos training leaves out, for a detail-rich benchmark).
     """
     if sensors not in ("sony", "broad"):
         raise ValueError(f"unknown sensors {sensors!r} (expected sony or broad)")
@@ -42,7 +71,7 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
-    for i, path in enumerate(list_images(photos)[:limit]):
+    for i, path in enumerate(list_images(photos, part)[:limit]):
         g = torch.Generator().manual_seed(seed * 100_003 + i)
         img = Image.open(path).convert("RGB")
         if max_side and max(img.size) > max_side:
@@ -61,8 +90,9 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
         scale = (white - black) / synth.SONY_RANGE  # the ELD parameters in this sensor's DN
         for nominal in ratios:
             ratio = float(nominal) * (float(synth.ratio_limit(sensor)[0]) if broad else 1.0)
-            s = synth.synthesise(None, g, broad=broad, ratio=torch.tensor([ratio]), exposure=torch.ones(1),
-                                 scene=scene)
+            with _no_black_error(not black_error):
+                s = synth.synthesise(None, g, broad=broad, ratio=torch.tensor([ratio]), exposure=torch.ones(1),
+                                     scene=scene)
             planes = s.raw[0].to(torch.int32).numpy()
             _, hh, ww = planes.shape
             mosaic = planes.reshape(2, 2, hh, ww).transpose(2, 0, 3, 1).reshape(2 * hh, 2 * ww)[dy:, dx:]
@@ -83,10 +113,12 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
                                       "read_lambda": None if torch.isnan(noise.read_lambda[0])
                                       else float(noise.read_lambda[0]),
                                       "row_sigma": float(noise.row_sigma[0]) * scale,
-                                      "black_bias": [round(float(v) * scale, 4) for v in noise.bias[0]]}})
+                                      "black_bias": [round(float(v) * scale, 4) if black_error else 0.0
+                                                     for v in noise.bias[0]]}})
             if progress:
                 progress(name)
     manifest = {"version": 2, "seed": seed, "ratios": list(ratios), "sensors": sensors,
+                "black_error": black_error, "photos": part,
                 "convention": "ground truth = clean linear camera RGB rendered with camera WB, "
                               "LibRaw's camera->sRGB matrix and the BT.709 curve (SID), 16-bit PNG",
                 "pairs": entries}

@@ -8,8 +8,12 @@ Two sources of test pairs:
   of the long exposure (camera WB, no auto-brightening, 16 bits).
 
 Every method restores the same decoded frame with the same amplification (the true ratio, or with
-`auto` the paper's estimate) and is scored with PSNR (dB, on [0, 1] floats) and SSIM
-(pytorch_msssim.ssim: Gaussian window 11, sigma 1.5, data range 1). Methods: the network through the
+`auto` the paper's estimate) and is scored with three numbers (`scores`): PSNR (dB, on [0, 1] floats),
+colour-aligned PSNR (the same after a per-channel gain fitted to the ground truth by least squares on the
+rendered [0, 1] image, so that a level or colour offset does not dominate what is a denoising score) and
+SSIM (pytorch_msssim.ssim: Gaussian window 11, sigma 1.5, data range 1). Summaries: per exposure ratio, per
+noise level (bins of the system gain K in the Sony A7S II's 14-bit DN, from a benchmark's manifest:
+`K_BINS`) and overall. Methods: the network through the
 stages `darkfix restore` uses (any number of weights files), and "libraw": LibRaw's own rendering of
 the raw brightened by the amplification, with no denoising (the SID paper's "traditional pipeline").
 """
@@ -35,6 +39,7 @@ from ..pipeline import RestoreOptions, infer_and_render, prepare_frame
 from ..pngio import read_png as _read_png
 from ..rawio import RawFrame, read_raw
 from ..weights import WeightsInfo
+from .synth import BLACK, SONY_RANGE, WHITE
 
 MANIFEST = "manifest.json"
 SID_TEST_LIST = "Sony_test_list.txt"
@@ -42,6 +47,9 @@ SID_MAX_RATIO = 300.0
 PSNR_CAP = 100.0  # dB for an exact match (mse 1e-10), so that reports stay finite JSON
 _SSIM_WIN = 11
 _SSIM_STRIP = 512  # output rows per SSIM pass: bounds its memory on full-size frames
+# Noise-level bins: upper bounds of the system gain K (DN per electron, in the Sony A7S II's 14-bit range)
+# and their names; the ELD calibration spans K 0.09-6 (ISO 800 to ~25600), the broad sensors up to 30
+K_BINS = ((0.5, "K<0.5"), (2.0, "K 0.5-2"), (math.inf, "K>2"))
 
 
 class EvalError(DarkfixError):
@@ -73,6 +81,31 @@ def psnr(pred: np.ndarray, truth: np.ndarray) -> float:
         mse += float(np.dot(d.ravel(), d.ravel()))
     mse /= a.size
     return min(PSNR_CAP, 10.0 * math.log10(1.0 / max(mse, 1e-300)))
+
+
+def channel_gains(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-channel gains g (3,) minimising sum (g_c pred_c - truth_c)^2: least squares on the images as
+    given (rendered, [0, 1]); a channel that is all zero keeps gain 1."""
+    a, b = as_float(pred), as_float(truth)
+    _check_shapes(a, b)
+    a2, ab = a.reshape(-1, 3).astype(np.float64), b.reshape(-1, 3).astype(np.float64)
+    num, den = np.einsum("ij,ij->j", a2, ab), np.einsum("ij,ij->j", a2, a2)
+    return np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
+
+
+def aligned_psnr(pred: np.ndarray, truth: np.ndarray) -> tuple[float, np.ndarray]:
+    """Colour-aligned PSNR: PSNR after `channel_gains` (result clipped to [0, 1]), and the gains."""
+    gains = channel_gains(pred, truth)
+    aligned = np.clip(as_float(pred) * gains.astype(np.float32), 0.0, 1.0)
+    return psnr(aligned, truth), gains
+
+
+def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Every score of one restoration: plain PSNR, colour-aligned PSNR (and its gains), SSIM."""
+    a, b = as_float(pred), as_float(truth)
+    aligned, gains = aligned_psnr(a, b)
+    return {"psnr": psnr(a, b), "psnr_aligned": aligned, "ssim": ssim(a, b),
+            "gains": [round(float(g), 4) for g in gains]}
 
 
 def ssim(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -270,9 +303,14 @@ def brighten_raw(raw: rawpy.RawPy, gain: float) -> None:
 
 
 def libraw_postprocess(raw: rawpy.RawPy, flip: int | None) -> np.ndarray:
-    """LibRaw's SID-convention rendering: camera WB, its colour matrix, BT.709 curve, 16 bits."""
+    """LibRaw's SID-convention rendering: camera WB, its colour matrix, BT.709 curve, 16 bits; the file's
+    white level as white (adjust_maximum_thr 0)."""
     kwargs = {"user_flip": flip} if flip is not None else {}
-    return raw.postprocess(use_camera_wb=True, half_size=False, no_auto_bright=True, output_bps=16, **kwargs)
+    # LibRaw's default (0.75) takes the data's maximum for white when it lies between 0.75 and 1 of it: a
+    # denoised raw brightened by the ratio (BM3D's) whose brightest pixel is 86 % of white rendered 10-15 %
+    # too bright, a level error far larger than the denoising differences measured here
+    return raw.postprocess(use_camera_wb=True, half_size=False, no_auto_bright=True, output_bps=16,
+                           adjust_maximum_thr=0.0, **kwargs)
 
 
 class LibRawMethod:
@@ -308,22 +346,60 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
+SUMMARY_KEYS = ("psnr", "psnr_aligned", "ssim", "seconds")
+
+
 def _summary(rows: list[dict], methods: list[str]) -> dict:
     out = {}
     for m in methods:
         got = [r["results"][m] for r in rows if m in r["results"]]
-        out[m] = {"psnr": _mean([g["psnr"] for g in got]), "ssim": _mean([g["ssim"] for g in got]),
-                  "seconds": _mean([g["seconds"] for g in got]), "count": len(got)}
+        out[m] = {**{k: _mean([g[k] for g in got if k in g]) for k in SUMMARY_KEYS}, "count": len(got)}
     return out
+
+
+def summaries(rows: list[dict], names: list[str]) -> dict:
+    """The report's summaries of scored rows: "per_ratio", "per_noise" (K bins, where the rows know K)
+    and "overall", each {group: {method: {"psnr", "psnr_aligned", "ssim", "seconds", "count"}}}."""
+    ratios = sorted({r["ratio"] for r in rows})
+    bins = [name for _, name in K_BINS if any(r.get("k_bin") == name for r in rows)]
+    return {"per_ratio": {ratio_key(q): _summary([r for r in rows if r["ratio"] == q], names) for q in ratios},
+            "per_noise": {b: _summary([r for r in rows if r.get("k_bin") == b], names) for b in bins},
+            "overall": _summary(rows, names)}
 
 
 def ratio_key(ratio: float) -> str:
     return f"{ratio:g}"
 
 
+def sony_gain(meta: dict) -> float | None:
+    """A benchmark pair's system gain K in the Sony A7S II's DN (the manifest's K is in the sensor's own
+    DN: a 12-bit sensor's K is a quarter of the Sony-scale one); None without noise parameters."""
+    noise = meta.get("noise")
+    if not noise or "K" not in noise:
+        return None
+    span = float(meta.get("white", WHITE)) - float(meta.get("black", BLACK))
+    return float(noise["K"]) * SONY_RANGE / span
+
+
+def k_bin(k: float) -> str:
+    """The name of K's bin in K_BINS."""
+    return next(name for bound, name in K_BINS if k < bound)
+
+
 def auto_amplification(frame: RawFrame, exposure: str = "auto") -> float:
     """The estimate `darkfix restore --exposure EXPOSURE` makes when no ratio is given."""
     return prepare_frame(frame, RestoreOptions(exposure=exposure)).amplification
+
+
+METRICS = {
+    "psnr": "dB on [0, 1] floats (mean of per-image PSNR), capped at 100",
+    "psnr_aligned": "colour-aligned PSNR: the same after each channel of the rendered [0, 1] image is multiplied "
+                    "by its least-squares gain onto the ground truth (clipped to [0, 1]); gains per image",
+    "ssim": "pytorch_msssim.ssim, data_range 1, Gaussian window 11, sigma 1.5 (mean per image)",
+    "seconds": "per image and method, excluding the shared raw decode and ground-truth load",
+    "per_noise": "system gain K in DN per electron of the Sony A7S II's 14-bit range (the manifest's K scaled by "
+                 "16383 - 512 over the sensor's white - black): " + ", ".join(n for _, n in K_BINS),
+}
 
 
 def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = False, brightness: float = 1.0,
@@ -352,26 +428,24 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
             if image.shape != truth.shape:
                 raise EvalError(f"{case.raw}: {method.name} gives {image.shape[1]}x{image.shape[0]}, ground truth "
                                 f"{case.truth.name} is {truth.shape[1]}x{truth.shape[0]}")
-            image = as_float(image)
-            results[method.name] = {"psnr": psnr(image, truth), "ssim": ssim(image, truth), "seconds": seconds}
+            results[method.name] = {**scores(image, truth), "seconds": seconds}
+        k = sony_gain(case.meta)
         rows.append({"name": case.name, "raw": str(case.raw), "truth": str(case.truth), "ratio": case.group,
                      "true_ratio": case.ratio,
+                     **({"k": round(k, 4), "k_bin": k_bin(k)} if k is not None else {}),
                      "amplification": amp, "size": [int(truth.shape[1]), int(truth.shape[0])],
                      "results": results, **({"meta": case.meta} if case.meta else {})})
         if progress:
-            scores = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in results.items())
-            progress(f"[{i}/{len(cases)}] {case.name} x{ratio_key(case.group)} (amp {amp:.1f}): {scores}")
-    ratios = sorted({r["ratio"] for r in rows})
+            line = "  ".join(f"{n} {r['psnr']:.2f}/{r['psnr_aligned']:.2f}/{r['ssim']:.3f}"
+                             for n, r in results.items())
+            progress(f"[{i}/{len(cases)}] {case.name} x{ratio_key(case.group)} (amp {amp:.1f}): {line}")
     return {
         "amplification": exposure if auto_amp else "ratio",
         "brightness": brightness,
-        "metrics": {"psnr": "dB on [0, 1] floats (mean of per-image PSNR), capped at 100",
-                    "ssim": "pytorch_msssim.ssim, data_range 1, Gaussian window 11, sigma 1.5 (mean per image)",
-                    "seconds": "per image and method, excluding the shared raw decode and ground-truth load"},
+        "metrics": METRICS,
         "methods": {m.name: m.description for m in methods},
         "images": rows,
-        "per_ratio": {ratio_key(q): _summary([r for r in rows if r["ratio"] == q], names) for q in ratios},
-        "overall": _summary(rows, names),
+        **summaries(rows, names),
     }
 
 
@@ -382,8 +456,8 @@ def evaluate(folder: str | Path, methods: list[Method], *, sid: bool = False, au
 
     The report: {"protocol", "source", "amplification", "brightness", "metrics", "methods": {name: description},
     "images": [{"name", "raw", "truth", "ratio", "amplification", "size", "results": {method: {"psnr",
-    "ssim", "seconds"}}}], "per_ratio": {"100": {method: {"psnr", "ssim", "seconds", "count"}}},
-    "overall": {method: {...}}}.
+    "psnr_aligned", "gains", "ssim", "seconds"}}, "k", "k_bin"}], "per_ratio": {"100": {method: {"psnr",
+    "psnr_aligned", "ssim", "seconds", "count"}}}, "per_noise": {"K<0.5": {...}}, "overall": {method: {...}}}.
     """
     cases = sid_cases(folder, ratios, limit) if sid else benchmark_cases(folder, ratios, limit)
     report = evaluate_cases(cases, methods, auto_amp=auto_amp, brightness=brightness, progress=progress,
@@ -418,8 +492,21 @@ def check_json_target(path: str | Path) -> None:
         raise EvalError(f"{p}: output directory {parent} is not writable")
 
 
+def summary_groups(report: dict) -> list[tuple[str, dict]]:
+    """(label, {method: summary}) for every ratio, every noise bin, then overall, in table order."""
+    return ([(f"x{k}", v) for k, v in report["per_ratio"].items()]
+            + list(report.get("per_noise", {}).items()) + [("overall", report["overall"])])
+
+
+def _triple(r: dict) -> str:
+    """'plain / colour-aligned / SSIM' of one result or summary (older reports: no aligned PSNR)."""
+    aligned = r.get("psnr_aligned")
+    return f"{r['psnr']:.2f} / {'-' if aligned is None else f'{aligned:.2f}'} / {r['ssim']:.3f}"
+
+
 def print_report(report: dict, console=None, per_image: bool = True) -> None:
-    """Rich tables: per image (optional), per ratio and overall; best PSNR of each row in bold."""
+    """Rich tables: per image (optional), then per ratio, per noise level and overall, each cell PSNR /
+    colour-aligned PSNR / SSIM; the best colour-aligned PSNR of each row in bold."""
     from rich.console import Console
     from rich.table import Table
 
@@ -427,36 +514,53 @@ def print_report(report: dict, console=None, per_image: bool = True) -> None:
     methods = list(report["methods"])
 
     def cells(results: dict) -> list[str]:
-        best = max((results[m]["psnr"] for m in methods if m in results), default=None)
+        key = lambda r: r.get("psnr_aligned", r["psnr"])  # noqa: E731
+        best = max((key(results[m]) for m in methods if m in results), default=None)
         out = []
         for m in methods:
             r = results.get(m)
             if r is None:
                 out.append("-")
                 continue
-            text = f"{r['psnr']:.2f} / {r['ssim']:.4f}"
-            out.append(f"[bold]{text}[/bold]" if r["psnr"] == best and len(methods) > 1 else text)
+            text = _triple(r)
+            out.append(f"[bold]{text}[/bold]" if key(r) == best and len(methods) > 1 else text)
         return out
 
-    what = f"{report.get('protocol', '')}, amplification {report['amplification']}: PSNR dB / SSIM"
+    what = (f"{report.get('protocol', '')}, amplification {report['amplification']}: "
+            "PSNR / colour-aligned PSNR dB / SSIM")
     if per_image:
         t = Table(title=f"Per image ({what})")
         t.add_column("image", overflow="fold")
         t.add_column("ratio", justify="right", no_wrap=True)
+        t.add_column("K", justify="right", no_wrap=True)
         t.add_column("amp", justify="right", no_wrap=True)
         for m in methods:
             t.add_column(m, justify="right", no_wrap=True)
         for row in report["images"]:
-            t.add_row(row["name"], ratio_key(row["ratio"]), f"{row['amplification']:.1f}", *cells(row["results"]))
+            k = f"{row['k']:.2f}" if "k" in row else "-"
+            t.add_row(row["name"], ratio_key(row["ratio"]), k, f"{row['amplification']:.1f}", *cells(row["results"]))
         console.print(t)
-    t = Table(title=f"Per ratio and overall ({what})")
-    t.add_column("ratio", no_wrap=True)
+    t = Table(title=f"Per ratio, per noise level (K, Sony 14-bit DN/e-) and overall ({what})")
+    t.add_column("group", no_wrap=True)
     t.add_column("n", justify="right", no_wrap=True)
     for m in methods:
         t.add_column(m, justify="right", no_wrap=True)
-    groups = list(report["per_ratio"].items()) + [("overall", report["overall"])]
-    for key, summary in groups:
+    groups = summary_groups(report)
+    for j, (key, summary) in enumerate(groups):
         n = max(s["count"] for s in summary.values())
-        t.add_row(key, str(n), *cells(summary), end_section=key == groups[-2][0] if len(groups) > 1 else False)
+        last_of_kind = j + 1 < len(groups) and (groups[j + 1][0].startswith("x") != key.startswith("x")
+                                                or groups[j + 1][0] == "overall")
+        t.add_row(key, str(n), *cells(summary), end_section=last_of_kind)
     t.add_row("s/image", "", *[f"{report['overall'][m]['seconds']:.2f}" for m in methods])
     console.print(t)
+
+
+def markdown_summary(report: dict) -> str:
+    """The summary as a Markdown table: one row per method, PSNR / colour-aligned PSNR / SSIM per group."""
+    groups = summary_groups(report)
+    counts = [max(s["count"] for s in g.values()) for _, g in groups]
+    lines = ["| method | " + " | ".join(f"{k} (n={n})" for (k, _), n in zip(groups, counts)) + " |",
+             "|---" * (len(groups) + 1) + "|"]
+    for m in report["methods"]:
+        lines.append(f"| {m} | " + " | ".join(_triple(g[m]) if m in g else "-" for _, g in groups) + " |")
+    return "\n".join(lines) + "\n"
