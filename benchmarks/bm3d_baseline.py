@@ -237,8 +237,8 @@ class BM3DMethod:
               help="Network weights to run beside BM3D (darkfix .safetensors or the authors' .pth); repeatable.")
 @click.option("--limit", type=click.IntRange(1), default=3, show_default=True, help="First N pairs only.")
 @click.option("--stride", type=click.IntRange(1), default=1, show_default=True,
-              help="Every STRIDE-th pair (before --limit): with 3 ratios per photo, 4 takes each photo once, the "
-                   "ratios in turn.")
+              help="Every STRIDE-th pair (before --limit; `darkfix eval --stride` selects the same): with 3 "
+                   "ratios per photo, 4 takes each photo once, the ratios in turn.")
 @click.option("--ratios", default=None, help="Only these exposure ratios, comma-separated.")
 @click.option("--noise", "modes", type=click.Choice(["both", "blind", "oracle"]), default="both", show_default=True,
               help="BM3D's noise parameters: estimated on each frame (bm3d-blind), the manifest's (bm3d-oracle), "
@@ -268,7 +268,7 @@ def main(benchmark, weights, limit, stride, ratios, modes, inverse, sigma, profi
     if threads:
         torch.set_num_threads(threads)
     try:
-        cases = ev.benchmark_cases(benchmark, ev.parse_ratios(ratios))[::stride][:limit]
+        cases = ev.benchmark_cases(benchmark, ev.parse_ratios(ratios), limit, stride)
         for target in (json_path, markdown_path):
             if target is not None:
                 ev.check_json_target(target)

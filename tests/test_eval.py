@@ -241,6 +241,27 @@ def test_cli_eval_json(bench, weights, tmp_path):
     assert "overall" in result.output and "darkfix" in result.output
 
 
+def test_cli_eval_stride_and_compare(bench, weights, tmp_path):
+    """--stride selects what bm3d_baseline.py --stride scored; --compare joins an earlier report's methods."""
+    cases = ev.benchmark_cases(bench, stride=2)
+    assert [c.name for c in cases] == [c.name for c in ev.benchmark_cases(bench)][::2]
+    earlier = ev.evaluate_cases(cases, [_Truth()])
+    ev.write_json(earlier, tmp_path / "earlier.json")
+    out = tmp_path / "merged.json"
+    result = CliRunner().invoke(main, ["eval", bench, "--weights", weights, "--device", "cpu", "--stride", "2",
+                                       "--no-libraw", "--compare", str(tmp_path / "earlier.json"), "--json",
+                                       str(out), "-q", "--summary-only"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert list(report["methods"]) == ["darkfix", "truth"]
+    assert report["methods"]["truth"]["from"] == str(tmp_path / "earlier.json")
+    _check_summary(report["overall"], ["darkfix", "truth"], 2)
+    assert report["overall"]["truth"]["psnr_aligned"] == ev.PSNR_CAP
+    (tmp_path / "bad.json").write_text("[]")
+    result = CliRunner().invoke(main, ["eval", bench, "--compare", str(tmp_path / "bad.json")])
+    assert result.exit_code == 2 and "not an evaluation report" in result.output
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "exactly one"),
     (["{bench}", "--sid", "{bench}"], "exactly one"),

@@ -250,8 +250,14 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
               help="Also evaluate these weights (e.g. the authors' .pth checkpoint); repeatable.")
 @click.option("--no-libraw", is_flag=True, help="Skip the LibRaw (no denoising) baseline.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N pairs.")
+@click.option("--stride", type=click.IntRange(1), default=1, show_default=True,
+              help="Only every STRIDE-th pair (after --ratios, before --limit): the frames benchmarks/"
+                   "bm3d_baseline.py --stride scored.")
 @click.option("--ratios", default=None, metavar="LIST",
               help="Only pairs with these exposure ratios, comma-separated (e.g. 100,300).")
+@click.option("--compare", "compare_paths", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="An earlier JSON report (e.g. benchmarks/bm3d_baseline.py's) whose other methods join the "
+                   "tables, matched by raw file; select the same frames for a paired comparison. Repeatable.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the full report (per image, per ratio, overall) as JSON to this file.")
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -260,9 +266,9 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
               help="Print the per-image table, or only the per-ratio, per-noise-level and overall one.")
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, ratios,
-                 json_path, markdown_path, per_image, weights, engine, device, precision, threads, tile,
-                 quiet) -> None:
+def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, stride,
+                 ratios, compare_paths, json_path, markdown_path, per_image, weights, engine, device, precision,
+                 threads, tile, quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
     Reports PSNR, colour-aligned PSNR (a per-channel gain fitted to the ground truth first) and SSIM per
@@ -279,12 +285,13 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
         wanted = ev.parse_ratios(ratios)
         source = sid_dir if sid_dir is not None else benchmark
         if sid_dir is not None:
-            ev.sid_cases(source, wanted, limit)  # refuse a bad layout before loading any network
+            ev.sid_cases(source, wanted, limit, stride)  # refuse a bad layout before loading any network
         else:
-            ev.benchmark_cases(source, wanted, limit)
+            ev.benchmark_cases(source, wanted, limit, stride)
         for target in (json_path, markdown_path):
             if target is not None:
                 ev.check_json_target(target)
+        earlier = [(path, ev.read_report(path)) for path in compare_paths]
         methods = []
         for path in (weights, *baseline_weights):
             restorer, info = load_restorer(path, engine, device, precision, threads, tile)
@@ -294,8 +301,10 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
         if not no_libraw:
             methods.append(ev.LibRawMethod())
         report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio, exposure=exposure,
-                             brightness=brightness, ratios=wanted, limit=limit,
+                             brightness=brightness, ratios=wanted, limit=limit, stride=stride,
                              progress=None if quiet else (lambda line: click.echo(line, err=True)))
+        for path, old in earlier:
+            report = ev.merge_reports(report, old, str(path))
         # a pipe or file gets full-width rows rather than rich's 80-column default
         ev.print_report(report, Console() if sys.stdout.isatty() else Console(width=200), per_image=per_image)
         if json_path is not None:

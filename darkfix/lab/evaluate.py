@@ -182,10 +182,12 @@ def parse_ratios(text: str | None) -> list[float] | None:
     return values
 
 
-def _select(cases: list[Case], ratios: Iterable[float] | None, limit: int | None) -> list[Case]:
+def _select(cases: list[Case], ratios: Iterable[float] | None, limit: int | None, stride: int = 1) -> list[Case]:
+    """The cases of these ratios, then every `stride`-th, then the first `limit`."""
     if ratios is not None:
         wanted = list(ratios)
         cases = [c for c in cases if any(abs(c.group - r) <= 1e-6 * r for r in wanted)]
+    cases = cases[::stride]
     if limit is not None:
         cases = cases[:limit]
     if not cases:
@@ -199,8 +201,9 @@ def _select(cases: list[Case], ratios: Iterable[float] | None, limit: int | None
 
 
 def benchmark_cases(folder: str | Path, ratios: Iterable[float] | None = None,
-                    limit: int | None = None) -> list[Case]:
-    """The pairs of a `darkfix synth` folder, in manifest order, filtered by ratio, then the first `limit`."""
+                    limit: int | None = None, stride: int = 1) -> list[Case]:
+    """The pairs of a `darkfix synth` folder, in manifest order, filtered by ratio, every `stride`-th (with
+    3 ratios per photo, 4 takes each photo once with the ratios in turn), then the first `limit`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EvalError(f"{folder}: no such benchmark folder")
@@ -215,7 +218,7 @@ def benchmark_cases(folder: str | Path, ratios: Iterable[float] | None = None,
                       level=float(p["level"]) if "level" in p else None) for p in pairs]
     except (ValueError, KeyError, TypeError) as e:
         raise EvalError(f"{manifest}: malformed manifest ({type(e).__name__}: {e})") from None
-    return _select(cases, ratios, limit)
+    return _select(cases, ratios, limit, stride)
 
 
 def sid_exposure(path: str | Path) -> float:
@@ -233,7 +236,7 @@ def sid_exposure(path: str | Path) -> float:
 
 
 def sid_cases(sony_dir: str | Path, ratios: Iterable[float] | None = None,
-              limit: int | None = None) -> list[Case]:
+              limit: int | None = None, stride: int = 1) -> list[Case]:
     """The SID Sony test pairs listed in SONY_DIR/Sony_test_list.txt (SID's own amplification)."""
     root = Path(sony_dir)
     listing = root / SID_TEST_LIST
@@ -251,7 +254,7 @@ def sid_cases(sony_dir: str | Path, ratios: Iterable[float] | None = None,
         ratio = min(sid_exposure(long) / sid_exposure(short), SID_MAX_RATIO)
         cases.append(Case(name=short.stem, raw=short, ratio=ratio, truth=long, truth_kind="raw", libraw_flip=None,
                           meta={"long": fields[1], **({"iso": fields[2]} if len(fields) > 2 else {})}))
-    return _select(cases, ratios, limit)
+    return _select(cases, ratios, limit, stride)
 
 
 def sid_truth(path: Path) -> np.ndarray:
@@ -451,7 +454,7 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
 
 def evaluate(folder: str | Path, methods: list[Method], *, sid: bool = False, auto_amp: bool = False,
              brightness: float = 1.0, ratios: Iterable[float] | None = None, limit: int | None = None,
-             progress: Callable[[str], None] | None = None, exposure: str = "auto") -> dict:
+             progress: Callable[[str], None] | None = None, exposure: str = "auto", stride: int = 1) -> dict:
     """Evaluate a `darkfix synth` folder (or, with `sid`, a SID Sony folder) with `methods`.
 
     The report: {"protocol", "source", "amplification", "brightness", "metrics", "methods": {name: description},
@@ -459,12 +462,38 @@ def evaluate(folder: str | Path, methods: list[Method], *, sid: bool = False, au
     "psnr_aligned", "gains", "ssim", "seconds"}}, "k", "k_bin"}], "per_ratio": {"100": {method: {"psnr",
     "psnr_aligned", "ssim", "seconds", "count"}}}, "per_noise": {"K<0.5": {...}}, "overall": {method: {...}}}.
     """
-    cases = sid_cases(folder, ratios, limit) if sid else benchmark_cases(folder, ratios, limit)
+    cases = sid_cases(folder, ratios, limit, stride) if sid else benchmark_cases(folder, ratios, limit, stride)
     report = evaluate_cases(cases, methods, auto_amp=auto_amp, brightness=brightness, progress=progress,
                             exposure=exposure)
     from .. import __version__
 
     return {"darkfix": __version__, "protocol": "sid" if sid else "synthetic", "source": str(folder), **report}
+
+
+def merge_reports(report: dict, earlier: dict, source: str = "") -> dict:
+    """`report` with the methods of an `earlier` report it lacks (e.g. BM3D, too slow to rerun) added to
+    its rows, matched by raw file, and its summaries recomputed: each method is summarised over the rows
+    it has, so select the same frames (--ratios, --stride, --limit) for a paired comparison."""
+    by_raw = {Path(r["raw"]).resolve(): r for r in earlier.get("images", [])}
+    added = [m for m in earlier.get("methods", {}) if m not in report["methods"]]
+    rows = []
+    for row in report["images"]:
+        old = by_raw.get(Path(row["raw"]).resolve())
+        extra = {m: old["results"][m] for m in added if old is not None and m in old["results"]}
+        rows.append({**row, "results": {**row["results"], **extra}})
+    methods = {**report["methods"], **{m: {**earlier["methods"][m], "from": source} for m in added}}
+    return {**report, "methods": methods, "images": rows, **summaries(rows, list(methods))}
+
+
+def read_report(path: str | Path) -> dict:
+    """A JSON report written by `write_json` (darkfix eval or benchmarks/bm3d_baseline.py)."""
+    try:
+        report = json.loads(Path(path).read_text())
+        if not isinstance(report.get("methods"), dict) or not isinstance(report.get("images"), list):
+            raise ValueError("no methods or images")
+        return report
+    except (OSError, ValueError, AttributeError) as e:
+        raise EvalError(f"{path}: not an evaluation report ({e})") from None
 
 
 # ------------------------------------------------------------------------------------------------- output
