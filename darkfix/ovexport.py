@@ -11,6 +11,8 @@ f32.
 from __future__ import annotations
 
 import copy
+import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +52,16 @@ class _Colour(nn.Module):
         return self.table[index]
 
 
+def _exported(module: nn.Module, *example: torch.Tensor) -> Any:
+    """`module` through `torch.export` (what OpenVINO's converter reads; `torch.jit.trace` is deprecated and
+    said so 156 times a conversion), every input's height and width dynamic."""
+    from torch.export import Dim, export
+
+    shapes = tuple({2: Dim.AUTO, 3: Dim.AUTO} if t.dim() == 4 else None for t in example)
+    # _Part.forward takes its inputs as *inputs: one argument, a tuple
+    return export(module, example, dynamic_shapes=(shapes,) if isinstance(module, _Part) else shapes)
+
+
 def convert(model: LambaNet) -> dict:
     """OpenVINO models (`openvino.Model`) `stem`, `coarse`, `fine`, `fine_clipped`, `colour8` and `colour16`
     for `model`, shapes dynamic."""
@@ -59,24 +71,29 @@ def convert(model: LambaNet) -> dict:
     net = fold_weight_norm(copy.deepcopy(model).float().eval())
     channels = net.in_channels  # 8 for noise-aware weights: the planes, then their noise map
     x = torch.zeros(1, channels, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # copying an ExportedProgram (OpenVINO's converter does) touches torch's deprecated pytree LeafSpec,
+        # which warns once a graph (torch 2.13): nothing darkfix can change
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         a = net.stem(x)
         b = net.coarse(a)
         rgb = net.fine(x, b)
 
+        def part(name: str, *example: torch.Tensor, shapes: list) -> Any:
+            return convert_model(_exported(_Part(net, name), *example), input=shapes)
+
         def fine(clipped: bool):
             net.guide_clipped = clipped
-            return convert_model(_Part(net, "fine"), example_input=(x, b),
-                                 input=[(1, channels, -1, -1), (1, 64, -1, -1)])
+            return part("fine", x, b, shapes=[(1, channels, -1, -1), (1, 64, -1, -1)])
 
         plain = fine(False)
         # without the guide there is no clipped-white handling: one graph serves both
         clipped = fine(True) if net.guide_radius else plain
         return {
-            "stem": convert_model(_Part(net, "stem"), example_input=x, input=[(1, channels, -1, -1)]),
-            "coarse": convert_model(_Part(net, "coarse"), example_input=a, input=[(1, 64, -1, -1)]),
+            "stem": part("stem", x, shapes=[(1, channels, -1, -1)]),
+            "coarse": part("coarse", a, shapes=[(1, 64, -1, -1)]),
             "fine": plain,
             "fine_clipped": clipped,
-            **{f"colour{bits}": convert_model(_Colour(bits), example_input=(rgb, torch.eye(3), torch.ones(3)),
-                                                 input=[(1, 3, -1, -1), (3, 3), (3,)]) for bits in (8, 16)},
+            **{f"colour{bits}": convert_model(_exported(_Colour(bits), rgb, torch.eye(3), torch.ones(3)),
+                                              input=[(1, 3, -1, -1), (3, 3), (3,)]) for bits in (8, 16)},
         }

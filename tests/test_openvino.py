@@ -143,7 +143,7 @@ def test_colour_graph_renders_as_to_display(unguided, packed, bit_depth):
     assert diff.max() <= (1 if bit_depth == 8 else 3) and diff.mean() < (0.01 if bit_depth == 8 else 0.5)
 
 
-def test_cache_is_traced_to_the_weights_bytes(weights_file, tmp_path, monkeypatch):
+def test_cache_is_traced_to_the_weights_bytes(weights_file, tmp_path, monkeypatch, fast_convert):
     monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
     with pytest.raises(WeightsError, match="no OpenVINO model"):
         ovengine.load_models(weights_file, convert=False)
@@ -202,7 +202,7 @@ def test_engine_choice(monkeypatch, tmp_path):
         engine.choose("openvino", "cpu", "auto")
 
 
-def test_measurement_decides_auto(weights_file, monkeypatch, tmp_path):
+def test_measurement_decides_auto(weights_file, monkeypatch, tmp_path, fast_convert):
     monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path))
     restorer, info = engine.load(weights_file, device="cpu")
     measured = ovengine.engine_choice("auto")
@@ -246,7 +246,7 @@ def test_restore_on_openvino_without_torch(make_dng, weights_file, tmp_path):
     assert _psnr(a, b, 65535.0) >= 50.0
 
 
-def test_tall_frame_many_strips_and_tiles_agree_with_torch(make_dng, weights_file, tmp_path, monkeypatch):
+def test_tall_frame_many_strips_and_tiles_agree_with_torch(make_dng, weights_file, tmp_path, monkeypatch, fast_convert):
     """A frame tall enough for several strips of the first pass (of one shape) and several tiles: what
     OpenVINO writes is what torch writes (its outputs are read in place in `display`, the first pass's are
     not: strips kept together would be overwritten)."""
@@ -313,11 +313,27 @@ def test_first_converting_run_gives_the_later_runs_picture(tmp_path, monkeypatch
     assert np.array_equal(images[0], images[1]) and np.array_equal(images[2], images[3])
 
 
+@pytest.fixture(scope="module")
+def random_converted(weights_file):
+    """The test weights converted once for the module (a conversion takes 10-15 s here)."""
+    from darkfix.ovexport import convert
+
+    return convert(load_weights(weights_file)[0])
+
+
+@pytest.fixture
+def fast_convert(random_converted, monkeypatch):
+    """`load_models` converts by copying `random_converted`: what is under test is the cache, not the converter."""
+    import darkfix.ovexport
+
+    monkeypatch.setattr(darkfix.ovexport, "convert", lambda model: {k: m.clone() for k, m in random_converted.items()})
+
+
 def _cached_folder(weights_file) -> Path:
     return ovengine.model_dir(ovengine.file_sha256(weights_file))
 
 
-def test_damaged_model_file_is_rebuilt_not_run(weights_file, packed, tmp_path, monkeypatch):
+def test_damaged_model_file_is_rebuilt_not_run(weights_file, packed, tmp_path, monkeypatch, fast_convert):
     """Issue 23: random floats over a weight region of the cached fine.bin gave exit 0 and a wrong picture
     (max error 179/255). Now every cached file is checked against the checksum recorded when it was written."""
     monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
@@ -335,7 +351,7 @@ def test_damaged_model_file_is_rebuilt_not_run(weights_file, packed, tmp_path, m
     assert said == []  # rebuilt whole: the next run reads it silently
 
 
-def test_damaged_compiled_blob_is_compiled_again_not_run(weights_file, packed, tmp_path, monkeypatch):
+def test_damaged_compiled_blob_is_compiled_again_not_run(weights_file, packed, tmp_path, monkeypatch, fast_convert):
     """Issue 23: 4 KB of garbage in OpenVINO's compiled blob gave exit 0 and an all-black PNG on every run."""
     monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
     models = ovengine.load_models(weights_file)
@@ -389,7 +405,7 @@ def _refuse_writes_under(root: Path, monkeypatch, error: int = 13) -> None:
     monkeypatch.setattr(Path, "write_bytes", lambda self, data: refuse(self) or real_write_bytes(self, data))
 
 
-def test_another_users_valid_cache_is_used_read_only(weights_file, packed, tmp_path, monkeypatch):
+def test_another_users_valid_cache_is_used_read_only(weights_file, packed, tmp_path, monkeypatch, fast_convert):
     """Issue 23: a cache another user made (blobs mode 0440) ended in a traceback ("cannot remove: Permission
     denied"). A valid one is read, its blobs imported, and nothing is written or said."""
     cache = tmp_path / "cache"
@@ -404,7 +420,8 @@ def test_another_users_valid_cache_is_used_read_only(weights_file, packed, tmp_p
 
 
 @pytest.mark.parametrize("how", ["a file", "another user's", "full", "fills while writing"])
-def test_unwritable_cache_converts_in_memory_with_one_warning(weights_file, packed, tmp_path, monkeypatch, how):
+def test_unwritable_cache_converts_in_memory_with_one_warning(weights_file, packed, tmp_path, monkeypatch, how,
+                                                              fast_convert):
     """Issue 23: a cache on a full disk gave a traceback from ov.save_model (`basic_ios::clear`), exit 1; a
     read-only cache or a path that is a file converted on every run, each time saying "(once; cached in ...)"."""
     monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "good"))
@@ -480,7 +497,7 @@ def test_others_load_sees_a_busy_process():
     assert ovengine.others_load(since) >= 0.8 / os.cpu_count()
 
 
-def test_choice_timed_under_contention_is_provisional(weights_file, tmp_path, monkeypatch):
+def test_choice_timed_under_contention_is_provisional(weights_file, tmp_path, monkeypatch, fast_convert):
     """Issue 23: two first runs at once stored for good a choice timed under that contention (140 vs 224 ms;
     67 vs 136 alone). Now such a choice is used but timed again, quietly, once the machine is idle."""
     monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path))
@@ -506,3 +523,27 @@ def test_choice_timed_under_contention_is_provisional(weights_file, tmp_path, mo
     monkeypatch.setattr(ovengine, "others_load", lambda since: 0.05)
     final = ovengine.measure_engines(models, model, side=128, runs=1)
     assert "contended" not in final and not ovengine.retime_due(final)
+
+
+def test_conversion_goes_through_torch_export_without_warnings(weights_file, packed, monkeypatch):
+    """Issue 23: converting said `torch.jit.trace is deprecated` 156 times. It now goes through torch.export
+    (OpenVINO reads the ExportedProgram), warns nothing, and runs as torch does (>= 50 dB at fp32; measured on
+    the packaged weights: bit-identical to the traced graphs at fp32 and bf16, and as fast)."""
+    import warnings
+
+    from darkfix.ovexport import convert
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("torch.jit.trace was called")
+
+    monkeypatch.setattr(torch.jit, "trace", no_tracing)
+    model = load_weights(weights_file)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        models = convert(model)
+    assert [str(w.message) for w in caught] == []
+    assert [str(i.get_partial_shape()) for i in models["fine"].inputs] == ["[1,4,?,?]", "[1,64,?,?]"]
+    ovengine._stamp(models, "sha", "w", 32)
+    got = _run(ovengine.OpenVINORestorer(models, "fp32", margin=32), packed)
+    ref = _run(Restorer(model, "cpu", "fp32"), packed)
+    assert _psnr(got, ref) >= 50.0
