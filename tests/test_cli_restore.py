@@ -90,7 +90,7 @@ def test_tiled_restore_matches_untiled(make_dng, weights_file, tmp_path):
     tb, _ = read_png(b)
     assert ta.shape == tb.shape == (150, 270, 3)
     diff = np.abs(ta.astype(np.int64) - tb.astype(np.int64))
-    assert diff.max() <= 0.02 * 65535, diff.max()
+    assert diff.max() <= 1, diff.max()  # equal to float rounding (measured: identical), not within 2 %
 
 
 def test_every_orientation_streams_band_by_band(make_dng, weights_file, tmp_path):
@@ -172,7 +172,8 @@ def test_pipeline_matches_libraw(make_dng, passthrough_weights, tmp_path, cfa, o
     src = make_dng("dark.dng", mosaic=dark, **common)
     ref = libraw_upright(make_dng("bright.dng", mosaic=bright, directory=tmp_path / "ref", **common))
     out = tmp_path / "out.png"
-    r = restore(passthrough_weights, src, "-o", out, "--ratio", ratio, "--bit-depth", "16")
+    # fp32: the bf16 network of a CPU that runs it natively adds its own rounding (worst 1.5e-3; fp32: 7.3e-4)
+    r = restore(passthrough_weights, src, "-o", out, "--ratio", ratio, "--bit-depth", "16", "--precision", "fp32")
     assert r.exit_code == 0, r.output
     img, depth = read_png(out)
     assert depth == 16
@@ -184,7 +185,7 @@ def test_pipeline_matches_libraw(make_dng, passthrough_weights, tmp_path, cfa, o
         for cx in (W // 4, 3 * W // 4):
             win = (slice(cy - 3, cy + 4), slice(cx - 3, cx + 4))
             err = np.abs(img[win] - ref[win]).max()
-            assert err < 1.5e-3, (cy, cx, err, img[cy, cx], ref[cy, cx])
+            assert err < 1e-3, (cy, cx, err, img[cy, cx], ref[cy, cx])
             centres.append(tuple(np.round(ref[cy, cx], 3)))
     assert len(set(centres)) == 4  # four different colours: a rotation or swap could not pass
 

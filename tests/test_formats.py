@@ -127,7 +127,9 @@ def test_linear_dng_renders_like_the_png(make_dng, tmp_path):
         rendered = raw.postprocess(use_camera_wb=True, no_auto_bright=True, output_bps=16, adjust_maximum_thr=0.0)
     ref = read_png(png)[0]
     assert rendered.shape == ref.shape  # LibRaw turns it upright from the DNG's orientation
-    assert psnr(rendered / 65535.0, ref / 65535.0) >= 30.0
+    # the README's 72 dB (measured 73.8 on fp32, bf16 and torch alike; 58.7 where the PNG's run converted the
+    # network and the DNG's read it from the cache, issue 23)
+    assert psnr(rendered / 65535.0, ref / 65535.0) >= 70.0
     assert read_capture(dng).model == "ILCE-7SM2"
 
 
