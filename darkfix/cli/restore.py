@@ -13,7 +13,8 @@ from ..errors import DarkfixError
 from .common import fail, load_restorer, network_options, restore_options, restore_settings, stop_on_signals
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+# readable=False: click would refuse an unreadable file in three lines of its own; rawio says why in one
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("-o", "--output", type=click.Path(),
               help="Output PNG for one input, or a directory for several (or ending in /). "
                    "Default: beside each input.")
