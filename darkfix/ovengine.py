@@ -343,6 +343,8 @@ def compile_cached(core: Any, model: Any, part: str, config: dict[str, Any],
     exported blob behind its SHA-256, so that a later process imports it (a fifth of the compile time) after
     checking it: a damaged blob is said in one line, removed and compiled anew, never run. (OpenVINO's own
     CACHE_DIR checks nothing: 4 KB of garbage in a blob gave an all-black picture on every run.)"""
+    if not all(_stamped(model)):  # a graph that names no weights (not from load_models): nothing to key it by
+        return core.compile_model(model, "CPU", config)
     blob = cache_root() / "openvino" / "blobs" / f"{_blob_key(model, part, config)}.blob"
     try:
         data = blob.read_bytes()
@@ -538,7 +540,7 @@ def measure_engines(models: dict[str, Any], model: Any, precision: str = "auto",
     if side is None:
         side = DEFAULT_CPU_TILE + 2 * margin_for(fine_reach(model.plus, model.guide_radius))
     rng = np.random.default_rng(0)
-    x = (rng.random((1, 4, side, side), dtype=np.float32) * 0.3)
+    x = (rng.random((1, model.in_channels, side, side), dtype=np.float32) * 0.3)
     engines: dict[str, TiledEngine] = {"openvino": OpenVINORestorer(models, precision),
                                        "torch": Restorer(model, "cpu", precision)}
     inputs = {name: (eng, eng.coarse(eng.stem(x))) for name, eng in engines.items()}

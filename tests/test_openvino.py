@@ -543,7 +543,9 @@ def test_conversion_goes_through_torch_export_without_warnings(weights_file, pac
         models = convert(model)
     assert [str(w.message) for w in caught] == []
     assert [str(i.get_partial_shape()) for i in models["fine"].inputs] == ["[1,4,?,?]", "[1,64,?,?]"]
-    ovengine._stamp(models, "sha", "w", 32)
-    got = _run(ovengine.OpenVINORestorer(models, "fp32", margin=32), packed)
+    from darkfix.tiling import fine_reach, margin_for
+
+    got = _run(ovengine.OpenVINORestorer(models, "fp32", margin=margin_for(fine_reach(model.plus, model.guide_radius))),
+               packed)
     ref = _run(Restorer(model, "cpu", "fp32"), packed)
     assert _psnr(got, ref) >= 50.0
