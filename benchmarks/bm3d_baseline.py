@@ -53,6 +53,9 @@ from darkfix.rawio import RawFrame  # noqa: E402
 # Orthonormal 4-point Hadamard transform across R, G1, G2, B: keeps unit-variance white noise unit-variance.
 HADAMARD = 0.5 * np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=np.float64)
 _SQ32 = math.sqrt(1.5)
+# s / K (read noise in electrons) above which the shot noise is left out: below z ~ s^2 / K, where a dark
+# frame's signal lies, it adds less than the read noise; the exact inverse's table also fails far above it
+SHOT_NEGLIGIBLE = 100.0
 
 
 # ------------------------------------------------------------------------------------- noise variance
@@ -196,14 +199,22 @@ class BM3DMethod:
 
     def denoise(self, planes: np.ndarray, K: float, s2: float, info: dict) -> np.ndarray:
         """Packed planes (4, h, w) in DN above black, gain K and signal-independent variance s2 (DN^2) ->
-        denoised planes (DN)."""
-        sigma_n = math.sqrt(s2) / K
-        t = gat(planes.astype(np.float64), K, s2)
+        denoised planes (DN). Where the shot noise is negligible (K = 0, as the estimate gives an 8-bit
+        sensor, or s / K > SHOT_NEGLIGIBLE) the noise is taken as Gaussian: no VST, BM3D at sigma s."""
+        sigma_n = math.sqrt(s2) / K if K > 0 else math.inf
+        self.last = {"K": K, "sigma_eff": math.sqrt(s2), **info}
+        gaussian = sigma_n > SHOT_NEGLIGIBLE
+        if gaussian:
+            self.last["vst"] = "none (Gaussian noise)"
+            t = planes.astype(np.float64) / math.sqrt(s2)
+        else:
+            t = gat(planes.astype(np.float64), K, s2)
         coeffs = np.einsum("ij,jhw->hwi", HADAMARD, t)
         den = np.asarray(self.bm3d.bm3d(coeffs, 1.0, profile=self.profile), dtype=np.float64)
         t_hat = np.einsum("ji,hwj->ihw", HADAMARD, den)  # HADAMARD is orthonormal: its transpose inverts it
+        if gaussian:
+            return t_hat * math.sqrt(s2)
         inv = ExactInverse(sigma_n) if self.inverse == "exact" else (lambda d: closed_form_inverse(d, sigma_n))
-        self.last = {"K": K, "sigma_eff": math.sqrt(s2), **info}
         return K * inv(t_hat)
 
     def __call__(self, case: ev.Case, frame: RawFrame, amplification: float) -> np.ndarray:

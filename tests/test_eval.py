@@ -404,3 +404,15 @@ def test_blind_bm3d_noise_from_the_frame(tmp_path):
     noise = _bm3d_baseline().blind_noise(read_raw(tmp_path / "flat.dng"))
     assert noise["K"] == pytest.approx(k, rel=0.2)
     assert noise["s2"] == pytest.approx(read**2 + 1.0 / 12.0, rel=0.3)
+
+
+def test_bm3d_without_shot_noise_runs_gaussian():
+    """An estimate with no shot noise (K = 0, as on 8-bit sensors) denoises as Gaussian noise, no VST."""
+    pytest.importorskip("bm3d")
+    rng = np.random.default_rng(8)
+    clean = np.broadcast_to(np.linspace(5.0, 20.0, 32)[None, None, :], (4, 32, 32))
+    noisy = clean + rng.normal(0.0, 2.0, clean.shape)
+    method = _bm3d_baseline().BM3DMethod(blind=True, threads=1)
+    out = method.denoise(noisy, 0.0, 4.0, {})
+    assert method.last["vst"].startswith("none") and out.shape == clean.shape
+    assert np.sqrt(np.mean((out - clean) ** 2)) < 0.5 * np.sqrt(np.mean((noisy - clean) ** 2))
