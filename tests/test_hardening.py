@@ -157,10 +157,13 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_path, sig):
     """The PNG streams into a temporary file while the network runs: a signal then must remove it."""
-    src = make_dng(size=(2400, 3200))  # long enough to be caught mid-way on a quiet machine
+    from test_batch import SLOWED_DARKFIX
+
+    src = make_dng(size=(512, 768))
     out = tmp_path / "out"
     out.mkdir()
-    cmd = [sys.executable, "-m", "darkfix", "restore", str(src), "-o", str(out / "x.png"), "--weights",
+    # slowed (a fifth of a second a band, 4 bands): caught mid-way however fast the machine is
+    cmd = [sys.executable, "-c", SLOWED_DARKFIX, "restore", str(src), "-o", str(out / "x.png"), "--weights",
            str(weights_file), "--threads", "1", "--tile", "64"]
     # started with the signal blocked, as a parent's mask is inherited: darkfix must unblock it
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env(),
