@@ -110,8 +110,9 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
     _run_training(training.train, cfg, resume, minutes)
 
 
-def _run_training(run_training, cfg, resume: Path | None, minutes: float | None) -> None:
-    """Run (or resume) `cfg` with a progress bar and validation lines; say where the weights went."""
+def _run_training(run_training, cfg, resume: Path | None, minutes: float | None, again: str | None = None) -> None:
+    """Run (or resume) `cfg` with a progress bar and validation lines; say where the weights went and, when
+    stopped on time, how to go on (`again`, else --resume with the checkpoint)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     out, iterations = cfg.out, cfg.iterations
@@ -133,7 +134,7 @@ def _run_training(run_training, cfg, resume: Path | None, minutes: float | None)
             fail(str(e))
     if not summary["finished"]:
         click.echo(f"stopped after {minutes:g} minutes at step {summary['steps']} of {iterations}; continue with "
-                   f"--resume {cfg.checkpoint or str(out) + '.ckpt'}")
+                   + (again or f"--resume {cfg.checkpoint or str(out) + '.ckpt'}"))
     if summary["history"]:
         click.echo(f"{out}: best validation PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
     else:
@@ -182,7 +183,7 @@ def tune(profile_path, images, out, base, minutes, iterations, seed) -> None:
         tuned_for={"profile": prof.checksum, "camera": " ".join(x for x in (prof.make, prof.model) if x),
                    "base_weights": Path(start.path).name,
                    "base_sha256": file_sha256(start.path) if start.path != default_weights_path() else "default"})
-    _run_training(training.train, cfg, ckpt if ckpt.is_file() else None, minutes)
+    _run_training(training.train, cfg, ckpt if ckpt.is_file() else None, minutes, again="the same command")
 
 
 # --- bench command ---

@@ -1,0 +1,100 @@
+"""Grain and grid in flat areas (issue 21, item 5): a restored frame against its ground truth, in the
+flattest windows of the ground truth.
+
+    python benchmarks/grain.py BENCH_DIR NAME.dng --weights A.safetensors --weights B.safetensors
+
+For each weights file, the frame is restored at its true ratio (the stages `darkfix restore` uses) and,
+in the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient energy, not overlapping):
+
+- grain: the power of the output's fine detail (the image less its 5 x 5 box mean, luminance) over the
+  ground truth's in the same windows: 1 is as smooth as the truth, the goal is at most 2;
+- grid: the largest peak of the output's luminance spectrum in those windows (mean of their power
+  spectra, DC and the lowest frequencies left out) over its median: a periodic pattern shows as a peak, the
+  goal is at most 5.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from this checkout
+
+from darkfix.lab.evaluate import NetworkMethod, as_float, benchmark_cases, load_truth  # noqa: E402
+from darkfix.inference import Restorer  # noqa: E402
+from darkfix.rawio import read_raw  # noqa: E402
+from darkfix.weights import load_weights  # noqa: E402
+
+WINDOW = 64
+FLAT_WINDOWS = 8
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    return image @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+
+
+def box(x: np.ndarray, r: int = 2) -> np.ndarray:
+    p = np.pad(x, r, mode="reflect")
+    c = p.cumsum(0).cumsum(1)
+    c = np.pad(c, ((1, 0), (1, 0)))
+    k = 2 * r + 1
+    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+def flattest(truth: np.ndarray, count: int = FLAT_WINDOWS) -> list[tuple[int, int]]:
+    """Top-left corners of the `count` flattest non-overlapping WINDOW x WINDOW windows (on a half-window grid)."""
+    gy, gx = np.gradient(truth)
+    energy = gy**2 + gx**2
+    step = WINDOW // 2
+    cands = [(float(energy[y : y + WINDOW, x : x + WINDOW].mean()), y, x)
+             for y in range(0, truth.shape[0] - WINDOW + 1, step) for x in range(0, truth.shape[1] - WINDOW + 1, step)]
+    chosen: list[tuple[int, int]] = []
+    for _, y, x in sorted(cands):
+        if all(abs(y - cy) >= WINDOW or abs(x - cx) >= WINDOW for cy, cx in chosen):
+            chosen.append((y, x))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(grain power ratio, spectral peak over median) of luminance images in the truth's flattest windows."""
+    windows = flattest(truth)
+    fine_out, fine_truth = out - box(out), truth - box(truth)
+    grain = sum(float((fine_out[y : y + WINDOW, x : x + WINDOW] ** 2).mean()) for y, x in windows)
+    base = sum(float((fine_truth[y : y + WINDOW, x : x + WINDOW] ** 2).mean()) for y, x in windows)
+    spectrum = np.zeros((WINDOW, WINDOW))
+    hann = np.outer(np.hanning(WINDOW), np.hanning(WINDOW))
+    for y, x in windows:
+        patch = out[y : y + WINDOW, x : x + WINDOW]
+        spectrum += np.abs(np.fft.fft2((patch - patch.mean()) * hann)) ** 2
+    f = np.fft.fftfreq(WINDOW)
+    low = (np.abs(f)[:, None] < 3 / WINDOW) & (np.abs(f)[None, :] < 3 / WINDOW)
+    values = spectrum[~low]
+    return grain / max(base, 1e-12), float(values.max() / np.median(values))
+
+
+@click.command()
+@click.argument("bench", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("name")
+@click.option("--weights", "weights", multiple=True, required=True, type=click.Path(path_type=Path, exists=True))
+def main(bench: Path, name: str, weights: tuple[Path, ...]) -> None:
+    """Grain power and grid peak of NAME (a frame of BENCH) restored by each weights file."""
+    case = next((c for c in benchmark_cases(bench) if name in (c.name, c.raw.name)), None)
+    if case is None:
+        raise click.BadParameter(f"no frame {name} in {bench}", param_hint="NAME")
+    truth = luminance(as_float(load_truth(case)))
+    frame = read_raw(case.raw)
+    for w in weights:
+        model, info = load_weights(w)
+        method = NetworkMethod(w.name, Restorer(model, device="cpu", precision="fp32"), info)
+        out = luminance(as_float(method(case, frame, case.ratio)))
+        grain, grid = grain_and_grid(out, truth)
+        click.echo(f"{w.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median (goal <= 5)")
+
+
+if __name__ == "__main__":
+    main()
