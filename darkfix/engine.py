@@ -65,13 +65,16 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
         measured = ovengine.engine_choice(precision)
         # timed once; again, quietly, where that timing was skewed by other processes and the machine is idle now
         if engine == "auto" and (measured is None or ovengine.retime_due(measured)):
-            from .weights import load_weights
+            if not ovengine.cache_writable():  # a timing that cannot be kept would be paid on every run
+                reason = "auto: OpenVINO, not timed against torch (the cache cannot be written to keep the timing)"
+            else:
+                from .weights import load_weights
 
-            if say and measured is None:
-                say("timing the OpenVINO and torch engines on this CPU (once)")
-            loaded = load_weights(info.path)
-            measured = ovengine.measure_engines(models, loaded[0], precision)
-            name, reason = measured["choice"], _reason(measured)
+                if say and measured is None:
+                    say("timing the OpenVINO and torch engines on this CPU (once)")
+                loaded = load_weights(info.path)
+                measured = ovengine.measure_engines(models, loaded[0], precision)
+                name, reason = measured["choice"], _reason(measured)
         if name == "openvino":
             restorer = ovengine.OpenVINORestorer(models, precision=precision, threads=threads, tile=tile, say=say)
             restorer.engine_reason = reason

@@ -66,6 +66,16 @@ def cache_root() -> Path:
     return Path(base) / "darkfix"
 
 
+def cache_writable() -> bool:
+    """Whether darkfix can keep anything in its cache (a read-only, another user's or file-blocked one: no)."""
+    folder = cache_root()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
 class _CPU:
     """The engine's device, as `torch.device('cpu')` reads for the code that reports it."""
 
