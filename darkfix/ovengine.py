@@ -297,7 +297,7 @@ def load_models(weights: str | os.PathLike, convert: bool = True,
             else:
                 say(f"converting {path.name} for OpenVINO (once; cached in {folder.parent})")
         models = convert_model(model)
-        _stamp(models, sha, path.name, fine_reach(model.plus, model.guide_radius))
+        _stamp(models, sha, path.name, fine_reach(model.plus, model.guide_radius, model.noise_aware))
         failed = unwritable or _save(models, folder)
         if failed is None:
             try:
@@ -548,7 +548,7 @@ def measure_engines(models: dict[str, Any], model: Any, precision: str = "auto",
     from .inference import Restorer
 
     if side is None:
-        side = DEFAULT_CPU_TILE + 2 * margin_for(fine_reach(model.plus, model.guide_radius))
+        side = DEFAULT_CPU_TILE + 2 * margin_for(fine_reach(model.plus, model.guide_radius, model.noise_aware))
     rng = np.random.default_rng(0)
     x = (rng.random((1, model.in_channels, side, side), dtype=np.float32) * 0.3)
     engines: dict[str, TiledEngine] = {"openvino": OpenVINORestorer(models, precision),
