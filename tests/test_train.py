@@ -86,7 +86,7 @@ def test_synth_writes_dngs_that_libraw_reads_back(photos, tmp_path):
 
 
 def _config(photos, out, iterations=4):
-    return TrainConfig(images=str(photos), val=str(photos), out=str(out), iterations=iterations, batch=2, crop=192,
+    return TrainConfig(images=str(photos), val=[str(photos)], out=str(out), iterations=iterations, batch=2, crop=192,
                        validate_every=2, checkpoint_every=2, val_crops=1)
 
 
