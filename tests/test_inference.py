@@ -105,7 +105,9 @@ def test_tiled_matches_whole_frame(setup):
     value = psnr(tiled, ref)
     print(f"tiled (64, margin 64) vs whole frame, {kind} model: {value:.1f} dB, "
           f"max abs {np.abs(tiled - ref).max():.2e}")
-    assert value >= 50.0, value
+    # exact to float rounding where the margin covers the reach (measured 145 dB)
+    assert value >= 120.0, value
+    assert np.abs(tiled - ref).max() < 1e-5
 
 
 def test_default_margin_leaves_no_visible_seams(setup):

@@ -245,11 +245,15 @@ def test_info_on_bad_file(tmp_path, weights_file, kind):
     assert "Traceback" not in r.output
 
 
-def test_info_without_default_weights():
+def test_info_with_and_without_default_weights(tmp_path, monkeypatch):
+    """The packaged weights are found from a checkout; where none are installed, one line and exit 2."""
+    import darkfix.weights as weights_module
+
+    assert default_weights_path().is_file()
     r = CliRunner().invoke(main, ["info"])
-    if default_weights_path().is_file():
-        assert r.exit_code == 0, r.output
-    else:
-        assert r.exit_code == 2, (r.output, r.exception)
-        assert "no default weights installed" in r.stderr
-        assert len(r.stderr.splitlines()) == 1
+    assert r.exit_code == 0 and default_weights_path().name in r.output, r.output
+    monkeypatch.setattr(weights_module, "default_weights_path", lambda: tmp_path / "none.safetensors")
+    r = CliRunner().invoke(main, ["info"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "no default weights installed" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
