@@ -11,12 +11,10 @@ from robustness to a wrong black level (every random draw is kept: the frames di
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,26 +29,6 @@ from .train import list_images
 
 MANIFEST = "manifest.json"
 _PHASES = {(0, 0): "RGGB", (0, 1): "GRBG", (1, 0): "GBRG", (1, 1): "BGGR"}
-
-
-@contextmanager
-def _no_black_error(active: bool) -> Iterator[None]:
-    """While active, `synth.synthesise` applies no black-level error: the bias is still drawn (the random
-    stream, hence the photon, read and row noise, stays the same) but zeroed where `noisy_dn` adds it.
-    synthesise (the training recipe, not the lab's to change) has no switch for it."""
-    if not active:
-        yield
-        return
-    original = synth.noisy_dn
-
-    def unbiased(clean, ratio, p, g, sensor=None):
-        return original(clean, ratio, dataclasses.replace(p, bias=torch.zeros_like(p.bias)), g, sensor)
-
-    synth.noisy_dn = unbiased
-    try:
-        yield
-    finally:
-        synth.noisy_dn = original
 
 
 def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tuple[float, ...] = (100, 250, 300),
@@ -90,9 +68,8 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
         scale = (white - black) / synth.SONY_RANGE  # the ELD parameters in this sensor's DN
         for nominal in ratios:
             ratio = float(nominal) * (float(synth.ratio_limit(sensor)[0]) if broad else 1.0)
-            with _no_black_error(not black_error):
-                s = synth.synthesise(None, g, broad=broad, ratio=torch.tensor([ratio]), exposure=torch.ones(1),
-                                     scene=scene)
+            s = synth.synthesise(None, g, broad=broad, ratio=torch.tensor([ratio]), exposure=torch.ones(1),
+                                 scene=scene, black_error=black_error)
             planes = s.raw[0].to(torch.int32).numpy()
             _, hh, ww = planes.shape
             mosaic = planes.reshape(2, 2, hh, ww).transpose(2, 0, 3, 1).reshape(2 * hh, 2 * ww)[dy:, dx:]

@@ -386,14 +386,15 @@ def make_scene(srgb: torch.Tensor, g: torch.Generator, broad: bool = True) -> Sc
 
 def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = True,
                ratio: torch.Tensor | None = None, exposure: torch.Tensor | None = None,
-               scene: Scene | None = None, own: OwnSensor | None = None) -> Synthetic:
+               scene: Scene | None = None, own: OwnSensor | None = None, black_error: bool = True) -> Synthetic:
     """The one synthetic-pair recipe (training, validation and `darkfix synth`): sRGB photos (N, 3, H, W)
     -> `make_scene` (or a given `scene`) -> exposure -> mosaic -> ELD noise (25 % virtual-camera gains
     when `broad`) -> ADC.
 
     `ratio` and `exposure` default to random draws (`sample_ratio` scaled by `ratio_limit`, and
     `sample_exposure`; 1 unless `broad`); pass them for fixed benchmarks. `own` replaces the sensor and
-    its noise by one measured sensor's.
+    its noise by one measured sensor's. `black_error=False` zeroes the per-channel black-level error after it
+    is drawn (every other draw unchanged): denoising measured apart from that robustness.
     """
     scene = scene or make_scene(srgb, g, broad)
     camera, sensor = scene.camera, scene.sensor
@@ -409,6 +410,8 @@ def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = T
     if broad and own_noise is None:
         # black levels that the file states a little wrong, per channel, by up to a few DN of 14 bits
         noise.bias = noise.bias + torch.randn(n, 4, generator=g) * _uniform(n, 0.0, 3.0, g).float()[:, None]
+    if not black_error:
+        noise.bias = torch.zeros_like(noise.bias)
     linear = scene.linear * exposure.to(scene.linear.device).view(n, 1, 1, 1)
     raw = to_raw(noisy_dn(mosaic(linear), ratio.float(), noise, g, sensor), sensor)
     return Synthetic(raw, sensor, camera, noise, ratio.float(), linear)
