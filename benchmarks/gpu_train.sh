@@ -7,7 +7,8 @@
 # (the best validated weights) and train.safetensors.ckpt (9.5 MB), status.txt. Environment: MINUTES
 # (default 8: a ten-minute loan with time to spare), ITERATIONS (the schedule's length, default 100000;
 # keep it the same across resumed runs), BATCH (16), CROP (512), LR (1.5e-4), PLUS (1: the lamba2021-plus
-# architecture; default: the packaged weights' own; keep it across resumed runs too), PYTHON.
+# architecture; default: the packaged weights' own; keep it across resumed runs too), NOISE_AWARE (1, the
+# default: lamba2021-na, started from the packaged weights), PYTHON.
 # Synthesis runs on the CPU cores (torch threads), the network in mixed bf16 on the GPU.
 # Exit codes: 0 done (or out of time, resumable), 2 bad arguments, 3 no CUDA device, 1 training failed.
 set -uo pipefail
@@ -33,8 +34,12 @@ args=(train --images "$PHOTOS" --out "$OUT/train.safetensors" --device cuda --pr
       --minutes "${MINUTES:-8}" --iterations "${ITERATIONS:-100000}" --batch "${BATCH:-16}" --crop "${CROP:-512}"
       --lr "${LR:-1.5e-4}" --validate-every 1000 --threads "$(nproc)")
 [ -d "$PHOTOS/../val" ] && args+=(--val "$PHOTOS/../val")
+[ -d "$PHOTOS/../val_texture" ] && args+=(--val "$PHOTOS/../val_texture")
+args+=(--val "$PHOTOS" --val-crops 16)  # the training folder's held-out photos: the detail-rich crops
 PLUS=${PLUS:-$("$PY" -c 'from darkfix.weights import read_info; print(int(read_info().architecture.endswith("-plus")))')}
-[ "$PLUS" = 1 ] && args+=(--plus)
+# the noise-aware architecture (issue 21's campaign) unless PLUS=1 or NOISE_AWARE=0
+NOISE_AWARE=${NOISE_AWARE:-1}
+if [ "$PLUS" = 1 ]; then args+=(--plus); elif [ "$NOISE_AWARE" = 1 ]; then args+=(--noise-aware); fi
 if [ -n "$CKPT" ]; then
     [ "$CKPT" = "$OUT/train.safetensors.ckpt" ] || cp "$CKPT" "$OUT/train.safetensors.ckpt"
     args+=(--resume "$OUT/train.safetensors.ckpt")
