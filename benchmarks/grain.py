@@ -8,9 +8,11 @@ in the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient
 
 - grain: the power of the output's fine detail (the image less its 5 x 5 box mean, luminance) over the
   ground truth's in the same windows: 1 is as smooth as the truth, the goal is at most 2;
-- grid: the largest peak of the output's luminance spectrum in those windows (mean of their power
-  spectra, DC and the lowest frequencies left out) over its median: a periodic pattern shows as a peak, the
-  goal is at most 5.
+- grid: the largest peak of the error's (output less truth) luminance spectrum in those windows (mean of
+  their power spectra) over the median of its ring of equal frequency (the lowest three rings left out):
+  residual noise is spread over a ring, a periodic pattern peaks in it; the goal is at most 5. (The
+  truth's own spectrum falls steeply in flat areas, so the output's spectrum alone would show that fall,
+  not a grid.)
 """
 
 from __future__ import annotations
@@ -69,12 +71,16 @@ def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     spectrum = np.zeros((WINDOW, WINDOW))
     hann = np.outer(np.hanning(WINDOW), np.hanning(WINDOW))
     for y, x in windows:
-        patch = out[y : y + WINDOW, x : x + WINDOW]
+        patch = out[y : y + WINDOW, x : x + WINDOW] - truth[y : y + WINDOW, x : x + WINDOW]
         spectrum += np.abs(np.fft.fft2((patch - patch.mean()) * hann)) ** 2
     f = np.fft.fftfreq(WINDOW)
-    low = (np.abs(f)[:, None] < 3 / WINDOW) & (np.abs(f)[None, :] < 3 / WINDOW)
-    values = spectrum[~low]
-    return grain / max(base, 1e-12), float(values.max() / np.median(values))
+    radius = np.hypot(f[:, None], f[None, :])
+    ring = np.round(radius * WINDOW).astype(int)
+    peak = 0.0
+    for k in range(3, WINDOW // 2):  # each ring of frequencies against its own median: the error's
+        values = spectrum[ring == k]  # spectrum falls with frequency, a grid stands out of its ring
+        peak = max(peak, float(values.max() / np.median(values)))
+    return grain / max(base, 1e-12), peak
 
 
 @click.command()
