@@ -8,7 +8,8 @@ recomputed on every call (nothing folded), fp32, plain eager PyTorch with its de
 whole frame at once, no tiles. Decoding, normalisation and the paper's amplification estimate are plain
 numpy over the full mosaic; the output is written as an 8-bit PNG with Pillow's default settings
 (zlib level 6). It assumes an RGGB sensor (as the authors' code does) and applies no colour processing
-of its own: the network's output is written as is.
+of its own: the network's output is written as is. Noise-aware weights get the noise map of the frame's
+own estimate (darkfix.noise), computed the same plain way.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def main(argv: list[str]) -> None:
 
     with torch.no_grad():
         packed = F.pixel_unshuffle(torch.from_numpy(np.ascontiguousarray(x * amp, dtype=np.float32))[None, None], 2)
+        if model.noise_aware:  # noise-aware weights read the noise map too: the frame's estimate, plain numpy
+            from darkfix.noise import amplified_terms, estimate, sigma_planes
+
+            level = estimate([mosaic[i::2, j::2] for i in (0, 1) for j in (0, 1)], np.full(4, black), white)
+            a, b = (torch.from_numpy(t).float().view(1, 4, 1, 1) for t in amplified_terms(level, np.full(4, amp)))
+            packed = torch.cat([packed, sigma_planes(packed, a, b)], dim=1)
         out = model(packed)
     image = (out[0].permute(1, 2, 0).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
     Image.fromarray(image).save(args.out)

@@ -5,7 +5,8 @@
 Each row is one benchmark pair (NAME is a raw file name from manifest.json): LibRaw brightened by the
 true ratio (no denoising) | each network given | the ground truth, all at the true ratio. With `--stops S`
 everything is amplified 2^S times more (highlights pushed past white), and the ground truth is brightened
-in linear light and clipped, as a normal exposure S stops brighter would show it.
+in linear light and clipped, as a normal exposure S stops brighter would show it. `--crop Y,X,SIZE` (one
+per NAME) shows 100 % crops instead of whole images scaled to --width.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from darkfix.weights import load_weights
 @click.option("--baseline-weights", "baselines", multiple=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--width", type=int, default=480, show_default=True, help="Width of each tile of the panel.")
 @click.option("--stops", type=float, default=0.0, show_default=True, help="Over-expose every tile by this much.")
+@click.option("--crop", "crops", multiple=True, metavar="Y,X,SIZE",
+              help="100 % crops instead of whole scaled images: one per NAME, in order (its top-left and side).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, stops: float, output: Path) -> None:
+def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, stops: float, crops: tuple[str, ...],
+         output: Path) -> None:
     methods = [LibRawMethod()]
     taken: list[str] = []
     for w in (*baselines, *weights):
@@ -38,8 +42,10 @@ def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, st
         taken.append(network_name(info, taken))
         methods.append(NetworkMethod(taken[-1], Restorer(model, device="cpu"), info))
     cases = {c.raw.name: c for c in benchmark_cases(bench)}
+    if crops and len(crops) != len(names):
+        raise click.BadParameter("one --crop per NAME", param_hint="--crop")
     rows = []
-    for name in names:
+    for i, name in enumerate(names):
         case = cases[name]
         frame = read_raw(case.raw)
         truth = as_float(load_truth(case))
@@ -48,6 +54,10 @@ def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, st
             linear = np.clip(linear * 2.0**stops, 0.0, 1.0)
             truth = np.where(linear < 0.018, 4.5 * linear, 1.099 * linear**0.45 - 0.099)
         tiles = [as_float(m(case, frame, case.ratio * 2.0**stops)) for m in methods] + [truth]
+        if crops:  # 100 %: no resampling
+            y, x, side = (int(v) for v in crops[i].split(","))
+            tiles = [t[y : y + side, x : x + side] for t in tiles]
+            width = tiles[0].shape[1]
         h, w = tiles[0].shape[:2]
         size = (width, round(h * width / w))
         row = [np.asarray(Image.fromarray((t * 255 + 0.5).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS))

@@ -19,7 +19,10 @@ from darkfix.model import LambaNet
 from darkfix.noise import NoiseLevel, amplified_terms, estimate, from_dng_profile, sigma_planes
 from darkfix.packing import aligned_planes, prepare
 from darkfix.rawio import read_raw
-from darkfix.weights import load_weights, save_weights
+from darkfix.weights import default_weights_path, load_weights, save_weights
+
+# the paper-architecture weights the noise-aware network was started from
+V3 = default_weights_path().with_name("darkfix-lamba2021-v3.safetensors")
 
 
 def _scene(g: torch.Generator, h: int = 256, w: int = 256) -> torch.Tensor:
@@ -159,8 +162,8 @@ def test_training_noise_map_is_what_packing_computes():
 
 @pytest.fixture(scope="module")
 def noise_aware_model():
-    """The packaged weights in the noise-aware architecture, its new path given random weights."""
-    paper, _ = load_weights()
+    """v3 in the noise-aware architecture, its new path given random weights."""
+    paper, _ = load_weights(V3)
     model = LambaNet(noise_aware=True, guide_radius=paper.guide_radius)
     model.load_state_dict(paper.state_dict(), strict=False)
     torch.manual_seed(0)
@@ -170,7 +173,7 @@ def noise_aware_model():
 
 
 def test_noise_aware_network_starts_as_the_paper_network():
-    paper, _ = load_weights()
+    paper, _ = load_weights(V3)
     model = LambaNet(noise_aware=True, guide_radius=paper.guide_radius).eval()
     model.load_state_dict(paper.state_dict(), strict=False)
     x = torch.rand(1, 8, 64, 96) * 0.5
