@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import io
 import os
@@ -289,6 +290,8 @@ class OutputClaim:
         else:  # pragma: no cover - a hundred removals in a row
             raise OutputError(f"{self.path}: cannot claim {self.part.name}")
         self.fd = fd
+        # known from here on: an interrupt before the caller's `with` still has its part file removed at exit
+        _claims.setdefault(os.path.abspath(self.path), self)
         if self.path.exists() and not overwrite:
             self.release()
             raise OutputExistsError(f"{self.path}: already exists (use --overwrite to replace it)")
@@ -338,6 +341,13 @@ class OutputClaim:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@atexit.register
+def _release_claims() -> None:
+    """At exit (Ctrl-C and SIGTERM end in sys.exit too), no claim of this process keeps its part file."""
+    for claim in list(_claims.values()):
+        claim.release()
 
 
 def claim_output(path: Path, overwrite: bool = False) -> OutputClaim:

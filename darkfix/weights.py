@@ -37,7 +37,7 @@ INPUT_NOISE = "balanced+noise"
 INPUTS = ("raw", "balanced", INPUT_NOISE)
 
 FORMAT_VERSION = "1"
-DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v4.safetensors"
+DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v3.safetensors"
 
 
 @dataclass
@@ -88,6 +88,9 @@ def read_info(path: str | os.PathLike | None = None) -> WeightsInfo:
     """What a weights file says it is, from its header alone (no torch, no tensors read or checked:
     `load_weights` checks them)."""
     p = Path(path) if path is not None else default_weights_path()
+    packaged = default_weights_path().with_name(p.name)
+    if not p.is_file() and path is not None and str(path) == p.name and packaged.is_file():
+        p = packaged  # a bare name of weights that ship with darkfix: --weights darkfix-lamba2021-v4.safetensors
     if not p.is_file():
         hint = "" if path is not None else " (no default weights installed; pass --weights PATH)"
         raise WeightsError(f"{p}: weights file not found{hint}")
