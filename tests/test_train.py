@@ -270,7 +270,8 @@ def test_tune_for_a_profiled_sensor(tmp_path):
     from darkfix.cli import main
     from darkfix.dng import DngSpec, write_dng
     from darkfix.profile import calibrate
-    from darkfix.weights import DEFAULT_WEIGHTS_NAME, read_info
+    from darkfix.cli.lab import TUNE_BASE
+    from darkfix.weights import read_info
 
     rng = np.random.default_rng(0)
     darks = [write_dng(tmp_path / f"dark{i}.dng", (256 + rng.normal(0, 3, (64, 96))).round().astype(np.uint16),
@@ -289,7 +290,7 @@ def test_tune_for_a_profiled_sensor(tmp_path):
     assert res.exit_code == 0, res.output
     meta = read_info(out).metadata
     tuned = _json.loads(meta["tuned_for"])
-    assert tuned["profile"] == prof.checksum and tuned["base_weights"] == DEFAULT_WEIGHTS_NAME
+    assert tuned["profile"] == prof.checksum and tuned["base_weights"] == TUNE_BASE
     assert _json.loads(meta["training"])["iterations"] in (0, 2)
     assert "step 0: validation" in res.output
     again = CliRunner().invoke(main, args)
