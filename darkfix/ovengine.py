@@ -35,7 +35,7 @@ from .weights import GUIDE_CLIPPED, file_sha256
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: concurrent first runs may both convert
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 PARTS = ("stem", "coarse", "fine", "fine_clipped", "colour8", "colour16")
 # Bumped whenever the converted graphs change: models in the cache from another version are rebuilt.
