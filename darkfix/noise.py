@@ -22,16 +22,13 @@ from typing import Any
 
 import numpy as np
 
-SOURCES = ("profile", "dng", "estimate", "given")
-
-
 @dataclass(frozen=True)
 class NoiseLevel:
     """A frame's noise in normalised units, per packed plane (R, G1, G2, B): var(x) = shot * x + read ** 2."""
 
     shot: tuple[float, float, float, float]
     read: tuple[float, float, float, float]
-    source: str = "given"  # one of SOURCES: where the numbers came from (`restore -v` says)
+    source: str = "given"  # where the numbers came from, for `restore -v`: profile, dng, estimate or given
 
     @classmethod
     def from_dn(cls, k: float, read_dn: float, white_range: float, row_dn: float = 0.0,
@@ -68,7 +65,7 @@ def sigma_planes(y: Any, a: Any, b: Any) -> Any:
 BLOCK = 8  # cells (2 x 2 photosites) per side of the estimator's blocks: 64 samples each
 BINS = 12  # signal levels the estimator fits its line through
 QUANTILE = 0.1  # of the blocks' variances in a bin: the smoothest blocks, texture left out
-# the QUANTILE of the sample variance of 256 unit normals (255 degrees of freedom)
+# the QUANTILE of `_block_stats`' variance statistic on unit white noise (measured on 2048 x 2048 samples)
 QUANTILE_OF_NOISE = 0.7497
 MAX_BLOCKS = 32768  # larger frames are sampled on a regular grid of blocks
 

@@ -47,8 +47,8 @@ def pack(x: np.ndarray, cfa: str) -> tuple[np.ndarray, Layout]:
     The mosaic is first mirrored by one row and/or column where needed so that red sits at (0, 0)
     and both sizes are even; mirroring by one keeps each position's colour, so no pixel is lost.
     """
-    red = cfa.index("R")
-    top, left = red // 2, red % 2
+    layout = cfa_layout(cfa, x.shape)
+    top, left = layout.top, layout.left
     h, w = x.shape
     bottom = (top + h) % 2
     right = (left + w) % 2
@@ -56,7 +56,7 @@ def pack(x: np.ndarray, cfa: str) -> tuple[np.ndarray, Layout]:
         x = np.pad(x, ((top, bottom), (left, right)), mode="reflect" if min(h, w) > 1 else "edge")
     hh, ww = x.shape
     packed = x.reshape(hh // 2, 2, ww // 2, 2).transpose(1, 3, 0, 2).reshape(4, hh // 2, ww // 2)
-    return np.ascontiguousarray(packed), Layout(top, left, h, w)
+    return np.ascontiguousarray(packed), layout
 
 
 def channel_black(black: np.ndarray, layout: Layout) -> np.ndarray:
@@ -290,15 +290,24 @@ def prepare(mosaic: np.ndarray, cfa: str, black: np.ndarray, white: float, ratio
         amp, source = estimate_exposure(mosaic, black, white, cell), "auto"
     else:
         amp, source = estimate_from_raw(mosaic, black, white), "paper"
-    red = cfa.index("R")
-    layout = Layout(red // 2, red % 2, *mosaic.shape)
+    layout = cfa_layout(cfa, mosaic.shape)
     planes = rel[[0, 1, 1, 2]] if balanced else None
-    black4 = channel_black(black, layout)
-    if noise_aware and noise is None:
-        noise = estimate_noise(aligned_planes(mosaic, layout), black4, white)
-    noise = noise if noise_aware else None
-    packed = PackedFrame(mosaic, layout, black4, white, amp * brightness, wb=planes, noise=noise)
+    noise = (noise or estimate_frame_noise(mosaic, cfa, black, white)) if noise_aware else None
+    packed = PackedFrame(mosaic, layout, channel_black(black, layout), white, amp * brightness, wb=planes,
+                         noise=noise)
     return Prepared(packed, layout, amp, source, wb3, balanced, noise)
+
+
+def cfa_layout(cfa: str, shape: tuple[int, ...]) -> Layout:
+    """Where an (H, W) mosaic of this CFA phase sits once aligned so that red is at (0, 0)."""
+    red = cfa.index("R")
+    return Layout(red // 2, red % 2, shape[0], shape[1])
+
+
+def estimate_frame_noise(mosaic: np.ndarray, cfa: str, black: np.ndarray, white: float) -> NoiseLevel:
+    """`darkfix.noise.estimate` on a mosaic of any CFA phase, with its (2, 2) black levels."""
+    layout = cfa_layout(cfa, mosaic.shape)
+    return estimate_noise(aligned_planes(mosaic, layout), channel_black(black, layout), white)
 
 
 def aligned_planes(mosaic: np.ndarray, layout: Layout) -> list[np.ndarray]:

@@ -46,8 +46,8 @@ import numpy as np
 
 from . import __version__
 from .errors import DarkfixError
-from .noise import NoiseLevel, estimate as estimate_noise
-from .packing import Layout, aligned_planes, channel_black
+from .noise import NoiseLevel
+from .packing import estimate_frame_noise
 from .rawio import RawFrame, read_raw
 
 FORMAT = "darkfix-sensor-profile"
@@ -168,10 +168,7 @@ class SensorProfile:
             # K is only a guess without flats or a NoiseProfile: the shot term from the corrected frame
             # itself, the read noise as the darks measured it (noise-aware weights restored 0.03-0.05 dB
             # under the plain mean of the darks, and kept more sparkles, with the guessed K)
-            red = frame.cfa.index("R")
-            layout = Layout(red // 2, red % 2, *out.shape)
-            black = channel_black(self.black_grid(), layout)
-            own = estimate_noise(aligned_planes(out, layout), black, frame.white)
+            own = estimate_frame_noise(out, frame.cfa, self.black_grid(), frame.white)
             noise = NoiseLevel(own.shot, noise.read, "profile")
         return replace(frame, mosaic=out, black=self.black_grid(), noise=noise)
 

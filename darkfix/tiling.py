@@ -30,9 +30,9 @@ from .weights import GUIDE_CELL
 ALIGN = 16  # packed pixels per cell of the network's 1/32 branch
 FINE_REACH = 20  # packed pixels of context the full-resolution part of the network reads on each side
 PLUS_REACH = 10  # what the lamba2021-plus layers add to it (two 3x3 at 1/4, two at full packed resolution)
-# what the lamba2021-na finest-scale path adds: a 3x3 at packed resolution, two 3x3 at 2 x 2 packed pixels
-# (the 2 x 2 grouping adds one more), a 3x3 at packed resolution
-NA_REACH = 8
+# what the lamba2021-na finest-scale path adds: a 3x3 at packed resolution (1), two 3x3 at 2 x 2 packed
+# pixels (2 cells of 2 each, and the cell's own second pixel: 5), a 3x3 at packed resolution (1)
+NA_REACH = 7
 # Each tile reads this much context beyond the part it keeps: FINE_REACH rounded up to ALIGN.
 DEFAULT_MARGIN = 32
 

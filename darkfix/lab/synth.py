@@ -275,9 +275,12 @@ class OwnSensor:
     col_dn: float
     spread: float = 0.1  # each draw's parameters off by up to this fraction: the measurement's own error
 
+    def sensor(self, n: int) -> Sensor:
+        return Sensor(torch.full((n,), float(self.black)), torch.full((n,), float(self.white)))
+
     def sample(self, n: int, g: torch.Generator) -> tuple[Sensor, NoiseParams]:
         """The sensor for n images and noise parameters in the Sony's DN (as `noisy_dn` takes them)."""
-        sensor = Sensor(torch.full((n,), float(self.black)), torch.full((n,), float(self.white)))
+        sensor = self.sensor(n)
         scale = float(sensor.range[0]) / SONY_RANGE
         off = torch.exp((2.0 * torch.rand(n, 4, generator=g) - 1.0) * math.log1p(self.spread))
         lam = torch.full((n,), float("nan") if self.read_lambda is None else float(self.read_lambda))

@@ -60,7 +60,6 @@ class TrainConfig:
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
 # (img_004, img_008, ..., img_100: 25 photos of buildings, dense edges and fine texture).
 HELD_OUT = re.compile(r"urban100_img_\d*(00|04|08|12|16|20|24|28|32|36|40|44|48|52|56|60|64|68|72|76|80|84|88|92|96)\.")
-PARTS = ("all", "train", "held-out")
 
 
 def list_images(folder: str | os.PathLike, part: str = "all") -> list[Path]:
@@ -202,7 +201,7 @@ def validation_pairs(folders: list[str], count: int, crop: int = 512,
         broad = i % 2 == 1
         ratio = torch.tensor([(100.0, 250.0, 300.0)[i % 3]])
         if own is not None:
-            broad, ratio = True, (ratio * synth.ratio_limit(own.sample(1, g)[0])).clamp_min(4.0)
+            broad, ratio = True, (ratio * synth.ratio_limit(own.sensor(1))).clamp_min(4.0)
         elif broad:
             ratio = ratio / 4
         pairs.append(pair_from(synth.synthesise(srgb, g, broad=broad, ratio=ratio, exposure=torch.ones(1), own=own),
