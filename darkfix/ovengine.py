@@ -9,7 +9,6 @@ measurement (`engine_choice`).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib.util
 import io
@@ -28,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import WeightsError
+from .pngio import os_reason
 from .tiling import (DEFAULT_CPU_TILE, TiledEngine, Tile, fine_reach, margin_for,
                      release_memory)
 from .weights import GUIDE_CLIPPED, file_sha256
@@ -206,10 +206,6 @@ def _read_cached(folder: Path, sha: str) -> tuple[dict[str, Any] | None, str | N
     return None, damage
 
 
-def _why(e: OSError) -> str:
-    return "disk full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
-
-
 @contextmanager
 def _conversion_lock(name: str, say: Callable[[str], None] | None) -> Iterator[str | None]:
     """Held while one process converts a weights file, so that concurrent first runs convert once. Yields
@@ -219,7 +215,7 @@ def _conversion_lock(name: str, say: Callable[[str], None] | None) -> Iterator[s
         locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as e:
-        unwritable: str | None = _why(e)
+        unwritable: str | None = os_reason(e)
     else:
         unwritable = None
     if unwritable is not None:
@@ -319,7 +315,7 @@ def _save(models: dict[str, Any], folder: Path) -> str | None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     except OSError as e:
-        return _why(e)
+        return os_reason(e)
     try:
         tmp.chmod(0o755)  # a cache others may read, like the files in it
         for name, m in models.items():
@@ -330,7 +326,7 @@ def _save(models: dict[str, Any], folder: Path) -> str | None:
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     except OSError as e:
-        return _why(e)
+        return os_reason(e)
     except RuntimeError:  # OpenVINO's own writer: "basic_ios::clear: iostream error" on a full disk
         return "disk full" if shutil.disk_usage(folder.parent).free < _CACHE_ROOM else "OpenVINO could not write it"
     finally:

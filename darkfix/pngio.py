@@ -279,7 +279,7 @@ class OutputClaim:
             try:
                 fd = os.open(self.part, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
             except OSError as e:
-                raise OutputError(f"{self.path}: cannot write ({_reason(e)})") from None
+                raise OutputError(f"{self.path}: cannot write ({os_reason(e)})") from None
             locked = _lock(fd)
             if locked is False:
                 os.close(fd)
@@ -358,7 +358,8 @@ def claim_output(path: Path, overwrite: bool = False) -> OutputClaim:
     return claim
 
 
-def _reason(e: OSError) -> str:
+def os_reason(e: OSError) -> str:
+    """An OSError in a few words for a one-line message."""
     return "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
 
 
@@ -388,7 +389,7 @@ def atomic_output(path: Path, overwrite: bool = False) -> Iterator[BinaryIO]:
             except OSError:
                 pass
         if isinstance(e, OSError):
-            raise OutputError(f"{path}: cannot write ({_reason(e)})") from None
+            raise OutputError(f"{path}: cannot write ({os_reason(e)})") from None
         raise
     finally:
         if claim is not held:

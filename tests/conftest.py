@@ -58,7 +58,13 @@ def weights_file(tmp_path_factory) -> Path:
     """darkfix safetensors of a seeded, randomly initialised network with camera-RGB output."""
     torch.manual_seed(1234)
     path = tmp_path_factory.mktemp("weights") / "random.safetensors"
-    return save_weights(LambaNet(), path, {"output": "camera", "note": "random init for tests"})
+    save_weights(LambaNet(), path, {"output": "camera", "note": "random init for tests"})
+    # converted and the engines timed once here, as a user's first run does: every test then meets the
+    # warm cache a later run meets, whatever order the tests run in (a refusal is then one line on stderr)
+    from darkfix import engine
+
+    engine.load(path, device="cpu")
+    return path
 
 
 @pytest.fixture(scope="session")

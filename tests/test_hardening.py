@@ -34,7 +34,7 @@ def test_absurd_dimensions_refused(make_dng, weights_file, tmp_path, width, heig
     _patch_tag(src, "ImageWidth", width)
     _patch_tag(src, "ImageLength", height)
     before = files_under(tmp_path)
-    r = restore(weights_file, src, "--engine", "torch")  # no first-run conversion lines before the error
+    r = restore(weights_file, src)
     assert_refused(r, src)
     assert files_under(tmp_path) == before
 
