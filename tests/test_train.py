@@ -172,6 +172,39 @@ def test_white_stays_white_after_white_balance():
     assert ((cam.wb[:, 0] >= 1.0) & (cam.wb[:, 0] <= 3.0)).all() and cam.wb[:, 1].eq(1).all()
 
 
+def test_widened_gamut_reaches_past_srgb():
+    """Half the crops get colours further from grey than any sRGB photo holds (as neon and LEDs are):
+    grey stays grey, nothing leaves [0, 1] after white balance, and some colours fall outside sRGB."""
+    g = torch.Generator().manual_seed(5)
+    srgb = torch.rand(64, 3, 16, 16)
+    srgb[:, :, :4] = 0.5  # a grey band
+    scene = synth.make_scene(srgb, g)
+    wide = synth.widen_gamut(scene, g)
+    wb = scene.camera.wb[:, :, None, None]
+    before, after = scene.linear * wb, wide.linear * wb
+    assert torch.allclose(after[:, :, :4], before[:, :, :4], atol=1e-6)
+    assert after.min() >= 0.0 and after.max() <= 1.0
+    spread = lambda x: (x.amax(1) - x.amin(1)).mean((1, 2))  # noqa: E731
+    grown = spread(after) / spread(before)
+    assert 0.3 < (grown > 1.05).float().mean() < 0.7 and (grown >= 1.0 - 1e-5).all()
+    srgb_of = lambda x: torch.einsum("nij,njhw->nihw", scene.camera.rgb_cam, x)  # noqa: E731
+    assert (srgb_of(after) < -0.05).float().mean() > 2 * (srgb_of(before) < -0.05).float().mean()
+
+
+def test_loss_sees_colours_the_rendering_clips():
+    """A magenta beyond sRGB with its blue collapsed renders the same after the clip; the camera-RGB term
+    of the loss still sees it."""
+    from darkfix.lab.train import Pair, loss_fn
+
+    rgb_cam = torch.tensor([[1.8, -0.6, -0.2], [-0.2, 1.5, -0.3], [0.0, -0.5, 1.5]])
+    flat = lambda *c: torch.tensor(c).view(1, 3, 1, 1).expand(1, 3, 32, 32).contiguous()  # noqa: E731
+    target, less_blue = flat(1.0, 0.0, 0.9), flat(1.0, 0.0, 0.7)
+    pair = Pair(torch.zeros(1, 8, 16, 16), target, rgb_cam[None], torch.ones(1))
+    assert torch.equal(pair.render(less_blue), pair.render(target))
+    assert loss_fn(target, pair, with_msssim=False) == 0.0
+    assert loss_fn(less_blue, pair, with_msssim=False) > 0.015
+
+
 def test_synthetic_pairs_cover_real_sensors_and_highlights():
     g = torch.Generator().manual_seed(4)
     s = synth.synthesise(torch.rand(64, 3, 32, 32), g, broad=True)

@@ -387,6 +387,20 @@ def make_scene(srgb: torch.Tensor, g: torch.Generator, broad: bool = True) -> Sc
     return Scene(camera, sample_sensor(n, g) if broad else sony_sensor(n), linear)
 
 
+def widen_gamut(scene: Scene, g: torch.Generator, fraction: float = 0.5, most: float = 2.5) -> Scene:
+    """The scene with the colours of a `fraction` of its images pushed away from grey (after white balance)
+    by a factor log-uniform in 1 .. `most`, clipped to [0, 1]: photographs hold sRGB's gamut only, while
+    cameras see neon, LEDs and flowers beyond it, and a network never shown those drifts on them."""
+    n = scene.linear.shape[0]
+    factor = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < fraction,
+                         _log_uniform(n, 1.0, most, g), torch.ones(n, dtype=torch.float64)).float()
+    wb = scene.camera.wb.to(scene.linear.device)[:, :, None, None]
+    balanced = scene.linear * wb
+    grey = balanced.mean(1, keepdim=True)
+    wide = (grey + factor.to(grey.device).view(n, 1, 1, 1) * (balanced - grey)).clamp(0.0, 1.0)
+    return Scene(scene.camera, scene.sensor, wide / wb)
+
+
 def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = True,
                ratio: torch.Tensor | None = None, exposure: torch.Tensor | None = None,
                scene: Scene | None = None, own: OwnSensor | None = None, black_error: bool = True) -> Synthetic:

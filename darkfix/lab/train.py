@@ -22,7 +22,7 @@ from pytorch_msssim import ms_ssim, ssim
 
 from . import synth
 from .evaluate import psnr
-from ..colour import render
+from ..colour import bt709, render
 from ..model import GUIDE_RADIUS, LambaNet
 from ..pipeline import RAW_SUFFIXES
 from ..weights import INPUT_NOISE, save_weights
@@ -157,24 +157,32 @@ def own_sensor_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device
 
 def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device) -> Pair:
     """Half the batch from the Sony A7S II (SID's camera: its benchmarks are the reference), half from the
-    broad range of sensors; both with the exposure draws that push highlights past white. The noise maps
-    are off by up to 30 % (estimates at restore are)."""
+    broad range of sensors; both with the exposure draws that push highlights past white and half of each
+    with colours beyond the photographs' gamut (`synth.widen_gamut`). The noise maps are off by up to 30 %
+    (estimates at restore are)."""
     half = srgb.shape[0] // 2
-    sony = synth.synthesise(srgb[:half], g, broad=False, exposure=synth.sample_exposure(half, g))
-    broad = synth.synthesise(srgb[half:], g, broad=True)
+    sony = synth.synthesise(None, g, broad=False, exposure=synth.sample_exposure(half, g),
+                            scene=synth.widen_gamut(synth.make_scene(srgb[:half], g, broad=False), g))
+    broad = synth.synthesise(None, g, broad=True, scene=synth.widen_gamut(synth.make_scene(srgb[half:], g), g))
     a, b = pair_from(sony, device, g), pair_from(broad, device, g)
     return Pair(*(torch.cat([x, y]) for x, y in ((a.inputs, b.inputs), (a.target_linear, b.target_linear),
                                                   (a.rgb_cam, b.rgb_cam), (a.ratio, b.ratio))))
 
 
+CAMERA_WEIGHT = 0.5  # of the camera-RGB term in `loss_fn`
+
+
 def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True) -> torch.Tensor:
-    """L1 + 0.2 (1 - MS-SSIM) on the final sRGB rendering: the paper's loss, moved after colour.
+    """L1 + 0.2 (1 - MS-SSIM) on the final sRGB rendering (the paper's loss, moved after colour), plus L1 on
+    the balanced camera RGB under the same curve: the rendering clips colours outside sRGB, which leaves
+    the network free to turn a magenta light red where both render alike.
 
     MS-SSIM costs twice the network on a CPU, so the early part of a run may use L1 alone.
     """
     pred = pair.render(pred_linear)
     target = pair.target()
-    loss = F.l1_loss(pred, target)
+    loss = F.l1_loss(pred, target) + CAMERA_WEIGHT * F.l1_loss(bt709(pred_linear.clamp(0.0, 1.0)),
+                                                                bt709(pair.target_linear))
     if with_msssim:
         loss = loss + 0.2 * (1.0 - ms_ssim(pred, target, data_range=1.0))
     return loss
@@ -296,7 +304,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
             "guide_radius": str(cfg.guide_radius),  # restoring applies what training went through, 0 too
             "amplification": "trained with the true exposure ratio times an exposure of 0.6-6",
             "training": {"iterations": step, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
-                         "loss": "L1 on the sRGB rendering" + (
+                         "loss": f"L1 on the sRGB rendering + {CAMERA_WEIGHT} L1 on the balanced camera RGB" + (
                              f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else ""),
                          "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name,
                          "init": Path(cfg.init).name if cfg.init else None,
