@@ -1,8 +1,8 @@
 """Choosing and loading the engine that runs the network: torch (CPU or CUDA) or OpenVINO (CPU).
 
 `--engine auto` takes OpenVINO on a CPU where it is installed, unless torch measured clearly faster on this
-machine (ovengine.measure_engines, run once when the weights are first converted), and always torch for
-CUDA. Nothing here imports torch unless the torch engine is chosen.
+machine for the weights' architecture (ovengine.measure_engines, run once when such weights are first
+converted), and always torch for CUDA. Nothing here imports torch unless the torch engine is chosen.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from typing import Any, Callable
 
 from . import ovengine
-from .weights import WeightsInfo, read_info
+from .weights import ARCHITECTURE, WeightsInfo, read_info
 
 ENGINES = ("auto", "torch", "openvino")
 
@@ -26,8 +26,8 @@ def cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
-def choose(engine: str, device: str, precision: str) -> tuple[str, str]:
-    """The engine to run and why; ValueError for a combination that cannot run."""
+def choose(engine: str, device: str, precision: str, architecture: str = ARCHITECTURE) -> tuple[str, str]:
+    """The engine to run a network of `architecture` and why; ValueError for a combination that cannot run."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r} (expected {', '.join(ENGINES)})")
     if engine == "torch":
@@ -46,7 +46,7 @@ def choose(engine: str, device: str, precision: str) -> tuple[str, str]:
         return "torch", "auto: fp16 is for CUDA"
     if not ovengine.available():
         return "torch", "auto: OpenVINO is not installed"
-    measured = ovengine.engine_choice(precision)
+    measured = ovengine.engine_choice(precision, architecture)
     if measured is None or ovengine.retime_due(measured):
         return "openvino", "auto: OpenVINO, to be measured against torch on this CPU"
     return measured["choice"], _reason(measured)
@@ -57,12 +57,12 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
          say: Callable[[str], None] | None = None) -> tuple[Any, WeightsInfo]:
     """A ready engine for a weights file (default: the packaged ones) and what the file is.
     The engine's `engine_reason` says why it was chosen."""
-    name, reason = choose(engine, device, precision)
     info = read_info(weights)
+    name, reason = choose(engine, device, precision, info.architecture)
     loaded = None  # (model, info) once torch has loaded the file
     if name == "openvino":
         models = ovengine.load_models(info.path, say=say)
-        measured = ovengine.engine_choice(precision)
+        measured = ovengine.engine_choice(precision, info.architecture)
         # timed once; again, quietly, where that timing was skewed by other processes and the machine is idle now
         if engine == "auto" and (measured is None or ovengine.retime_due(measured)):
             if not ovengine.cache_writable():  # a timing that cannot be kept would be paid on every run

@@ -30,7 +30,7 @@ from .errors import WeightsError
 from .pngio import os_reason
 from .tiling import (DEFAULT_CPU_TILE, TiledEngine, Tile, fine_reach, margin_for,
                      release_memory)
-from .weights import GUIDE_CLIPPED, file_sha256
+from .weights import ARCHITECTURE, GUIDE_CLIPPED, file_sha256
 
 try:
     import fcntl
@@ -487,18 +487,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _choice_key(precision: str) -> str:
-    """Where engine-choice.json files a measurement: this CPU, its core count and the precision."""
-    return f"{_cpu_name()} | {os.cpu_count()} cpus | {precision}"
+def _choice_key(precision: str, architecture: str = ARCHITECTURE) -> str:
+    """Where engine-choice.json files a measurement: this CPU, its core count, the precision and the
+    network's architecture (their costs differ: the noise-aware network's tiles are larger)."""
+    return f"{_cpu_name()} | {os.cpu_count()} cpus | {precision} | {architecture}"
 
 
-def engine_choice(precision: str = "auto") -> dict | None:
-    """The measured choice of engine for this CPU and precision, if conversion measured one."""
+def engine_choice(precision: str = "auto", architecture: str = ARCHITECTURE) -> dict | None:
+    """The measured choice of engine for this CPU, precision and architecture, if conversion measured one."""
     try:
         table = json.loads((cache_root() / "engine-choice.json").read_text())
     except (OSError, ValueError):
         return None
-    entry = table.get(_choice_key(precision))
+    entry = table.get(_choice_key(precision, architecture))
     # entries from before TORCH_MARGIN chose on a bare comparison at a small tile: measured again
     return entry if entry is not None and "torch_margin" in entry else None
 
@@ -571,12 +572,13 @@ def measure_engines(models: dict[str, Any], model: Any, precision: str = "auto",
         table = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         table = {}
-    before = table.get(_choice_key(precision)) or {}
+    key = _choice_key(precision, model.architecture)
+    before = table.get(key) or {}
     if before.get("contended"):
         entry["retimed"] = before.get("retimed", 0) + 1
     if load > CONTENDED:  # other processes skewed the timings (140 vs 224 ms busy, 67 vs 136 alone): provisional
         entry["contended"] = True
-    table[_choice_key(precision)] = entry
+    table[key] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")

@@ -192,6 +192,9 @@ def test_engine_choice(monkeypatch, tmp_path):
         {key: {"choice": "torch", "ms": {"openvino": 9.0, "torch": 5.0}, "tile": 576, "torch_margin": 1.25}}))
     name, why = engine.choose("auto", "cpu", "auto")
     assert name == "torch" and "openvino 9.0 ms, torch 5.0 ms; torch only if 1.25x faster" in why
+    # a choice timed for one architecture is not another's (their costs differ)
+    assert engine.choose("auto", "cpu", "auto", "lamba2021-na")[0] == "openvino"
+    assert ovengine.engine_choice("auto", "lamba2021-na") is None
     # a choice recorded by the first rule (no margin, a 256-pixel tile) is measured again
     (tmp_path / "engine-choice.json").write_text(json.dumps(
         {key: {"choice": "torch", "ms": {"openvino": 9.0, "torch": 5.0}, "tile": 256}}))

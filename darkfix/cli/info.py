@@ -44,7 +44,7 @@ def info(weights, profile) -> None:
     for key in sorted(meta.metadata):
         if key not in ("output", "guide_radius"):
             click.echo(f"{key + ':':<14} {meta.metadata[key]}")
-    chosen, why = engine.choose("auto", "auto", "auto")
+    chosen, why = engine.choose("auto", "auto", "auto", model.architecture)
     if ovengine.available():
         ov = ovengine.import_openvino()
         native = ovengine.native_bf16()[1]
