@@ -97,14 +97,15 @@ def test_token_mode_follows_the_token_sources(env, mode, tmp_path, monkeypatch):
 
 
 def _kill_cluster(marker: str) -> None:
-    """End the processes of the test's own Ray cluster (their command lines name its temporary folder), by id:
-    `ray stop` would end every Ray process on the machine."""
+    """End the processes of the test's own Ray cluster, by id (`ray stop` would end every Ray process on the
+    machine): their command lines or environments name its temporary folder. Ray's agents rename their
+    command lines (ray::DashboardAgent), so the environment (HOME under the folder) finds them."""
     for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            seen = b"".join(Path(f"/proc/{pid}/{part}").read_bytes() for part in ("cmdline", "environ"))
         except OSError:
             continue
-        if marker in cmdline and int(pid) != os.getpid():
+        if marker in seen.decode(errors="replace") and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except OSError:
