@@ -19,7 +19,7 @@ from darkfix import engine, ovengine
 from darkfix.colour import to_display
 from darkfix.errors import WeightsError
 from darkfix.inference import Restorer
-from darkfix.weights import load_weights
+from darkfix.weights import default_weights_path, load_weights
 
 pytestmark = pytest.mark.skipif(not ovengine.available(), reason="OpenVINO is not installed")
 
@@ -38,20 +38,25 @@ def _run(restorer, packed: np.ndarray) -> np.ndarray:
     return out
 
 
+# packaged paper-architecture weights (a random network's output is too flat to show disagreement); the
+# noise-aware default has its own conversion test (test_noise.py: test_noise_aware_weights_convert_to_openvino)
+PAPER = default_weights_path().with_name("darkfix-lamba2021-v3.safetensors")
+
+
 @pytest.fixture(scope="module")
 def trained():
-    """The packaged weights (a random network's output is too flat to show disagreement), converted."""
-    model, info = load_weights()
+    """The packaged paper-architecture weights, converted."""
+    model, info = load_weights(PAPER)
     return model, ovengine.load_models(info.path)
 
 
 @pytest.fixture(scope="module")
 def unguided(tmp_path_factory):
-    """The packaged weights with the colour guide switched off in their metadata, converted."""
+    """The packaged paper-architecture weights with the colour guide switched off in their metadata, converted."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    with safe_open(str(load_weights()[1].path), framework="pt") as f:
+    with safe_open(str(PAPER), framework="pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     path = tmp_path_factory.mktemp("unguided") / "unguided.safetensors"
     save_file(tensors, str(path), metadata={**meta, "guide_radius": "0"})
