@@ -136,7 +136,7 @@ class InferenceNet(nn.Module):
             self.refine1 = _rebuilt(net.refine2x[0][0], in_order=order + list(range(12, 16)))
             self.refine2 = _rebuilt(net.refine2x[1][0], out_order=order)
             extra = [self.res3, self.res4, self.refine1, self.refine2]
-        self.noise_aware = net.noise_aware
+        self.noise_aware, self.fine_signed = net.noise_aware, net.fine_signed
         if net.noise_aware:
             # the finest-scale path reads and writes the last convolution's 12 channels in (i, j, c) order
             order = _shuffle_order(3, 2)
@@ -197,11 +197,12 @@ class InferenceNet(nn.Module):
             del r
         if self.noise_aware:
             sigma = packed[:, 4:].contiguous(memory_format=self.memory_format)
-            f = F.leaky_relu_(self.fine_in(torch.cat([out[:, :12], x, sigma], dim=1)), 0.2)
+            seen = packed[:, :4].contiguous(memory_format=self.memory_format) if self.fine_signed else x
+            f = F.leaky_relu_(self.fine_in(torch.cat([out[:, :12], seen, sigma], dim=1)), 0.2)
             u = F.leaky_relu_(self.fine_mid(F.leaky_relu_(self.fine_down(F.pixel_unshuffle(f, 2)), 0.2)), 0.2)
             u = F.pixel_shuffle(F.leaky_relu_(self.fine_up(u), 0.2), 2)
             out = self.fine_out(torch.cat([f, u], dim=1)).add_(out[:, :12])
-            del f, u, sigma
+            del f, u, sigma, seen
         out = out[:, :12].clamp_(0.0, 1.0)
         if self.guide_radius:
             per_colour = out.view(n, 4, 3, h, w)  # (i, j, c) order: the 2 x 2 position, then colour

@@ -75,6 +75,12 @@ class WeightsInfo:
         """Whether the network also reads each packed plane's noise level (darkfix.noise)."""
         return self.input == INPUT_NOISE
 
+    @property
+    def fine_signed(self) -> bool:
+        """Whether a noise-aware network's finest-scale path reads the input as it is, negative noise
+        included (metadata fine_input "signed"), rather than clipped at 0 ("clipped", weights before it)."""
+        return self.metadata.get("fine_input", "clipped") == "signed"
+
 
 def default_weights_path() -> Path:
     """The weights that ship inside the package: the wheel installs the repository's weights/ folder
@@ -152,6 +158,8 @@ def save_weights(model: LambaNet, path: str | os.PathLike, metadata: dict[str, o
 
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    if model.noise_aware:
+        meta["fine_input"] = "signed" if model.fine_signed else "clipped"
     meta.update(
         architecture=model.architecture,
         format_version=FORMAT_VERSION,
@@ -191,7 +199,7 @@ def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, Weigh
     info = read_info(path)
     p = info.path
     model = LambaNet(plus=info.architecture == ARCHITECTURE_PLUS, guide_radius=info.guide_radius,
-                     noise_aware=info.architecture == ARCHITECTURE_NA)
+                     noise_aware=info.architecture == ARCHITECTURE_NA, fine_signed=info.fine_signed)
     if info.format == "darkfix":
         try:
             state = load_file(str(p))

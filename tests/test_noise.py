@@ -4,6 +4,7 @@ and the noise-aware network (identity start, inference and tiling, restore end t
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -219,14 +220,50 @@ def test_restore_with_noise_aware_weights_says_where_the_noise_came_from(noise_a
     assert "noise from dng" in res.output
 
 
-def test_noise_aware_weights_convert_to_openvino(noise_aware_model, tmp_path, monkeypatch):
-    """The OpenVINO engine takes the 8-plane input and agrees with torch (>= 50 dB), tiled or not."""
+def _signed(model: LambaNet) -> LambaNet:
+    """A copy of `model` whose finest-scale path reads the signed input."""
+    signed = copy.deepcopy(model)
+    signed.fine_signed = True
+    return signed
+
+
+def test_signed_fine_input(noise_aware_model, tmp_path):
+    """`fine_signed` weights' finest path reads negative noise, which changes their output, in the training
+    network and the folded one alike, tiled too; the choice travels in the file's metadata."""
+    _, model = noise_aware_model
+    signed = _signed(model)
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([torch.rand(1, 4, 64, 96, generator=g) * 0.2 - 0.1, torch.full((1, 4, 64, 96), 0.06)], 1)
+    with torch.no_grad():
+        a, b = model(x), signed(x)
+        assert (a - b).abs().max() > 0.003
+        assert (InferenceNet(signed)(x) - b).abs().max() < 1e-5
+    r = Restorer(signed, "cpu", "fp32", tile=32)
+    out = np.zeros((3, 128, 192), np.float32)
+
+    def sink(o, t):
+        out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = o[0].numpy()
+
+    r(x[0].numpy(), sink)
+    assert np.abs(out - b[0].numpy()).max() < 1e-5
+    meta = {"output": "camera", "input": "balanced+noise", "guide_radius": str(model.guide_radius)}
+    for net, kind in ((signed, "signed"), (model, "clipped")):
+        path = save_weights(net, tmp_path / f"{kind}.safetensors", meta)
+        loaded, info = load_weights(path)
+        assert info.metadata["fine_input"] == kind and loaded.fine_signed == (kind == "signed")
+
+
+@pytest.mark.parametrize("fine_input", ["clipped", "signed"])
+def test_noise_aware_weights_convert_to_openvino(noise_aware_model, tmp_path, monkeypatch, fine_input):
+    """The OpenVINO engine takes the 8-plane input and agrees with torch (>= 50 dB), tiled or not, with the
+    finest path reading the input clipped or signed."""
     from darkfix import ovengine
 
     if not ovengine.available():
         pytest.skip("OpenVINO is not installed")
     monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
     _, model = noise_aware_model
+    model = _signed(model) if fine_input == "signed" else model
     path = save_weights(model, tmp_path / "na.safetensors", {"output": "camera", "input": "balanced+noise",
                                                              "guide_radius": str(model.guide_radius)})
     rng = np.random.default_rng(3)

@@ -80,10 +80,13 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
 @click.option("--noise-aware", is_flag=True,
               help="Train the lamba2021-na network (a noise map as input, a non-linear path at the finest "
                    "scales); --init may name paper-architecture weights, whose function it starts from.")
+@click.option("--fine-input", type=click.Choice(["clipped", "signed"]), default="clipped", show_default=True,
+              help="What the noise-aware network's finest-scale path reads: the input clipped at 0, as the "
+                   "paper's layers do, or signed (negative noise kept: weak colours in the dark keep their level).")
 @click.option("--guide-radius", type=click.IntRange(0, 32), default=GUIDE_RADIUS, show_default=True,
               help="Train through the colour guide of this radius (packed pixels; 0: none), as restoring applies it.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from, precision, minutes, plus, noise_aware, guide_radius) -> None:
+          validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, guide_radius) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -106,7 +109,7 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
-                      guide_radius=guide_radius)
+                      fine_signed=fine_input == "signed", guide_radius=guide_radius)
     _run_training(training.train, cfg, resume, minutes)
 
 
@@ -185,6 +188,7 @@ def tune(profile_path, images, out, base, minutes, iterations, seed) -> None:
         images=str(images), val=[str(images)], val_crops=8, out=str(out), iterations=iterations, batch=4, crop=256,
         lr=5e-5, seed=seed, validate_every=max(1, iterations // 6), msssim_from=1.0, max_seconds=minutes * 60,
         init=str(start.path), plus=start.architecture == "lamba2021-plus", noise_aware=start.noise_aware,
+        fine_signed=start.fine_signed,
         guide_radius=start.guide_radius, own_sensor=own, validate_start=True,
         tuned_for={"profile": prof.checksum, "camera": " ".join(x for x in (prof.make, prof.model) if x),
                    "base_weights": Path(start.path).name,

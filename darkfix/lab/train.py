@@ -49,6 +49,7 @@ class TrainConfig:
     init: str | None = None  # weights to start from (fine-tuning) instead of a random initialisation
     plus: bool = False  # LambaNet(plus=True); `init` may then be paper-architecture weights
     noise_aware: bool = False  # LambaNet(noise_aware=True); `init` likewise
+    fine_signed: bool = False  # LambaNet(fine_signed=True): the noise-aware fine path reads the signed input
     guide_radius: int = GUIDE_RADIUS  # train through model.guide_gain of this radius (0: none)
     precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
     max_seconds: float | None = None  # stop (checkpointed, resumable) after this long in this call
@@ -263,7 +264,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     device = torch.device(cfg.device)
     ckpt_path = Path(cfg.checkpoint or f"{cfg.out}.ckpt")
     torch.manual_seed(cfg.seed)
-    model = LambaNet(plus=cfg.plus, guide_radius=cfg.guide_radius, noise_aware=cfg.noise_aware).to(device).train()
+    model = LambaNet(plus=cfg.plus, guide_radius=cfg.guide_radius, noise_aware=cfg.noise_aware,
+                     fine_signed=cfg.fine_signed).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
     step, best, history, seconds = 0, -1.0, [], 0.0
