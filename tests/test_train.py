@@ -124,6 +124,8 @@ def test_train_command(photos, tmp_path):
     assert load_weights(out)[1].format == "darkfix"
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--crop", "200"])
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
+    bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--fine-input", "signed"])
+    assert bad.exit_code == 2 and "add --noise-aware" in bad.output
 
 
 def test_train_plus_from_paper_weights(photos, tmp_path):

@@ -103,6 +103,9 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
         raise click.BadParameter(str(e), param_hint="--device") from None
     if plus and noise_aware:
         raise click.BadParameter("choose one of --plus and --noise-aware", param_hint="--noise-aware")
+    if fine_input == "signed" and not noise_aware:
+        raise click.BadParameter("only the noise-aware network has a finest-scale path (add --noise-aware)",
+                                 param_hint="--fine-input")
     cfg = training.TrainConfig(images=str(images), val=[str(v) for v in val] or None, val_crops=val_crops, out=str(out),
                       iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
