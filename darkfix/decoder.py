@@ -20,6 +20,7 @@ from .profile import read_frame
 from .rawio import RawFrame
 
 DECODE_TIMEOUT = 120.0  # seconds for one file's decode before its worker is killed
+STARTUP_TIMEOUT = 120.0  # seconds for a new worker to start (its imports) before it counts as hung
 
 
 def decode(path: str, opts: RestoreOptions, convention: str) -> tuple[RawFrame, Prepared]:
@@ -37,6 +38,9 @@ def _worker(conn, fn: Callable, opts: RestoreOptions, convention: str) -> None:
         os.nice(10)
     except OSError:
         pass
+    # the decode's time starts when the worker is ready: a slow start (imports on a busy machine) is not
+    # the file's fault
+    conn.send(("ready", time.monotonic()))
     while True:
         path = conn.recv()
         if path is None:
@@ -72,11 +76,13 @@ class DecodeWorker:
         self.proc = None
         self.pending: str | None = None
         self.sent_at = 0.0
+        self.ready_at: float | None = None  # when the worker said it was ready (its monotonic clock)
 
     def _start(self) -> None:
         self.conn, child = self.ctx.Pipe()
         self.proc = self.ctx.Process(target=_worker, args=(child, *self.args), daemon=True)
         self.proc.start()
+        self.ready_at = None
         child.close()
 
     def submit(self, path: Path) -> None:
@@ -88,10 +94,16 @@ class DecodeWorker:
     def result(self) -> tuple[RawFrame, Prepared]:
         """The submitted file's decode; raises DarkfixError if it failed, crashed or timed out."""
         path, self.pending = self.pending, None
-        remaining = self.timeout - (time.monotonic() - self.sent_at)
         try:
-            ready = self.conn.poll(max(0.0, remaining))
-            status, value = self.conn.recv() if ready else ("timeout", None)
+            if self.ready_at is None:  # a new worker: first its word that it has started
+                started = self.conn.poll(max(0.0, STARTUP_TIMEOUT - (time.monotonic() - self.sent_at)))
+                status, value = self.conn.recv() if started else ("timeout", None)
+                if status == "ready":
+                    self.ready_at = value
+            if self.ready_at is not None:
+                remaining = self.timeout - (time.monotonic() - max(self.sent_at, self.ready_at))
+                ready = self.conn.poll(max(0.0, remaining))
+                status, value = self.conn.recv() if ready else ("timeout", None)
         except (EOFError, OSError):
             status, value = "crash", None
         if status == "ok":
@@ -100,6 +112,8 @@ class DecodeWorker:
             raise DarkfixError(value)
         if status == "timeout":
             self.kill()
+            if self.ready_at is None:
+                raise DarkfixError(f"{path}: the decoder did not start within {STARTUP_TIMEOUT:g} s; skipped")
             raise DarkfixError(f"{path}: decoder hung for {self.timeout:g} s; skipped")
         if self.proc is not None:
             self.proc.join(1)  # it is gone (its pipe closed): collect how it ended

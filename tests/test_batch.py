@@ -114,6 +114,20 @@ def test_decoder_crash_and_hang_fail_only_that_file(make_dng, weights_file, tmp_
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
 
 
+def test_decode_timeout_starts_when_the_worker_is_ready(tmp_path):
+    """A worker that takes longer to start than a file may take to decode does not fail that file: the
+    file's time starts when the worker says it is ready (the 8 s above once failed under load)."""
+    from darkfix.errors import DarkfixError
+
+    worker = DecodeWorker(timeout=1.5, fn=__import__("_slow_start").quick)
+    try:
+        worker.submit(tmp_path / "a.dng")
+        with pytest.raises(DarkfixError, match="decoded in time"):
+            worker.result()
+    finally:
+        worker.close()
+
+
 def test_output_written_meanwhile_by_another_batch_is_skipped(make_dng, weights_file, tmp_path, monkeypatch):
     """Two batches on one folder: a PNG the other one finished while this one decoded counts as skipped."""
     folder, out = tmp_path / "shots", tmp_path / "out"
