@@ -112,7 +112,7 @@ def test_openvino_converts_the_plus_network(trained, packed, tmp_path, monkeypat
     assert model.plus and info.architecture == "lamba2021-plus"
     ref = _run(Restorer(model, "cpu", "fp32", tile=4096), packed)
     paper = _run(Restorer(trained[0], "cpu", "fp32", tile=4096), packed)
-    assert _psnr(paper, ref) < 40.0  # the extra layers change the output: the comparison below can fail
+    assert _psnr(paper, ref) < 45.0  # the extra layers change the output: the 50 dB comparison below can fail
     models = ovengine.load_models(path)
     for tile in (4096, 64):
         assert _psnr(_run(ovengine.OpenVINORestorer(models, "fp32", tile=tile), packed), ref) >= 50.0
