@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from 
 from darkfix.lab import synth  # noqa: E402
 from darkfix.lab.evaluate import psnr  # noqa: E402
 from darkfix.lab.train import Pair, list_images, load_photo  # noqa: E402
-from darkfix.noise import estimate, sigma_planes  # noqa: E402
+from darkfix.noise import amplified_terms, estimate, sigma_planes  # noqa: E402
 from darkfix.weights import load_weights  # noqa: E402
 
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -59,10 +59,9 @@ def main(train_photos: str, val_photos: str, weights: str, count: str) -> None:
             for scale in SCALES:
                 results[f"x{scale:g}"].append(score(true_map * scale))
             level = estimate(s.raw[0].numpy(), np.full(4, s.sensor.black.item()), s.sensor.white.item())
-            gains = synth.packed_wb(s.camera.wb) * s.ratio.view(1, 1, 1, 1)
-            a = gains * torch.tensor(level.shot).view(1, 4, 1, 1)
-            b = (gains * torch.tensor(level.read).view(1, 4, 1, 1)) ** 2
-            results["estimate"].append(score(sigma_planes(x, a.float(), b.float())))
+            a, b = (torch.from_numpy(t).float().view(1, 4, 1, 1)
+                    for t in amplified_terms(level, synth.packed_wb(s.camera.wb)[0].flatten() * s.ratio))
+            results["estimate"].append(score(sigma_planes(x, a, b)))
             click.echo(f"{path.name} {'broad' if broad else 'sony'}: "
                        + " ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()))
     click.echo(f"mean PSNR over {len(results['estimate'])} frames: "

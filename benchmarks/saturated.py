@@ -22,34 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import test_profile as tp  # noqa: E402  (the scenes, cameras and scores of the test)
-from click.testing import CliRunner  # noqa: E402
 
-from darkfix.cli import main as darkfix_main  # noqa: E402
 from darkfix.inference import Restorer  # noqa: E402
 from darkfix.profile import read_frame  # noqa: E402
 from darkfix.weights import load_weights  # noqa: E402
-
-
-def shoot(work: Path) -> dict[str, tuple[list, Path]]:
-    """Each camera's two shots (raw, truth, ratio) and its profile from 10 dark frames, made once."""
-    sessions = {}
-    for cam in tp.CAMERAS:
-        d = work / cam.name
-        d.mkdir(parents=True, exist_ok=True)
-        shots = []
-        for n, ratio in enumerate((20.0, 40.0)):
-            rgb = tp.detailed_scene(10 * cam.seed + n)
-            electrons = tp.mosaic_of(rgb, cam.cfa) * (cam.white - cam.black) / cam.k / ratio
-            shots.append((cam.shoot(d / f"shot{n}.dng", electrons, seed=7000 + 10 * cam.seed + n), rgb, ratio))
-        profile = d / "sensor.npz"
-        if not profile.exists():
-            darks = [cam.shoot(d / f"dark{i:02d}.dng", None, seed=100 * cam.seed + i, transients=tp.TRANSIENTS)
-                     for i in range(tp.DARKS)]
-            r = CliRunner().invoke(darkfix_main, ["calibrate", *map(str, darks), "-o", str(profile)])
-            if r.exit_code:
-                raise click.ClickException(r.output)
-        sessions[cam.name] = (shots, profile)
-    return sessions
 
 
 @click.command()
@@ -57,15 +33,18 @@ def shoot(work: Path) -> dict[str, tuple[list, Path]]:
 @click.option("--weights", multiple=True, required=True, help="Weights files (or shipped names); repeatable.")
 @click.option("--panel", type=click.Path(path_type=Path, dir_okay=False), default=None)
 def main(work: Path, weights: tuple[str, ...], panel: Path | None) -> None:
-    sessions = shoot(work)
+    sessions = {}
+    for cam in tp.CAMERAS:
+        (work / cam.name).mkdir(parents=True, exist_ok=True)
+        sessions[cam.name] = tp.make_session(cam, work / cam.name)
     tiles = []
     for w in weights:
         model, info = load_weights(w)
         restorer = (Restorer(model, device="cpu", precision="fp32"), info)
         scored = []
-        for name, (shots, profile) in sessions.items():
-            for i, (path, truth, ratio) in enumerate(shots):
-                out = tp.restored(restorer, read_frame(path, profile), ratio)
+        for name, session in sessions.items():
+            for i, (path, truth, ratio) in enumerate(session.shots):
+                out = tp.restored(restorer, read_frame(path, session.profile), ratio)
                 scored.append(tp.scores(out, truth))
                 click.echo(f"{Path(w).name} {name} x{ratio:.0f}: {scored[-1][0]:.2f} dB, {scored[-1][1]} outliers")
                 if name == "12bit" and i == 0:

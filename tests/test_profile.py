@@ -150,25 +150,26 @@ class Session:
     output: str  # what calibrate printed
 
 
+def make_session(cam: Camera, d: Path) -> Session:
+    """One camera's session in folder `d`: 10 dark frames (with transients), two shots at ratios 20 and 40,
+    and the profile that `darkfix calibrate` makes of the darks (benchmarks/saturated.py uses it too)."""
+    darks = [cam.shoot(d / f"dark{i:02d}.dng", None, seed=100 * cam.seed + i, transients=TRANSIENTS)
+             for i in range(DARKS)]
+    shots = []
+    for n, ratio in enumerate((20.0, 40.0)):
+        rgb = detailed_scene(10 * cam.seed + n)
+        electrons = mosaic_of(rgb, cam.cfa) * (cam.white - cam.black) / cam.k / ratio
+        shots.append((cam.shoot(d / f"shot{n}.dng", electrons, seed=7000 + 10 * cam.seed + n), rgb, ratio))
+    profile = d / "sensor.npz"
+    r = CliRunner().invoke(main, ["calibrate", *map(str, darks), "-o", str(profile)])
+    assert r.exit_code == 0, r.output
+    return Session(cam, darks, shots, profile, r.output)
+
+
 @pytest.fixture(scope="module")
 def sessions(tmp_path_factory) -> dict[str, Session]:
-    """Per camera: 10 dark frames (with transients), two shots at ratios 20 and 40, and the profile that
-    `darkfix calibrate` makes of the darks."""
-    out = {}
-    for cam in CAMERAS:
-        d = tmp_path_factory.mktemp(cam.name)
-        darks = [cam.shoot(d / f"dark{i:02d}.dng", None, seed=100 * cam.seed + i, transients=TRANSIENTS)
-                 for i in range(DARKS)]
-        shots = []
-        for n, ratio in enumerate((20.0, 40.0)):
-            rgb = detailed_scene(10 * cam.seed + n)
-            electrons = mosaic_of(rgb, cam.cfa) * (cam.white - cam.black) / cam.k / ratio
-            shots.append((cam.shoot(d / f"shot{n}.dng", electrons, seed=7000 + 10 * cam.seed + n), rgb, ratio))
-        profile = d / "sensor.npz"
-        r = CliRunner().invoke(main, ["calibrate", *map(str, darks), "-o", str(profile)])
-        assert r.exit_code == 0, r.output
-        out[cam.name] = Session(cam, darks, shots, profile, r.output)
-    return out
+    """Per camera: `make_session`."""
+    return {cam.name: make_session(cam, tmp_path_factory.mktemp(cam.name)) for cam in CAMERAS}
 
 
 @pytest.mark.parametrize("cam", CAMERAS, ids=lambda c: c.name)

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from ..errors import DarkfixError
-from ..weights import GUIDE_RADIUS
+from ..weights import DEFAULT_WEIGHTS_NAME, GUIDE_RADIUS
 from .common import DEVICE, Brightness, fail, lab_module, load_restorer, network_options
 
 @click.command()
@@ -147,9 +147,9 @@ def _run_training(run_training, cfg, resume: Path | None, minutes: float | None,
         click.echo(f"{out}: the weights after {summary['steps']} steps (no --val: none validated)")
 
 
-# what `tune` starts from: noise-aware weights learn a sensor's noise (the paper-architecture v3 gained
-# 0.01 dB on the same camera in the same time, v4 0.59)
-TUNE_BASE = "darkfix-lamba2021-v5.safetensors"
+# what `tune` starts from: the default weights, noise-aware ones, which learn a sensor's noise (the
+# paper-architecture v3 gained 0.01 dB on the same camera in the same time, the noise-aware v4 0.59)
+TUNE_BASE = DEFAULT_WEIGHTS_NAME
 
 
 @click.command()
