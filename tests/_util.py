@@ -131,3 +131,26 @@ def shell_env() -> dict:
 
     keep = ("PATH", "HOME", "TMPDIR", "DARKFIX_CACHE", "VIRTUAL_ENV", "LANG")
     return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def packed_frame(channels: int, shape: tuple[int, int] = (1424, 2128)) -> np.ndarray:
+    """A packed frame (12 MP by default) as weights of `channels` inputs read it: four planes of dark
+    signal, then (noise-aware weights) their noise map."""
+    from darkfix.noise import sigma_planes
+
+    rng = np.random.default_rng(0)
+    planes = (rng.gamma(2.0, 0.1, (4, *shape)) * 2).astype(np.float32)
+    if channels == 8:
+        planes = np.concatenate([planes, sigma_planes(planes, np.float32(0.02), np.float32(0.003))])
+    return planes.astype(np.float32)
+
+
+def run_restorer(restorer, packed: np.ndarray) -> np.ndarray:
+    """The engine's output for a whole packed frame, (3, 2h, 2w) float32, assembled from its tiles."""
+    out = np.zeros((3, 2 * packed.shape[1], 2 * packed.shape[2]), np.float32)
+
+    def sink(tile_out, t) -> None:
+        out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = tile_out[0].float().cpu().numpy()
+
+    restorer(packed, sink)
+    return out

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _util import psnr
+from _util import packed_frame, psnr, run_restorer
 from conftest import reference_dir
 from darkfix.inference import (ALIGN, DEFAULT_MARGIN, Restorer, bands, native_bf16, pick_device, pick_precision,
                                tiles)
@@ -235,3 +235,12 @@ def test_auto_precision_follows_what_the_cpu_reports(monkeypatch):
     monkeypatch.undo()
     native, why = inference.native_bf16()
     assert isinstance(native, bool) and why
+
+
+def test_the_cuda_tests_frame_runs_through_the_packaged_weights():
+    """tests/test_cuda.py runs only where a GPU is: its frame must be one the packaged weights read (a 4-plane
+    frame against noise-aware weights went unnoticed until the first GPU run). Here on the CPU, a crop."""
+    model = load_weights()[0]
+    out = run_restorer(Restorer(model, device="cpu", precision="fp32"), packed_frame(model.in_channels, (64, 96)))
+    assert out.shape == (3, 128, 192) and np.isfinite(out).all()
+    assert 0.05 < out.mean() < 1.0

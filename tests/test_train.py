@@ -207,6 +207,24 @@ def test_loss_sees_colours_the_rendering_clips():
     assert loss_fn(less_blue, pair, with_msssim=False) > 0.015
 
 
+def test_local_colour_term_sees_a_dark_colour_bias_that_noise_hides():
+    """Dark green grass: an output with the right mean colour but pixel noise, against a smooth one turned
+    brown. Per pixel the noisy one costs more; the block-mean term ranks them the other way round."""
+    from darkfix.lab.train import Pair, loss_fn
+
+    g = torch.Generator().manual_seed(3)
+    rgb_cam = torch.eye(3)[None]
+    target = torch.tensor([0.02, 0.05, 0.012]).view(1, 3, 1, 1).expand(1, 3, 64, 64).contiguous()
+    noisy = (target * (1 + 0.8 * torch.randn(1, 3, 64, 64, generator=g))).clamp_min(0.0)
+    noisy = noisy * target.mean((2, 3), keepdim=True) / noisy.mean((2, 3), keepdim=True)  # unbiased means
+    brown = torch.tensor([0.03, 0.04, 0.015]).view(1, 3, 1, 1).expand(1, 3, 64, 64).contiguous()
+    pair = Pair(torch.zeros(1, 8, 32, 32), target, rgb_cam, torch.ones(1))
+    plain = [loss_fn(x, pair, with_msssim=False).item() for x in (noisy, brown)]
+    local = [loss_fn(x, pair, with_msssim=False, local_weight=1.0).item() - p for x, p in zip((noisy, brown), plain)]
+    assert plain[0] > plain[1]  # per pixel, the biased smooth output wins
+    assert local[1] > 3 * local[0]  # by block means it loses
+
+
 def test_synthetic_pairs_cover_real_sensors_and_highlights():
     g = torch.Generator().manual_seed(4)
     s = synth.synthesise(torch.rand(64, 3, 32, 32), g, broad=True)

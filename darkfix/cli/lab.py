@@ -85,8 +85,12 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
                    "paper's layers do, or signed (negative noise kept: weak colours in the dark keep their level).")
 @click.option("--guide-radius", type=click.IntRange(0, 32), default=GUIDE_RADIUS, show_default=True,
               help="Train through the colour guide of this radius (packed pixels; 0: none), as restoring applies it.")
+@click.option("--local-colour", type=click.FloatRange(0.0), default=0.0, show_default=True,
+              help="Weight of a loss term on 8 x 8 block means of the camera RGB, which holds the colour of dark "
+                   "areas (per pixel, their noise hides a colour bias).")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, guide_radius) -> None:
+          validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, guide_radius,
+          local_colour) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -112,7 +116,7 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
-                      fine_signed=fine_input == "signed", guide_radius=guide_radius)
+                      fine_signed=fine_input == "signed", guide_radius=guide_radius, local_weight=local_colour)
     _run_training(training.train, cfg, resume, minutes)
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     own_sensor: dict | None = None  # synth.OwnSensor's fields: every pair from that one sensor (`darkfix tune`)
     tuned_for: dict | None = None  # what the weights' metadata says they were tuned for (profile, camera)
     validate_start: bool = False  # validate the starting weights first: later weights must beat them
+    local_weight: float = 0.0  # of the local-colour term in `loss_fn` (0: the loss v5 trained with)
 
 
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
@@ -171,19 +172,28 @@ def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device) -> P
 
 
 CAMERA_WEIGHT = 0.5  # of the camera-RGB term in `loss_fn`
+LOCAL_SIZE = 8  # px: the local-colour term compares means over LOCAL_SIZE x LOCAL_SIZE blocks
 
 
-def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True) -> torch.Tensor:
+def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True,
+            local_weight: float = 0.0) -> torch.Tensor:
     """L1 + 0.2 (1 - MS-SSIM) on the final sRGB rendering (the paper's loss, moved after colour), plus L1 on
     the balanced camera RGB under the same curve: the rendering clips colours outside sRGB, which leaves
     the network free to turn a magenta light red where both render alike.
+
+    With `local_weight`, also L1 between 8 x 8 block means of the camera RGB (same curve): per pixel, a
+    dark area's noise outweighs a bias in its colour (dark green grass rendered brown costs little), while
+    block means are nearly noise-free, so the bias is what this term sees.
 
     MS-SSIM costs twice the network on a CPU, so the early part of a run may use L1 alone.
     """
     pred = pair.render(pred_linear)
     target = pair.target()
-    loss = F.l1_loss(pred, target) + CAMERA_WEIGHT * F.l1_loss(bt709(pred_linear.clamp(0.0, 1.0)),
-                                                                bt709(pair.target_linear))
+    camera = pred_linear.clamp(0.0, 1.0)
+    loss = F.l1_loss(pred, target) + CAMERA_WEIGHT * F.l1_loss(bt709(camera), bt709(pair.target_linear))
+    if local_weight:
+        loss = loss + local_weight * F.l1_loss(bt709(F.avg_pool2d(camera, LOCAL_SIZE)),
+                                               bt709(F.avg_pool2d(pair.target_linear, LOCAL_SIZE)))
     if with_msssim:
         loss = loss + 0.2 * (1.0 - ms_ssim(pred, target, data_range=1.0))
     return loss
@@ -307,6 +317,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
             "amplification": "trained with the true exposure ratio times an exposure of 0.6-6",
             "training": {"iterations": step, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
                          "loss": f"L1 on the sRGB rendering + {CAMERA_WEIGHT} L1 on the balanced camera RGB" + (
+                             f" + {cfg.local_weight:g} L1 on its {LOCAL_SIZE} x {LOCAL_SIZE} block means"
+                             if cfg.local_weight else "") + (
                              f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else ""),
                          "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name,
                          "init": Path(cfg.init).name if cfg.init else None,
@@ -330,7 +342,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         pair = make_pair(photos, g, device) if own is None else own_sensor_pair(photos, g, device, own)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             pred = model(pair.inputs)
-        loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step)
+        loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step, local_weight=cfg.local_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
