@@ -5,7 +5,7 @@ run in tiles that keep memory bounded at any frame size (darkfix.tiling says how
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ from .model import LambaNet, fold_weight_norm, guide_gain
 from .packing import pad_to_multiple
 from .tiling import (ALIGN, COARSE_BLOCK, COARSE_REACH, DEFAULT_CPU_TILE, DEFAULT_CUDA_TILE,  # noqa: F401
                      DEFAULT_MARGIN, FINE_REACH, LARGE_FRAME, LARGE_FRAME_CPU_TILE, STEM_REACH, STEM_ROWS,
-                     TiledEngine, Tile, bands, fine_reach, limit_malloc_arenas, margin_for, release_memory, tiles)
+                     PaddedFrame, TiledEngine, Tile, bands, fine_reach, limit_malloc_arenas, margin_for,
+                     release_memory, tiles)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -233,6 +234,7 @@ class Restorer(TiledEngine):
         self.precision_reason = precision_reason(precision, self.device)
         # CUDA memory runs out per tile and is returned at once: retry smaller; on CPU, fail
         self.split_on_oom = self.device.type == "cuda"
+        self.whole_frames = self.device.type == "cuda"  # on CPU, tiles are faster (cache) and bound memory
         self.out_of_memory = (torch.OutOfMemoryError,)
         self.net = InferenceNet(model).to(self.device, self.dtype).eval()
         for p in self.net.parameters():
@@ -252,9 +254,27 @@ class Restorer(TiledEngine):
         return self.net(x)[..., : 2 * h, : 2 * w].float()
 
     @torch.inference_mode()
-    def __call__(self, *args, **kwargs) -> None:
-        """`TiledEngine.__call__`, without autograd; the sink gets float32 tensors on the device."""
-        super().__call__(*args, **kwargs)
+    def __call__(self, packed: Any, sink: Callable[[torch.Tensor, Tile], None], by_columns: bool = False,
+                 reverse: bool = False, band_start: Callable[[Tile], None] | None = None,
+                 band_done: Callable[[Tile], None] | None = None) -> None:
+        """`TiledEngine.__call__`, without autograd; the sink gets float32 tensors on the device. With
+        `whole_frames` (CUDA), a frame that fits in one tile runs whole: one transfer, one pass, the same
+        result; if the device runs out of memory, in tiles."""
+        frame = PaddedFrame(packed)
+        if self.whole_frames and max(frame.h, frame.w) <= self.tile_for(frame.h, frame.w):
+            whole = Tile(0, frame.h, 0, frame.w)
+            try:
+                out = self.net(self._input(frame.region(0, frame.hp, 0, frame.wp)))
+            except self.out_of_memory:
+                self.on_out_of_memory()
+            else:
+                if band_start is not None:
+                    band_start(whole)
+                sink(out[..., : 2 * frame.h, : 2 * frame.w].float(), whole)
+                if band_done is not None:
+                    band_done(whole)
+                return
+        super().__call__(packed, sink, by_columns, reverse, band_start, band_done)
 
     def display(self, packed, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
                 sink: Callable[[np.ndarray, Tile], None], **walk) -> None:

@@ -60,7 +60,11 @@ DEFAULT_CPU_TILE = 512
 # up to 100 MP, for 11-20% more time (benchmarks/RESULTS.md, section 4).
 LARGE_FRAME = 30_000_000 // 4
 LARGE_FRAME_CPU_TILE = 256
-DEFAULT_CUDA_TILE = 2048
+# On CUDA a frame that fits in one tile runs whole, in one transfer and one pass (`inference.Restorer`):
+# the first GPU run (H100, 12 MP, benchmarks/RESULTS.md) timed the tiled two-pass walk at 64 ms against
+# 22 ms for the whole frame in eager fp32 at any precision, its time going to host copies and transfers.
+# 4096 packed pixels (up to 67 MP mosaics) need about 11 GB at fp32; less memory splits (tests/test_cuda.py).
+DEFAULT_CUDA_TILE = 4096
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,30 @@ def test_whole_frame_equals_the_model(setup):
     assert ref.std() > 0.01  # a real image, not a constant one
 
 
+def test_whole_frames_run_in_one_pass_and_fall_back_to_tiles(setup):
+    """CUDA's whole-frame path (`whole_frames`, forced here on the CPU): a frame that fits in a tile goes
+    through the network in one pass with the model's result; where that pass runs out of device memory, the
+    tiled walk gives the same."""
+    state, packed, _ = setup
+    ref = model_output(state, packed)
+    r = Restorer(_fresh(state), "cpu", "fp32", tile=4096)
+    r.whole_frames = True
+    passes = []
+    whole_pass = r.net.forward
+    r.net.forward = lambda x: passes.append(x.shape) or whole_pass(x)
+    out, calls = run(r, packed)
+    assert len(passes) == 1 and len(calls) == 1 and np.abs(out - ref).max() < 1e-4
+
+    def out_of_memory(x):
+        passes.append(x.shape)
+        raise torch.OutOfMemoryError("test")
+
+    r.net.forward, freed = out_of_memory, []
+    r.on_out_of_memory = lambda: freed.append(1)
+    out, calls = run(r, packed)
+    assert len(passes) == 2 and freed == [1] and np.abs(out - ref).max() < 1e-4
+
+
 def test_tiled_matches_whole_frame(setup):
     state, packed, kind = setup
     ref = model_output(state, packed)
