@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .weights import (ARCHITECTURE, ARCHITECTURE_NA, ARCHITECTURE_PLUS, GUIDE_CELL, GUIDE_CLIPPED,  # noqa: F401
-                      GUIDE_RADIUS)
+                      GUIDE_EPS, GUIDE_MAX_GAIN, GUIDE_RADIUS, GUIDE_WIENER)
 
 
 class WNConv2d(nn.Module):
@@ -93,21 +93,7 @@ class ResBlock(nn.Module):
         return self.conv2(self.conv1(x)) + x
 
 
-# The colour guide (`guide_gain`): its statistics are taken over cells of GUIDE_CELL packed pixels, in a
-# box of 2 (radius // GUIDE_CELL) + 1 cells (radius GUIDE_RADIUS: 12 x 12 packed pixels); GUIDE_WIENER is
-# how many times the variance of the input's local mean its difference from the output's must exceed to
-# be trusted. First chosen on darkfix's Sony benchmarks with v3 (24 frames each, an exact 13 x 13 box, no
-# bound); then, as shipped (cells, bounded), on the three whole benchmarks (sixth session, RESULTS.md):
-# Wiener 16 -> 8 and the bound 1.2 -> 1.3 gained 0.12 dB on the Sony photos and 0.13 on the textures, at
-# every ratio, and cost 0.01 overall on the many-sensor one; Wiener 4 with bound 1.5 gained 0.2 on both
-# Sony benchmarks but lost 0.26 at ratio 300 on the many-sensor one.
-GUIDE_WIENER = 8.0
-GUIDE_EPS = 0.01  # a floor (in white-balanced, amplified units) under local means, against 0/0
-# The gains stay within 1/1.3 .. 1.3: the network's own bias is a few to 10 % (more in dark, saturated
-# colours), while a black level the file states a few DN wrong shifts dark local means far more (the
-# network copes with that; an unbounded guide copied it: -0.3 dB at ratio 300 on the many-sensor
-# benchmark, -5 dB on its worst frames).
-GUIDE_MAX_GAIN = 1.3
+# The colour guide's constants (GUIDE_WIENER, GUIDE_EPS, GUIDE_MAX_GAIN) live in `weights`, with why.
 
 
 def guide_gain(mean_out: torch.Tensor, packed: torch.Tensor, radius: int = GUIDE_RADIUS,

@@ -31,6 +31,27 @@ GUIDE_CELL = 4  # and the packed pixels of its cells
 # input at or above this in every channel (in [0, 1] after the guide's clamp) counts as clipped white
 GUIDE_CLIPPED = 0.999
 
+# The colour guide (`model.guide_gain`): its statistics are taken over cells of GUIDE_CELL packed pixels, in a
+# box of 2 (radius // GUIDE_CELL) + 1 cells (radius GUIDE_RADIUS: 12 x 12 packed pixels); GUIDE_WIENER is
+# how many times the variance of the input's local mean its difference from the output's must exceed to
+# be trusted. First chosen on darkfix's Sony benchmarks with v3 (24 frames each, an exact 13 x 13 box, no
+# bound); then, as shipped (cells, bounded), on the three whole benchmarks (sixth session, RESULTS.md):
+# Wiener 16 -> 8 and the bound 1.2 -> 1.3 gained 0.12 dB on the Sony photos and 0.13 on the textures, at
+# every ratio, and cost 0.01 overall on the many-sensor one; Wiener 4 with bound 1.5 gained 0.2 on both
+# Sony benchmarks but lost 0.26 at ratio 300 on the many-sensor one. With v5 (eleventh session, all five
+# benchmarks, 36 frames each): Wiener 4 gains more on average (bound 2: +0.37, +0.39, +0.23, +0.04, +0.10
+# dB) but makes a third of the black-error frames worse; Wiener 8 keeps them (see the bound below).
+GUIDE_WIENER = 8.0
+GUIDE_EPS = 0.01  # a floor (in white-balanced, amplified units) under local means, against 0/0
+# The gains stay within 1/2 .. 2. The network's own bias in dark, saturated colours is far more than its
+# few % elsewhere (the README example's dark grass: blue 35 % too high), which a bound of 1.3 left
+# brown. Against a black level the file states a few DN wrong (dark local means shifted far more: the
+# network copes, an unbounded guide copied it, -5 dB on the worst frames with v3) the Wiener test does
+# most of the work now: with v5, the bound 1.3 -> 2 gained +0.23, +0.22, +0.16, +0.01 and +0.14 dB on the
+# photos, textures, many sensors, held-out detail and black-error benchmarks; 9 of the 180 frames lost
+# more than 0.1 dB (8-bit sensors at ratio 300 whose files clip at black; black errors), the worst 1.6.
+GUIDE_MAX_GAIN = 2.0
+
 # what weights take (metadata "input"): raw planes, white-balanced planes, or (ARCHITECTURE_NA) those and
 # each plane's noise standard deviation (darkfix.noise)
 INPUT_NOISE = "balanced+noise"

@@ -73,7 +73,8 @@ def network_options(f):
                      help="CPU threads for the network (default: torch's choice)."),
         click.option("--tile", type=click.IntRange(64, 65536), default=None,
                      help="Tile side in packed pixels (mosaic/2); frames larger than this run in "
-                          "overlapping tiles. Default 512 on CPU (256 for frames over 30 MP), 4096 on CUDA (a frame that fits runs whole)."),
+                          "overlapping tiles. Default 512 on CPU (256 for frames over 30 MP), 4096 on CUDA "
+                          "(a frame that fits runs whole)."),
     ]):
         f = option(f)
     return f
