@@ -114,6 +114,31 @@ def test_training_writes_weights_and_resumes_exactly(photos, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_worker_processes_make_the_same_batches(photos, tmp_path):
+    """A step's batch comes from (seed, step) alone: made ahead by two forked workers, interrupted and
+    resumed, training ends with the weights of a straight run that synthesises in its own process."""
+    from dataclasses import replace
+
+    torch.set_num_threads(1)
+    straight = _config(photos, tmp_path / "a.safetensors")
+    train(straight)
+    apart = replace(_config(photos, tmp_path / "b.safetensors"), workers=2)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(event):
+        if event["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(apart, report=stop_at_3)
+    train(apart, resume=str(tmp_path / "b.safetensors.ckpt"))
+    a = torch.load(tmp_path / "a.safetensors.ckpt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b.safetensors.ckpt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_command(photos, tmp_path):
     out = tmp_path / "w.safetensors"
     r = CliRunner().invoke(main, ["train", "--images", str(photos), "--val", str(photos), "--out", str(out),

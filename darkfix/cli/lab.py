@@ -88,9 +88,12 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
 @click.option("--local-colour", type=click.FloatRange(0.0), default=0.0, show_default=True,
               help="Weight of a loss term on 8 x 8 block means of the camera RGB, which holds the colour of dark "
                    "areas (per pixel, their noise hides a colour bias).")
+@click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="Processes that synthesise batches ahead (0: the training process itself). On a GPU host, "
+                   "most of its cores: synthesis is what the GPU waits for.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, guide_radius,
-          local_colour) -> None:
+          local_colour, workers) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -116,7 +119,8 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
-                      fine_signed=fine_input == "signed", guide_radius=guide_radius, local_weight=local_colour)
+                      fine_signed=fine_input == "signed", guide_radius=guide_radius, local_weight=local_colour,
+                      workers=workers)
     _run_training(training.train, cfg, resume, minutes)
 
 

@@ -1,15 +1,18 @@
 """Training on synthetic pairs: photos -> unprocessed, mosaiced, darkened, noisy raw -> network -> loss on
-the final rendering. Checkpoints hold every state (model, optimiser, schedule, random generator), so a
-resumed run continues exactly where it stopped.
+the final rendering. Each step's batch is drawn from a generator seeded by (seed, step), so that worker
+processes can make batches ahead in any order and a resumed run continues exactly where it stopped
+(checkpoints hold the model, optimiser and schedule).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import re
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -57,6 +60,7 @@ class TrainConfig:
     tuned_for: dict | None = None  # what the weights' metadata says they were tuned for (profile, camera)
     validate_start: bool = False  # validate the starting weights first: later weights must beat them
     local_weight: float = 0.0  # of the local-colour term in `loss_fn` (0: the loss v5 trained with)
+    workers: int = 0  # processes that synthesise batches ahead (0: the training process itself)
 
 
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
@@ -142,6 +146,9 @@ class Pair:
     def render(self, pred: torch.Tensor) -> torch.Tensor:
         return render(pred, torch.ones(3), self.rgb_cam.to(pred.device))
 
+    def to(self, device: torch.device) -> Pair:
+        return Pair(self.inputs.to(device), self.target_linear.to(device), self.rgb_cam.to(device), self.ratio)
+
 
 def pair_from(s: synth.Synthetic, device: torch.device, g: torch.Generator | None = None) -> Pair:
     """The pair's input holds the four packed planes and their noise map (`Synthetic.noise_map`, its terms
@@ -169,6 +176,62 @@ def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device) -> P
     a, b = pair_from(sony, device, g), pair_from(broad, device, g)
     return Pair(*(torch.cat([x, y]) for x, y in ((a.inputs, b.inputs), (a.target_linear, b.target_linear),
                                                   (a.rgb_cam, b.rgb_cam), (a.ratio, b.ratio))))
+
+
+@dataclass
+class BatchRecipe:
+    """Step number -> that step's training batch (on the CPU), from a generator seeded by (seed, step)."""
+
+    pool: PhotoPool
+    batch: int
+    seed: int
+    own: synth.OwnSensor | None = None
+
+    def __call__(self, step: int) -> Pair:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        photos, cpu = self.pool.batch(self.batch, g), torch.device("cpu")
+        return make_pair(photos, g, cpu) if self.own is None else own_sensor_pair(photos, g, cpu, self.own)
+
+
+_RECIPE: BatchRecipe | None = None  # what a forked worker of `Batches` makes batches with
+
+
+def _make(step: int) -> Pair:
+    assert _RECIPE is not None
+    return _RECIPE(step)
+
+
+class Batches:
+    """The training batches, step by step: made in this process when asked, or with `workers` > 0 by that
+    many forked single-threaded processes, up to two per worker ahead. On a GPU host synthesis is the
+    bottleneck (the first H100 run kept the GPU 85 % idle with 16 threads synthesising), and one thread per
+    batch scales where torch's threads over one batch do not."""
+
+    def __init__(self, recipe: BatchRecipe, workers: int, start: int) -> None:
+        global _RECIPE
+        self.recipe, self.workers, self.ahead = recipe, workers, start
+        self.pending: dict[int, Future] = {}
+        self.pool: ProcessPoolExecutor | None = None
+        if workers:
+            _RECIPE = recipe  # inherited by the forked workers: nothing large is pickled
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=torch.set_num_threads, initargs=(1,))
+
+    def get(self, step: int) -> Pair:
+        if self.pool is None:
+            return self.recipe(step)
+        self.ahead = max(self.ahead, step)
+        while self.ahead < step + 2 * self.workers:
+            self.pending[self.ahead] = self.pool.submit(_make, self.ahead)
+            self.ahead += 1
+        return self.pending.pop(step).result()
+
+    def __enter__(self) -> Batches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 CAMERA_WEIGHT = 0.5  # of the camera-RGB term in `loss_fn`
@@ -274,10 +337,11 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     device = torch.device(cfg.device)
     ckpt_path = Path(cfg.checkpoint or f"{cfg.out}.ckpt")
     torch.manual_seed(cfg.seed)
+    pool = PhotoPool(cfg.images, cfg.crop)
+    own = synth.OwnSensor(**cfg.own_sensor) if cfg.own_sensor else None
     model = LambaNet(plus=cfg.plus, guide_radius=cfg.guide_radius, noise_aware=cfg.noise_aware,
                      fine_signed=cfg.fine_signed).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed)
     step, best, history, seconds = 0, -1.0, [], 0.0
     if cfg.init and not resume:
         from ..weights import load_weights
@@ -292,17 +356,14 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         state = torch.load(resume, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        g.set_state(state["generator"])
         step, best, history, seconds = state["step"], state["best"], state["history"], state["seconds"]
-    pool = PhotoPool(cfg.images, cfg.crop)
-    own = synth.OwnSensor(**cfg.own_sensor) if cfg.own_sensor else None
     val_pairs = validation_pairs(cfg.val, cfg.val_crops, own=own) if cfg.val else []
     started, last_loss = time.time() - seconds, float("nan")
     call_started = time.time()
 
     def checkpoint() -> None:
         _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "generator": g.get_state(), "step": step, "best": best,
+                                     "step": step, "best": best,
                                      "history": history, "seconds": time.time() - started,
                                      "config": json.dumps(asdict(cfg))})
 
@@ -335,35 +396,35 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         export(vp, vs)
         if report:
             report({"step": 0, "loss": float("nan"), "lr": 0.0, "elapsed": 0.0, "val_psnr": vp, "val_ssim": vs})
-    while step < cfg.iterations:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        photos = pool.batch(cfg.batch, g)
-        pair = make_pair(photos, g, device) if own is None else own_sensor_pair(photos, g, device, own)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            pred = model(pair.inputs)
-        loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step, local_weight=cfg.local_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        last_loss = loss.item() if not math.isfinite(last_loss) else 0.98 * last_loss + 0.02 * loss.item()
-        event = {"step": step, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
-                 "elapsed": time.time() - started}
-        out_of_time = cfg.max_seconds is not None and time.time() - call_started >= cfg.max_seconds
-        if val_pairs and (step % cfg.validate_every == 0 or step == cfg.iterations or out_of_time):
-            vp, vs = validate(model, val_pairs, device)
-            history.append({"step": step, "psnr": vp, "ssim": vs})
-            event.update(val_psnr=vp, val_ssim=vs)
-            if vp > best:
-                best = vp
-                export(vp, vs)
-        if step % cfg.checkpoint_every == 0 or step == cfg.iterations or out_of_time:
-            checkpoint()
-        if report:
-            report(event)
-        if out_of_time:
-            break
+    with Batches(BatchRecipe(pool, cfg.batch, cfg.seed, own), cfg.workers, step) as batches:
+        while step < cfg.iterations:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            pair = batches.get(step).to(device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                pred = model(pair.inputs)
+            loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step, local_weight=cfg.local_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            last_loss = loss.item() if not math.isfinite(last_loss) else 0.98 * last_loss + 0.02 * loss.item()
+            event = {"step": step, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
+                     "elapsed": time.time() - started}
+            out_of_time = cfg.max_seconds is not None and time.time() - call_started >= cfg.max_seconds
+            if val_pairs and (step % cfg.validate_every == 0 or step == cfg.iterations or out_of_time):
+                vp, vs = validate(model, val_pairs, device)
+                history.append({"step": step, "psnr": vp, "ssim": vs})
+                event.update(val_psnr=vp, val_ssim=vs)
+                if vp > best:
+                    best = vp
+                    export(vp, vs)
+            if step % cfg.checkpoint_every == 0 or step == cfg.iterations or out_of_time:
+                checkpoint()
+            if report:
+                report(event)
+            if out_of_time:
+                break
     if not val_pairs:  # nothing to pick the best by: the latest weights, also when out of time
         export(float("nan"), float("nan"))
     return {"steps": step, "finished": step == cfg.iterations, "best_val_psnr": best, "history": history,
