@@ -90,6 +90,27 @@ def _config(photos, out, iterations=4):
                        validate_every=2, checkpoint_every=2, val_crops=1)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _train_interrupted(cfg: TrainConfig, at: int) -> None:
+    """Train `cfg`, stopped by an exception after step `at`, then resumed from its checkpoint."""
+    def stop(event):
+        if event["step"] == at:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, report=stop)
+    train(cfg, resume=f"{cfg.out}.ckpt")
+
+
+def _same_weights(a_ckpt, b_ckpt) -> bool:
+    a = torch.load(a_ckpt, weights_only=True)["model"]
+    b = torch.load(b_ckpt, weights_only=True)["model"]
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_training_writes_weights_and_resumes_exactly(photos, tmp_path):
     torch.set_num_threads(1)
     straight = _config(photos, tmp_path / "a.safetensors")
@@ -98,20 +119,8 @@ def test_training_writes_weights_and_resumes_exactly(photos, tmp_path):
     model, info = load_weights(straight.out)
     assert info.output == "camera" and json.loads(info.metadata["training"])["batch"] == 2
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_2(event):
-        if event["step"] == 2:
-            raise Stop
-
-    interrupted = _config(photos, tmp_path / "b.safetensors")
-    with pytest.raises(Stop):
-        train(interrupted, report=stop_at_2)
-    train(interrupted, resume=str(tmp_path / "b.safetensors.ckpt"))
-    a = torch.load(tmp_path / "a.safetensors.ckpt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "b.safetensors.ckpt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _train_interrupted(_config(photos, tmp_path / "b.safetensors"), at=2)
+    assert _same_weights(tmp_path / "a.safetensors.ckpt", tmp_path / "b.safetensors.ckpt")
 
 
 def test_worker_processes_make_the_same_batches(photos, tmp_path):
@@ -122,21 +131,8 @@ def test_worker_processes_make_the_same_batches(photos, tmp_path):
     torch.set_num_threads(1)
     straight = _config(photos, tmp_path / "a.safetensors")
     train(straight)
-    apart = replace(_config(photos, tmp_path / "b.safetensors"), workers=2)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(event):
-        if event["step"] == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(apart, report=stop_at_3)
-    train(apart, resume=str(tmp_path / "b.safetensors.ckpt"))
-    a = torch.load(tmp_path / "a.safetensors.ckpt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "b.safetensors.ckpt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _train_interrupted(replace(_config(photos, tmp_path / "b.safetensors"), workers=2), at=3)
+    assert _same_weights(tmp_path / "a.safetensors.ckpt", tmp_path / "b.safetensors.ckpt")
 
 
 def test_train_command(photos, tmp_path):
