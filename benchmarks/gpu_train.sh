@@ -9,7 +9,8 @@
 # keep it the same across resumed runs), BATCH (16), CROP (512), LR (1.5e-4), PLUS (1: the lamba2021-plus
 # architecture; default: the packaged weights' own; keep it across resumed runs too), NOISE_AWARE (1, the
 # default: lamba2021-na, started from the packaged weights), LOCAL_COLOUR (0: the weight of `darkfix train
-# --local-colour`), WORKERS (processes synthesising batches: all cores but two), PYTHON.
+# --local-colour`), WORKERS (processes synthesising batches; default all cores but two, none on 4 or
+# fewer), PYTHON.
 # Synthesis runs on the CPU cores (one worker process a batch), the network in mixed bf16 on the GPU.
 # Exit codes: 0 done (or out of time, resumable), 2 bad arguments, 3 no CUDA device, 1 training failed.
 set -uo pipefail
@@ -33,8 +34,10 @@ cd "$(dirname "$0")/.."
 
 args=(train --images "$PHOTOS" --out "$OUT/train.safetensors" --device cuda --precision auto
       --minutes "${MINUTES:-8}" --iterations "${ITERATIONS:-100000}" --batch "${BATCH:-16}" --crop "${CROP:-512}"
-      --lr "${LR:-1.5e-4}" --validate-every 1000 --local-colour "${LOCAL_COLOUR:-0}"
-      --workers "${WORKERS:-$(( $(nproc) > 4 ? $(nproc) - 2 : 0 ))}" --threads 2)
+      --lr "${LR:-1.5e-4}" --validate-every 1000 --local-colour "${LOCAL_COLOUR:-0}")
+WORKERS=${WORKERS:-$(( $(nproc) > 4 ? $(nproc) - 2 : 0 ))}
+# with workers, the training process needs few threads; without, synthesis runs on all of them
+if [ "$WORKERS" -gt 0 ]; then args+=(--workers "$WORKERS" --threads 2); else args+=(--threads "$(nproc)"); fi
 [ -d "$PHOTOS/../val" ] && args+=(--val "$PHOTOS/../val")
 [ -d "$PHOTOS/../val_texture" ] && args+=(--val "$PHOTOS/../val_texture")
 args+=(--val "$PHOTOS" --val-crops 16)  # the training folder's held-out photos: the detail-rich crops

@@ -261,19 +261,23 @@ class Restorer(TiledEngine):
         `whole_frames` (CUDA), a frame that fits in one tile runs whole: one transfer, one pass, the same
         result; if the device runs out of memory, in tiles."""
         frame = PaddedFrame(packed)
-        if self.whole_frames and max(frame.h, frame.w) <= self.tile_for(frame.h, frame.w):
-            whole = Tile(0, frame.h, 0, frame.w)
+        side = max(frame.h, frame.w)
+        if self.whole_frames and side <= self.tile_for(frame.h, frame.w):
+            whole, out = Tile(0, frame.h, 0, frame.w), None
             try:
-                out = self.net(self._input(frame.region(0, frame.hp, 0, frame.wp)))
+                out = self.net(self._input(frame.region(0, frame.hp, 0, frame.wp)))[..., : 2 * frame.h,
+                                                                                    : 2 * frame.w].float()
             except self.out_of_memory:
-                self.on_out_of_memory()
-            else:
+                # tiles of half the frame from now on, as a tile that runs out is split (TiledEngine)
+                self.tile = max(4 * ALIGN, min(self.tile, side) // 2 // ALIGN * ALIGN)
+            if out is not None:
                 if band_start is not None:
                     band_start(whole)
-                sink(out[..., : 2 * frame.h, : 2 * frame.w].float(), whole)
+                sink(out, whole)
                 if band_done is not None:
                     band_done(whole)
                 return
+            self.on_out_of_memory()  # outside the handler, whose traceback held the pass's tensors
         super().__call__(packed, sink, by_columns, reverse, band_start, band_done)
 
     def display(self, packed, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,

@@ -138,6 +138,8 @@ def packed_frame(channels: int, shape: tuple[int, int] = (1424, 2128)) -> np.nda
     signal, then (noise-aware weights) their noise map."""
     from darkfix.noise import sigma_planes
 
+    if channels not in (4, 8):
+        raise ValueError(f"weights read 4 or 8 channels, not {channels}")
     rng = np.random.default_rng(0)
     planes = (rng.gamma(2.0, 0.1, (4, *shape)) * 2).astype(np.float32)
     if channels == 8:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from _util import packed_frame, psnr, run_restorer
 from conftest import reference_dir
 from darkfix.inference import (ALIGN, DEFAULT_MARGIN, Restorer, bands, native_bf16, pick_device, pick_precision,
-                               tiles)
+                               Tile, tiles)
 from darkfix.packing import pad_to_multiple
 from darkfix.model import GUIDE_RADIUS, LambaNet
 from darkfix.weights import load_weights
@@ -102,14 +102,19 @@ def test_whole_frames_run_in_one_pass_and_fall_back_to_tiles(setup):
     through the network in one pass with the model's result; where that pass runs out of device memory, the
     tiled walk gives the same."""
     state, packed, _ = setup
+    packed = np.ascontiguousarray(packed[:, :-3, :-5])  # not a multiple of ALIGN: padded, then cut
     ref = model_output(state, packed)
     r = Restorer(_fresh(state), "cpu", "fp32", tile=4096)
     r.whole_frames = True
-    passes = []
+    passes, bands = [], []
     whole_pass = r.net.forward
     r.net.forward = lambda x: passes.append(x.shape) or whole_pass(x)
     out, calls = run(r, packed)
     assert len(passes) == 1 and len(calls) == 1 and np.abs(out - ref).max() < 1e-4
+    r(packed, lambda t_out, t: bands.append(("tile", t)), band_start=lambda t: bands.append(("start", t)),
+      band_done=lambda t: bands.append(("done", t)))
+    whole = Tile(0, packed.shape[1], 0, packed.shape[2])
+    assert bands == [("start", whole), ("tile", whole), ("done", whole)]
 
     def out_of_memory(x):
         passes.append(x.shape)
@@ -118,7 +123,8 @@ def test_whole_frames_run_in_one_pass_and_fall_back_to_tiles(setup):
     r.net.forward, freed = out_of_memory, []
     r.on_out_of_memory = lambda: freed.append(1)
     out, calls = run(r, packed)
-    assert len(passes) == 2 and freed == [1] and np.abs(out - ref).max() < 1e-4
+    assert len(passes) == 3 and freed == [1] and np.abs(out - ref).max() < 1e-4
+    assert len(calls) > 1 and r.tile < max(packed.shape[1:])  # tiles of half the frame from then on
 
 
 def test_tiled_matches_whole_frame(setup):

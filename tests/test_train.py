@@ -123,16 +123,23 @@ def test_training_writes_weights_and_resumes_exactly(photos, tmp_path):
     assert _same_weights(tmp_path / "a.safetensors.ckpt", tmp_path / "b.safetensors.ckpt")
 
 
-def test_worker_processes_make_the_same_batches(photos, tmp_path):
+def test_worker_processes_make_the_same_batches(photos, tmp_path, monkeypatch):
     """A step's batch comes from (seed, step) alone: made ahead by two forked workers, interrupted and
     resumed, training ends with the weights of a straight run that synthesises in its own process."""
     from dataclasses import replace
 
+    import darkfix.lab.train as training
+
     torch.set_num_threads(1)
     straight = _config(photos, tmp_path / "a.safetensors")
     train(straight)
+    made = []
+    submit = training.ProcessPoolExecutor.submit
+    monkeypatch.setattr(training.ProcessPoolExecutor, "submit",
+                        lambda pool, fn, step: made.append(step) or submit(pool, fn, step))
     _train_interrupted(replace(_config(photos, tmp_path / "b.safetensors"), workers=2), at=3)
     assert _same_weights(tmp_path / "a.safetensors.ckpt", tmp_path / "b.safetensors.ckpt")
+    assert made == [0, 1, 2, 3, 2, 3]  # by the workers, ahead, never past the last step; again from step 2
 
 
 def test_train_command(photos, tmp_path):

@@ -11,6 +11,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -193,7 +194,14 @@ class BatchRecipe:
         return make_pair(photos, g, cpu) if self.own is None else own_sensor_pair(photos, g, cpu, self.own)
 
 
-_RECIPE: BatchRecipe | None = None  # what a forked worker of `Batches` makes batches with
+_RECIPE: BatchRecipe | None = None  # a `Batches` worker's recipe, set when the worker starts
+
+
+def _start_worker(recipe: BatchRecipe) -> None:
+    global _RECIPE
+    _RECIPE = recipe  # forked: inherited, not pickled
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
 
 
 def _make(step: int) -> Pair:
@@ -203,25 +211,23 @@ def _make(step: int) -> Pair:
 
 class Batches:
     """The training batches, step by step: made in this process when asked, or with `workers` > 0 by that
-    many forked single-threaded processes, up to two per worker ahead. On a GPU host synthesis is the
-    bottleneck (the first H100 run kept the GPU 85 % idle with 16 threads synthesising), and one thread per
-    batch scales where torch's threads over one batch do not."""
+    many forked single-threaded processes, up to two per worker ahead (never past `stop`). On a GPU host
+    synthesis is the bottleneck (the first H100 run kept the GPU 85 % idle with 16 threads synthesising),
+    and one thread per batch scales where torch's threads over one batch do not."""
 
-    def __init__(self, recipe: BatchRecipe, workers: int, start: int) -> None:
-        global _RECIPE
-        self.recipe, self.workers, self.ahead = recipe, workers, start
+    def __init__(self, recipe: BatchRecipe, workers: int, stop: int) -> None:
+        self.recipe, self.workers, self.stop, self.ahead = recipe, workers, stop, 0
         self.pending: dict[int, Future] = {}
         self.pool: ProcessPoolExecutor | None = None
         if workers:
-            _RECIPE = recipe  # inherited by the forked workers: nothing large is pickled
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=torch.set_num_threads, initargs=(1,))
+                                            initializer=_start_worker, initargs=(recipe,))
 
     def get(self, step: int) -> Pair:
         if self.pool is None:
             return self.recipe(step)
         self.ahead = max(self.ahead, step)
-        while self.ahead < step + 2 * self.workers:
+        while self.ahead < min(step + 2 * self.workers, self.stop):
             self.pending[self.ahead] = self.pool.submit(_make, self.ahead)
             self.ahead += 1
         return self.pending.pop(step).result()
@@ -396,7 +402,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         export(vp, vs)
         if report:
             report({"step": 0, "loss": float("nan"), "lr": 0.0, "elapsed": 0.0, "val_psnr": vp, "val_ssim": vs})
-    with Batches(BatchRecipe(pool, cfg.batch, cfg.seed, own), cfg.workers, step) as batches:
+    with Batches(BatchRecipe(pool, cfg.batch, cfg.seed, own), cfg.workers, cfg.iterations) as batches:
         while step < cfg.iterations:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
