@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -140,6 +141,22 @@ def test_worker_processes_make_the_same_batches(photos, tmp_path, monkeypatch):
     _train_interrupted(replace(_config(photos, tmp_path / "b.safetensors"), workers=2), at=3)
     assert _same_weights(tmp_path / "a.safetensors.ckpt", tmp_path / "b.safetensors.ckpt")
     assert made == [0, 1, 2, 3, 2, 3]  # by the workers, ahead, never past the last step; again from step 2
+
+
+def _die(step):
+    os._exit(9)  # a batch worker killed (as the kernel's out-of-memory killer would)
+
+
+def test_a_dead_batch_worker_is_one_line_with_the_way_on(photos, tmp_path, monkeypatch):
+    import darkfix.lab.train as training
+
+    monkeypatch.setattr(training, "_make", _die)
+    out = tmp_path / "w.safetensors"
+    r = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "3",
+                                  "--batch", "1", "--crop", "192", "--threads", "1", "--device", "cpu",
+                                  "--workers", "1"])
+    assert r.exit_code == 2 and "a batch worker died" in r.output and f"--resume {out}.ckpt" in r.output
+    assert "Traceback" not in r.output
 
 
 def test_train_command(photos, tmp_path):

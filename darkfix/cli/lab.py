@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import click
@@ -146,6 +147,9 @@ def _run_training(run_training, cfg, resume: Path | None, minutes: float | None,
             summary = run_training(cfg, resume=str(resume) if resume else None, report=report)
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
+        except BrokenProcessPool:
+            fail(f"a batch worker died (out of memory? try fewer --workers); continue with --resume "
+                 f"{cfg.checkpoint or str(out) + '.ckpt'}")
     if not summary["finished"]:
         click.echo(f"stopped after {minutes:g} minutes at step {summary['steps']} of {iterations}; continue with "
                    + (again or f"--resume {cfg.checkpoint or str(out) + '.ckpt'}"))
