@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -38,3 +39,17 @@ def test_without_cuda_it_says_so_and_writes_its_environment(tmp_path):
     assert r.returncode == 3
     assert "no CUDA device" in (tmp_path / "out" / "status.txt").read_text()
     assert "available False" in (tmp_path / "out" / "env.txt").read_text()
+
+
+def test_bundle_and_session_scripts_refuse_bad_arguments(tmp_path):
+    """benchmarks/gpu_bundle.sh (prepares a device call's wheels and photos) and gpu_session.sh (the call):
+    wrong arguments stop them before anything is downloaded or run."""
+    bundle = ROOT / "benchmarks" / "gpu_bundle.sh"
+    r = subprocess.run(["bash", str(bundle)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "usage:" in r.stderr
+    r = subprocess.run(["bash", str(bundle), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no such folder" in r.stderr
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=ROOT)
+    assert r.returncode != 0 and "set OUT" in r.stderr
