@@ -148,11 +148,13 @@ def packed_frame(channels: int, shape: tuple[int, int] = (1424, 2128)) -> np.nda
 
 
 def run_restorer(restorer, packed: np.ndarray) -> np.ndarray:
-    """The engine's output for a whole packed frame, (3, 2h, 2w) float32, assembled from its tiles."""
+    """The engine's output for a whole packed frame, (3, 2h, 2w) float32, assembled from its tiles (torch
+    tensors on any device, or numpy arrays from OpenVINO)."""
     out = np.zeros((3, 2 * packed.shape[1], 2 * packed.shape[2]), np.float32)
 
     def sink(tile_out, t) -> None:
-        out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = tile_out[0].float().cpu().numpy()
+        tile = tile_out[0] if isinstance(tile_out, np.ndarray) else tile_out[0].float().cpu().numpy()
+        out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = tile
 
     restorer(packed, sink)
     return out

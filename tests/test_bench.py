@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import darkfix.inference as inference
+from _util import run_restorer
 from darkfix.lab.bench import parse_size, run_bench, synthetic_mosaic, write_synthetic_dng
 from darkfix.cli import main
 from darkfix.inference import Restorer
@@ -18,16 +19,6 @@ from darkfix.packing import pad_to_multiple
 from darkfix.rawio import read_raw
 from darkfix.weights import default_weights_path
 
-
-def _assemble(restorer, packed):
-    _, h, w = packed.shape
-    out = np.zeros((3, 2 * h, 2 * w), np.float32)
-
-    def sink(o, t):
-        out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = o[0].float().numpy()
-
-    restorer(packed, sink)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def test_two_pass_tiles_equal_the_plain_network(model_and_frame, monkeypatch):
     model, packed, whole = model_and_frame
     monkeypatch.setattr(inference, "COARSE_BLOCK", 4)
     monkeypatch.setattr(inference, "STEM_ROWS", 3)
-    tiled = _assemble(Restorer(model, "cpu", "fp32", tile=64), packed)
+    tiled = run_restorer(Restorer(model, "cpu", "fp32", tile=64), packed)
     assert np.abs(tiled - whole).max() < 1e-5
 
 
@@ -66,7 +57,7 @@ def test_lazy_input_gives_the_same_result(model_and_frame):
             return packed[key]
 
     r = Restorer(model, "cpu", "fp32", tile=96)
-    assert np.array_equal(_assemble(r, Lazy()), _assemble(r, packed))
+    assert np.array_equal(run_restorer(r, Lazy()), run_restorer(r, packed))
     assert calls and all(k[1].stop - k[1].start <= packed.shape[1] for k in calls)
 
 

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from _util import default_signals, shell_env
+from _util import default_signals, run_restorer, shell_env
 import tifffile
 
 from test_cli_restore import assert_refused, files_under, restore
@@ -125,16 +125,7 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
     model, _ = load_weights(weights_file)
     packed = np.random.default_rng(0).random((4, 200, 264), dtype=np.float32) * 0.2
 
-    def run(restorer):
-        out = np.zeros((3, 400, 528), np.float32)
-
-        def sink(t_out, t):
-            out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = t_out[0].numpy()
-
-        restorer(packed, sink)
-        return out
-
-    expected = run(Restorer(model, device="cpu", tile=512))
+    expected = run_restorer(Restorer(model, device="cpu", tile=512), packed)
     flaky = Restorer(model, device="cpu", tile=512)
     flaky.split_on_oom = True  # as on CUDA
     real_fine = flaky.net.fine
@@ -145,13 +136,13 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
         return real_fine(x, b)
 
     flaky.net.fine = fine
-    got = run(flaky)
+    got = run_restorer(flaky, packed)
     assert flaky.tile < 512
     assert np.abs(got - expected).max() < 1e-5
     cpu = Restorer(model, device="cpu", tile=512)
     cpu.net.fine = fine
     with pytest.raises(torch.OutOfMemoryError):
-        run(cpu)
+        run_restorer(cpu, packed)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

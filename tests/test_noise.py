@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from _util import run_restorer
 from darkfix.cli import main
 from darkfix.dng import DngSpec, write_dng
 from darkfix.inference import InferenceNet, Restorer
@@ -194,13 +195,7 @@ def test_noise_aware_inference_and_tiles_agree(noise_aware_model):
         assert (InferenceNet(model)(x) - ref).abs().max() < 1e-5
     r = Restorer(model, "cpu", "fp32", tile=32)
     assert r.margin == 48
-    out = np.zeros((3, 192, 320), np.float32)
-
-    def sink(o, t):
-        out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = o[0].numpy()
-
-    r(x[0].numpy(), sink)
-    assert np.abs(out - ref[0].numpy()).max() < 1e-5
+    assert np.abs(run_restorer(r, x[0].numpy()) - ref[0].numpy()).max() < 1e-5
 
 
 def test_restore_with_noise_aware_weights_says_where_the_noise_came_from(noise_aware_model, make_dng, tmp_path):
@@ -239,13 +234,7 @@ def test_signed_fine_input(noise_aware_model, tmp_path):
         assert (a - b).abs().max() > 0.003
         assert (InferenceNet(signed)(x) - b).abs().max() < 1e-5
     r = Restorer(signed, "cpu", "fp32", tile=32)
-    out = np.zeros((3, 128, 192), np.float32)
-
-    def sink(o, t):
-        out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = o[0].numpy()
-
-    r(x[0].numpy(), sink)
-    assert np.abs(out - b[0].numpy()).max() < 1e-5
+    assert np.abs(run_restorer(r, x[0].numpy()) - b[0].numpy()).max() < 1e-5
     meta = {"output": "camera", "input": "balanced+noise", "guide_radius": str(model.guide_radius)}
     for net, kind in ((signed, "signed"), (model, "clipped")):
         path = save_weights(net, tmp_path / f"{kind}.safetensors", meta)
@@ -271,17 +260,8 @@ def test_noise_aware_weights_convert_to_openvino(noise_aware_model, tmp_path, mo
     values = (0.3 * smooth + 0.06 * rng.standard_normal((4, 130, 190))).astype(np.float32)
     packed = np.concatenate([values, sigma_planes(values, 0.01, 4e-4).astype(np.float32)])
 
-    def run(restorer) -> np.ndarray:
-        out = np.zeros((3, 260, 380), np.float32)
-
-        def sink(o, t):
-            out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = o[0] if isinstance(o, np.ndarray) else o[0].numpy()
-
-        restorer(packed, sink)
-        return out
-
-    ref = run(Restorer(load_weights(path)[0], "cpu", "fp32", tile=4096))
+    ref = run_restorer(Restorer(load_weights(path)[0], "cpu", "fp32", tile=4096), packed)
     models = ovengine.load_models(path)
     for tile in (4096, 64):
-        got = run(ovengine.OpenVINORestorer(models, "fp32", tile=tile))
+        got = run_restorer(ovengine.OpenVINORestorer(models, "fp32", tile=tile), packed)
         assert 10 * np.log10(1.0 / np.mean((got - ref) ** 2)) >= 50.0

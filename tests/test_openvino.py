@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from _util import read_png
+from _util import read_png, run_restorer as _run
 from darkfix import engine, ovengine
 from darkfix.colour import to_display
 from darkfix.errors import WeightsError
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.skipif(not ovengine.available(), reason="OpenVINO is no
 
 def _psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return float(10 * np.log10(peak**2 / max(np.mean((a.astype(np.float64) - b) ** 2), 1e-30)))
-
-
-def _run(restorer, packed: np.ndarray) -> np.ndarray:
-    out = np.zeros((3, 2 * packed.shape[1], 2 * packed.shape[2]), np.float32)
-
-    def sink(o, t):
-        out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = o[0] if isinstance(o, np.ndarray) else o[0].numpy()
-
-    restorer(packed, sink)
-    return out
 
 
 # packaged paper-architecture weights (a random network's output is too flat to show disagreement); the
