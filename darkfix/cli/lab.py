@@ -131,6 +131,7 @@ def _run_training(run_training, cfg, resume: Path | None, minutes: float | None,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     out, iterations = cfg.out, cfg.iterations
+    checkpoint = cfg.checkpoint or f"{out}.ckpt"
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"), TimeRemainingColumn()]
     with Progress(*columns) as progress:
@@ -148,11 +149,10 @@ def _run_training(run_training, cfg, resume: Path | None, minutes: float | None,
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
         except BrokenProcessPool:
-            fail(f"a batch worker died (out of memory? try fewer --workers); continue with --resume "
-                 f"{cfg.checkpoint or str(out) + '.ckpt'}")
+            fail(f"a batch worker died (out of memory? try fewer --workers); continue with --resume {checkpoint}")
     if not summary["finished"]:
         click.echo(f"stopped after {minutes:g} minutes at step {summary['steps']} of {iterations}; continue with "
-                   + (again or f"--resume {cfg.checkpoint or str(out) + '.ckpt'}"))
+                   + (again or f"--resume {checkpoint}"))
     if summary["history"]:
         click.echo(f"{out}: best validation PSNR {summary['best_val_psnr']:.2f} dB after {summary['steps']} steps")
     else:
