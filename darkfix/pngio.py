@@ -6,7 +6,9 @@ import atexit
 import errno
 import io
 import os
+import signal
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -191,6 +193,7 @@ def encode_png(image: np.ndarray, compression: int = 1, threads: int = 0) -> byt
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 _claims: dict[str, "OutputClaim"] = {}  # claims this process holds, by absolute output path
 _swept: set[str] = set()  # directories whose stale part files this process removed
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 def part_path(path: Path) -> Path:
@@ -221,6 +224,29 @@ def _still_named(fd: int, path: Path) -> bool:
         return False
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends (in the main thread,
+    where Python runs signal handlers; elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            any(signal.getsignal(s) is None for s in _DEFERRED):  # a handler installed outside Python: kept
+        yield
+        return
+    caught: list[int] = []
+    saved = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in _DEFERRED}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        for s in caught[:1]:
+            handler = saved[s]
+            if callable(handler):
+                handler(s, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(s)
+
+
 def _is_output_part(name: str) -> bool:
     """`.NAME.png.part` (and the `.NAME.png.XXXXXXXX.part` of darkfix before issue 23) for every output
     format's suffix: never a weights file's or a checkpoint's part file."""
@@ -233,29 +259,31 @@ def _is_output_part(name: str) -> bool:
     return any(stem.endswith(s) or stem.rpartition(".")[0].endswith(s) for s in suffixes)
 
 
+def _remove_if_unheld(part: Path) -> bool:
+    """Remove the part file `part` if no open file holds its lock (no live writer): True if removed."""
+    try:
+        fd = os.open(part, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        if _lock(fd) and _still_named(fd, part):
+            part.unlink()
+            return True
+    except OSError:  # another user's directory: left as it is
+        pass
+    finally:
+        os.close(fd)
+    return False
+
+
 def remove_stale_parts(directory: Path) -> int:
     """Remove the part files in `directory` that a killed darkfix left: those no live writer holds locked
     (a running writer's stay). The number removed."""
-    count = 0
     try:
         entries = [e.name for e in os.scandir(directory) if _is_output_part(e.name)]
     except OSError:
         return 0
-    for name in entries:
-        p = Path(directory) / name
-        try:
-            fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            continue
-        try:
-            if _lock(fd) and _still_named(fd, p):
-                p.unlink()
-                count += 1
-        except OSError:  # another user's directory: left as it is
-            pass
-        finally:
-            os.close(fd)
-    return count
+    return sum(_remove_if_unheld(Path(directory) / name) for name in entries)
 
 
 class OutputClaim:
@@ -275,26 +303,27 @@ class OutputClaim:
         if str(directory.resolve()) not in _swept:  # the first write here: what a killed run left goes
             _swept.add(str(directory.resolve()))
             remove_stale_parts(directory)
+        with signals_deferred():  # a Ctrl-C or SIGTERM here would leave a part file no claim knows
+            self.fd = self._open_part()
+            _claims.setdefault(os.path.abspath(self.path), self)  # an interrupt from here on: removed at exit
+        if self.path.exists() and not overwrite:
+            self.release()
+            raise OutputExistsError(f"{self.path}: already exists (use --overwrite to replace it)")
+
+    def _open_part(self) -> int:
+        """The part file, open and locked by this process."""
         for _ in range(100):
             try:
                 fd = os.open(self.part, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
             except OSError as e:
                 raise OutputError(f"{self.path}: cannot write ({os_reason(e)})") from None
-            locked = _lock(fd)
-            if locked is False:
+            if _lock(fd) is False:
                 os.close(fd)
                 raise OutputBusyError(f"{self.path}: another darkfix process is writing it")
             if _still_named(fd, self.part):
-                break
+                return fd
             os.close(fd)  # its last holder removed it meanwhile: open the name again
-        else:  # pragma: no cover - a hundred removals in a row
-            raise OutputError(f"{self.path}: cannot claim {self.part.name}")
-        self.fd = fd
-        # known from here on: an interrupt before the caller's `with` still has its part file removed at exit
-        _claims.setdefault(os.path.abspath(self.path), self)
-        if self.path.exists() and not overwrite:
-            self.release()
-            raise OutputExistsError(f"{self.path}: already exists (use --overwrite to replace it)")
+        raise OutputError(f"{self.path}: cannot claim {self.part.name}")  # pragma: no cover
 
     def open(self) -> BinaryIO:
         """The part file, emptied (of an earlier try, or of what a killed writer left), for writing."""
@@ -326,15 +355,15 @@ class OutputClaim:
         """End the claim: an uncommitted part file is removed (it is ours: we hold its lock), the lock let go."""
         if self.fd < 0:
             return
-        _claims.pop(os.path.abspath(self.path), None)
+        # the part file goes before the claim is forgotten: interrupted here, the exit handler does it again
         try:
             if not self.committed and _still_named(self.fd, self.part):
                 self.part.unlink()
         except OSError:
             pass
-        finally:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1
+        _claims.pop(os.path.abspath(self.path), None)
+        os.close(fd)
 
     def __enter__(self) -> "OutputClaim":
         return self

@@ -145,6 +145,39 @@ def test_out_of_memory_splits_tiles_and_matches(weights_file):
         run_restorer(cpu, packed)
 
 
+# a signal that arrives while the part file is being created and locked, before any claim knows it
+_SIGNAL_IN_CLAIM = """
+import os, signal, sys
+import darkfix.pngio as pngio
+from darkfix.cli.common import stop_on_signals
+stop_on_signals()
+real = getattr(pngio, sys.argv[2])
+sent = []
+def interrupted(*args):
+    if not sent:  # one signal, as a user sends
+        sent.append(os.kill(os.getpid(), int(sys.argv[3])))
+    return real(*args)
+setattr(pngio, sys.argv[2], interrupted)
+try:
+    pngio.write_atomic(sys.argv[1], b"x" * 100)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("where", ["_lock", "_still_named"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_claiming_leaves_no_part_file(tmp_path, where, sig):
+    """The window the CI once caught (a SIGTERM between the part file's creation and its claim): the
+    signal takes effect after the claim is registered, so the exit removes the file."""
+    out = tmp_path / "x.png"
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_IN_CLAIM, str(out), where, str(int(sig))],
+                       capture_output=True, text=True, env=shell_env(), preexec_fn=default_signals)
+    assert r.returncode == 130, r.stderr
+    assert "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_path, sig):
     """The PNG streams into a temporary file while the network runs: a signal then must remove it."""
