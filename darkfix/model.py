@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import (ARCHITECTURE, ARCHITECTURE_NA, ARCHITECTURE_PLUS, GUIDE_CELL, GUIDE_CLIPPED,  # noqa: F401
-                      GUIDE_EPS, GUIDE_MAX_GAIN, GUIDE_RADIUS, GUIDE_WIENER)
+from .weights import (ARCHITECTURE, ARCHITECTURE_NA, ARCHITECTURE_PLUS, FINE_WIDTHS, GUIDE_CELL,  # noqa: F401
+                      GUIDE_CLIPPED, GUIDE_EPS, GUIDE_MAX_GAIN, GUIDE_RADIUS, GUIDE_WIENER)
 
 
 class WNConv2d(nn.Module):
@@ -162,7 +162,7 @@ class LambaNet(nn.Module):
     """
 
     def __init__(self, plus: bool = False, guide_radius: int = 0, noise_aware: bool = False,
-                 fine_signed: bool = False) -> None:
+                 fine_signed: bool = False, fine_widths: tuple[int, int] = FINE_WIDTHS) -> None:
         super().__init__()
         if plus and noise_aware:
             raise ValueError("plus and noise_aware are separate architectures")
@@ -172,6 +172,7 @@ class LambaNet(nn.Module):
         # clipping at 0 lifts the weaker colours' means (3x for red and blue in dark grass, 1.5x for
         # green) and the picture turns brown; the signed input keeps them
         self.fine_signed = fine_signed and noise_aware
+        self.fine_widths = tuple(fine_widths)
         self.in_channels = 8 if noise_aware else 4
         self.guide_radius = guide_radius
         self.guide_clipped = True  # False: a fine part for input with nothing clipped white (ovexport)
@@ -199,12 +200,14 @@ class LambaNet(nn.Module):
                 nn.init.zeros_(last.weight_g)
         if noise_aware:
             # the finest scales' non-linear path: packed resolution and 2 x 2 packed pixels (reach 7 packed
-            # pixels, periods up to ~16 px), reading the input, its noise map and the linear output
-            self.fine_in = nn.Sequential(WNConv2d(20, 16, 3), _lrelu())
-            self.fine_down = nn.Sequential(WNConv2d(64, 24, 3), _lrelu())
-            self.fine_mid = nn.Sequential(WNConv2d(24, 24, 3), _lrelu())
-            self.fine_up = nn.Sequential(WNConv2d(24, 64, 1), _lrelu())
-            self.fine_out = WNConv2d(32, 12, 3)
+            # pixels, periods up to ~16 px), reading the input, its noise map and the linear output;
+            # `fine_widths`: its channels at packed resolution and at 2 x 2 packed pixels
+            full, half = self.fine_widths
+            self.fine_in = nn.Sequential(WNConv2d(20, full, 3), _lrelu())
+            self.fine_down = nn.Sequential(WNConv2d(4 * full, half, 3), _lrelu())
+            self.fine_mid = nn.Sequential(WNConv2d(half, half, 3), _lrelu())
+            self.fine_up = nn.Sequential(WNConv2d(half, 4 * full, 1), _lrelu())
+            self.fine_out = WNConv2d(2 * full, 12, 3)
             nn.init.zeros_(self.fine_out.weight_g)  # starts as the paper's network: weights load into it
 
     @property

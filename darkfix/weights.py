@@ -26,6 +26,9 @@ ARCHITECTURE_PLUS = "lamba2021-plus"  # the same with LambaNet(plus=True)'s extr
 # LambaNet(noise_aware=True): a noise map as input and a non-linear path at the finest scales
 ARCHITECTURE_NA = "lamba2021-na"
 ARCHITECTURES = (ARCHITECTURE, ARCHITECTURE_PLUS, ARCHITECTURE_NA)
+# ARCHITECTURE_NA's finest-scale path: its channels at packed resolution and at 2 x 2 packed pixels (metadata
+# "fine_widths"; weights without it have these)
+FINE_WIDTHS = (16, 24)
 GUIDE_RADIUS = 6  # model.guide_gain's default radius (here, where reading metadata needs no torch)
 GUIDE_CELL = 4  # and the packed pixels of its cells
 # input at or above this in every channel (in [0, 1] after the guide's clamp) counts as clipped white
@@ -102,6 +105,12 @@ class WeightsInfo:
         included (metadata fine_input "signed"), rather than clipped at 0 ("clipped", weights before it)."""
         return self.metadata.get("fine_input", "clipped") == "signed"
 
+    @property
+    def fine_widths(self) -> tuple[int, int]:
+        """A noise-aware network's finest-scale channels (metadata fine_widths "full,half")."""
+        full, half = self.metadata.get("fine_widths", ",".join(map(str, FINE_WIDTHS))).split(",")
+        return int(full), int(half)
+
 
 def default_weights_path() -> Path:
     """The weights that ship inside the package: the wheel installs the repository's weights/ folder
@@ -149,6 +158,11 @@ def _darkfix_info(p: Path, meta: dict[str, str]) -> WeightsInfo:
     if info.input not in INPUTS or (info.input != "raw" and info.output != "camera") or \
             (info.input == INPUT_NOISE) != (info.architecture == ARCHITECTURE_NA):
         raise WeightsError(f"{p}: unknown input convention {info.input!r} for {info.output!r} output")
+    try:
+        if min(info.fine_widths) < 1 or max(info.fine_widths) > 1024:
+            raise ValueError
+    except ValueError:
+        raise WeightsError(f"{p}: fine_widths {meta.get('fine_widths')!r} is not two channel counts") from None
     return info
 
 
@@ -181,6 +195,7 @@ def save_weights(model: LambaNet, path: str | os.PathLike, metadata: dict[str, o
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     if model.noise_aware:
         meta["fine_input"] = "signed" if model.fine_signed else "clipped"
+        meta["fine_widths"] = ",".join(map(str, model.fine_widths))
     meta.update(
         architecture=model.architecture,
         format_version=FORMAT_VERSION,
@@ -220,7 +235,8 @@ def load_weights(path: str | os.PathLike | None = None) -> tuple[LambaNet, Weigh
     info = read_info(path)
     p = info.path
     model = LambaNet(plus=info.architecture == ARCHITECTURE_PLUS, guide_radius=info.guide_radius,
-                     noise_aware=info.architecture == ARCHITECTURE_NA, fine_signed=info.fine_signed)
+                     noise_aware=info.architecture == ARCHITECTURE_NA, fine_signed=info.fine_signed,
+                     fine_widths=info.fine_widths)
     if info.format == "darkfix":
         try:
             state = load_file(str(p))

@@ -21,6 +21,7 @@ from darkfix.model import LambaNet
 from darkfix.noise import NoiseLevel, amplified_terms, estimate, from_dng_profile, sigma_planes
 from darkfix.packing import aligned_planes, prepare
 from darkfix.rawio import read_raw
+from darkfix.errors import WeightsError
 from darkfix.weights import default_weights_path, load_weights, save_weights
 
 # the paper-architecture weights the noise-aware network was started from
@@ -242,17 +243,74 @@ def test_signed_fine_input(noise_aware_model, tmp_path):
         assert info.metadata["fine_input"] == kind and loaded.fine_signed == (kind == "signed")
 
 
-@pytest.mark.parametrize("fine_input", ["clipped", "signed"])
+def _wider(model: LambaNet, start_only: bool = False) -> LambaNet:
+    """`model` with a finest-scale path of 24 and 40 channels (`widen_fine`), its new channels then given
+    weights into the output unless `start_only`."""
+    from darkfix.lab.train import widen_fine
+
+    wide = LambaNet(noise_aware=True, guide_radius=model.guide_radius, fine_widths=(24, 40)).eval()
+    widen_fine(wide, model)
+    if not start_only:
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            wide.fine_out.weight_v[:, 16:24].normal_(0.0, 1.0, generator=g)
+            wide.fine_out.weight_v[:, 40:].normal_(0.0, 1.0, generator=g)
+    return wide
+
+
+def test_wider_fine_path_starts_as_the_narrower_and_travels_in_metadata(noise_aware_model, tmp_path):
+    """`widen_fine`: a wider finest-scale path computes what the narrower one did until training moves its
+    new weights; then it differs, and the folded, tiled and reloaded networks agree with it."""
+    from darkfix.lab.train import widen_fine
+
+    _, narrow = noise_aware_model
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.rand(1, 4, 64, 96, generator=g) * 0.4, torch.full((1, 4, 64, 96), 0.05)], 1)
+    wide = _wider(narrow)
+    with torch.no_grad():
+        assert (_wider(narrow, start_only=True)(x) - narrow(x)).abs().max() < 1e-5
+        ref = wide(x)
+        assert (ref - narrow(x)).abs().max() > 0.003
+        assert (InferenceNet(wide)(x) - ref).abs().max() < 1e-5
+    assert np.abs(run_restorer(Restorer(wide, "cpu", "fp32", tile=32), x[0].numpy()) - ref[0].numpy()).max() < 1e-5
+    meta = {"output": "camera", "input": "balanced+noise", "guide_radius": str(wide.guide_radius)}
+    loaded, info = load_weights(save_weights(wide, tmp_path / "wide.safetensors", meta))
+    assert info.fine_widths == (24, 40) and info.metadata["fine_widths"] == "24,40"
+    with torch.no_grad():
+        assert (loaded.eval()(x) - ref).abs().max() < 1e-6
+    assert load_weights(save_weights(narrow, tmp_path / "n.safetensors", meta))[1].fine_widths == (16, 24)
+    with pytest.raises(ValueError, match="narrower"):
+        widen_fine(LambaNet(noise_aware=True, fine_widths=(8, 24)), narrow)
+
+
+def test_bad_fine_widths_metadata_refused(noise_aware_model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    _, model = noise_aware_model
+    path = save_weights(model, tmp_path / "na.safetensors", {"output": "camera", "input": "balanced+noise"})
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    for bad in ("24", "a,b", "0,24", "16,24,32"):
+        save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), metadata={**meta, "fine_widths": bad})
+        with pytest.raises(WeightsError, match="fine_widths"):
+            load_weights(tmp_path / "bad.safetensors")
+    save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), metadata={**meta, "fine_widths": "24,48"})
+    with pytest.raises(WeightsError, match="shape of fine"):  # a width that is not the tensors'
+        load_weights(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("fine_input", ["clipped", "signed", "wider"])
 def test_noise_aware_weights_convert_to_openvino(noise_aware_model, tmp_path, monkeypatch, fine_input):
     """The OpenVINO engine takes the 8-plane input and agrees with torch (>= 50 dB), tiled or not, with the
-    finest path reading the input clipped or signed."""
+    finest path reading the input clipped or signed, or wider than v5's."""
     from darkfix import ovengine
 
     if not ovengine.available():
         pytest.skip("OpenVINO is not installed")
     monkeypatch.setenv("DARKFIX_CACHE", str(tmp_path / "cache"))
     _, model = noise_aware_model
-    model = _signed(model) if fine_input == "signed" else model
+    model = _signed(model) if fine_input == "signed" else _wider(model) if fine_input == "wider" else model
     path = save_weights(model, tmp_path / "na.safetensors", {"output": "camera", "input": "balanced+noise",
                                                              "guide_radius": str(model.guide_radius)})
     rng = np.random.default_rng(3)

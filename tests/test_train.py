@@ -171,6 +171,29 @@ def test_train_command(photos, tmp_path):
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--fine-input", "signed"])
     assert bad.exit_code == 2 and "add --noise-aware" in bad.output
+    for widths, why in (("24,48", "add --noise-aware"), ("24", "two channel counts"), ("0,8", "1 to 1024")):
+        bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--fine-widths", widths])
+        assert bad.exit_code == 2 and why in bad.output, bad.output
+
+
+def test_train_a_wider_fine_path_from_narrower_weights(photos, tmp_path):
+    """--fine-widths with --init naming narrower noise-aware weights: it trains from their function, and the
+    weights say their widths; narrower than the start is refused in one line."""
+    from darkfix.model import LambaNet
+    from darkfix.weights import save_weights
+
+    start = save_weights(LambaNet(noise_aware=True), tmp_path / "na.safetensors",
+                         {"output": "camera", "input": "balanced+noise"})
+    out = tmp_path / "wide.safetensors"
+    args = ["train", "--images", str(photos), "--iterations", "2", "--batch", "1", "--crop", "192", "--threads", "1",
+            "--device", "cpu", "--noise-aware", "--init", str(start)]
+    r = CliRunner().invoke(main, [*args, "--out", str(out), "--fine-widths", "20,32"])
+    assert r.exit_code == 0, r.output
+    model, info = load_weights(out)
+    assert info.fine_widths == (20, 32) and model.fine_in[0].weight_v.shape[0] == 20
+    assert model.fine_out.weight_v[:, 16:20].abs().max() > 0  # the new channels' way out trained from zero
+    narrow = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "n.safetensors"), "--fine-widths", "8,24"])
+    assert narrow.exit_code == 2 and "narrower" in narrow.output and "Traceback" not in narrow.output
 
 
 def test_train_plus_from_paper_weights(photos, tmp_path):

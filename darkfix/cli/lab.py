@@ -10,8 +10,28 @@ import click
 import numpy as np
 
 from ..errors import DarkfixError
-from ..weights import DEFAULT_WEIGHTS_NAME, GUIDE_RADIUS
+from ..weights import DEFAULT_WEIGHTS_NAME, FINE_WIDTHS, GUIDE_RADIUS
 from .common import DEVICE, Brightness, fail, lab_module, load_restorer, network_options
+
+
+class FineWidths(click.ParamType):
+    """Two channel counts, `FULL,HALF` (1 to 1024 each)."""
+
+    name = "FULL,HALF"
+
+    def convert(self, value, param, ctx) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            full, half = (int(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not two channel counts such as 24,48", param, ctx)
+        if not (1 <= full <= 1024 and 1 <= half <= 1024):
+            self.fail(f"{value!r}: each channel count must be 1 to 1024", param, ctx)
+        return full, half
+
+
+FINE_WIDTHS_TYPE = FineWidths()
 
 @click.command()
 @click.argument("photos", type=click.Path(path_type=Path, exists=True, file_okay=False))
@@ -84,6 +104,10 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
 @click.option("--fine-input", type=click.Choice(["clipped", "signed"]), default="clipped", show_default=True,
               help="What the noise-aware network's finest-scale path reads: the input clipped at 0, as the "
                    "paper's layers do, or signed (negative noise kept: weak colours in the dark keep their level).")
+@click.option("--fine-widths", type=FINE_WIDTHS_TYPE, default=",".join(map(str, FINE_WIDTHS)), show_default=True,
+              help="The noise-aware network's finest-scale channels: at packed resolution and at 2 x 2 packed "
+                   "pixels. --init may name narrower noise-aware weights: the network starts computing what "
+                   "they compute, its new channels joined through zero weights.")
 @click.option("--guide-radius", type=click.IntRange(0, 32), default=GUIDE_RADIUS, show_default=True,
               help="Train through the colour guide of this radius (packed pixels; 0: none), as restoring applies it.")
 @click.option("--local-colour", type=click.FloatRange(0.0), default=0.0, show_default=True,
@@ -93,7 +117,7 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
               help="Processes that synthesise batches ahead (0: the training process itself). On a GPU host, "
                    "most of its cores: synthesis is what the GPU waits for.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, guide_radius,
+          validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, guide_radius,
           local_colour, workers) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
@@ -111,16 +135,18 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
         raise click.BadParameter(str(e), param_hint="--device") from None
     if plus and noise_aware:
         raise click.BadParameter("choose one of --plus and --noise-aware", param_hint="--noise-aware")
-    if fine_input == "signed" and not noise_aware:
-        raise click.BadParameter("only the noise-aware network has a finest-scale path (add --noise-aware)",
-                                 param_hint="--fine-input")
+    for hint, given in (("--fine-input", fine_input != "clipped"), ("--fine-widths", fine_widths != FINE_WIDTHS)):
+        if given and not noise_aware:
+            raise click.BadParameter("only the noise-aware network has a finest-scale path (add --noise-aware)",
+                                     param_hint=hint)
     cfg = training.TrainConfig(images=str(images), val=[str(v) for v in val] or None, val_crops=val_crops, out=str(out),
                       iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
-                      fine_signed=fine_input == "signed", guide_radius=guide_radius, local_weight=local_colour,
+                      fine_signed=fine_input == "signed", fine_widths=fine_widths, guide_radius=guide_radius,
+                      local_weight=local_colour,
                       workers=workers)
     _run_training(training.train, cfg, resume, minutes)
 
@@ -203,7 +229,7 @@ def tune(profile_path, images, out, base, minutes, iterations, seed) -> None:
         images=str(images), val=[str(images)], val_crops=8, out=str(out), iterations=iterations, batch=4, crop=256,
         lr=5e-5, seed=seed, validate_every=max(1, iterations // 6), msssim_from=1.0, max_seconds=minutes * 60,
         init=str(start.path), plus=start.architecture == "lamba2021-plus", noise_aware=start.noise_aware,
-        fine_signed=start.fine_signed,
+        fine_signed=start.fine_signed, fine_widths=start.fine_widths,
         guide_radius=start.guide_radius, own_sensor=own, validate_start=True,
         tuned_for={"profile": prof.checksum, "camera": " ".join(x for x in (prof.make, prof.model) if x),
                    "base_weights": Path(start.path).name,

@@ -29,7 +29,7 @@ from .evaluate import psnr
 from ..colour import bt709, render
 from ..model import GUIDE_RADIUS, LambaNet
 from ..pipeline import RAW_SUFFIXES
-from ..weights import INPUT_NOISE, save_weights
+from ..weights import ARCHITECTURE_NA, FINE_WIDTHS, INPUT_NOISE, save_weights
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -54,6 +54,7 @@ class TrainConfig:
     plus: bool = False  # LambaNet(plus=True); `init` may then be paper-architecture weights
     noise_aware: bool = False  # LambaNet(noise_aware=True); `init` likewise
     fine_signed: bool = False  # LambaNet(fine_signed=True): the noise-aware fine path reads the signed input
+    fine_widths: tuple[int, int] = FINE_WIDTHS  # LambaNet(fine_widths=...); `init` may be narrower
     guide_radius: int = GUIDE_RADIUS  # train through model.guide_gain of this radius (0: none)
     precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
     max_seconds: float | None = None  # stop (checkpointed, resumable) after this long in this call
@@ -324,6 +325,30 @@ def training_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if name == "bf16" else torch.float32
 
 
+def widen_fine(model: LambaNet, start: LambaNet) -> None:
+    """Load `start` into `model`, whose finest-scale path is as wide or wider: the new channels' outgoing
+    weights are zero, so `model` computes what `start` computes and training grows them from there."""
+    (full0, half0), (full, half) = start.fine_widths, model.fine_widths
+    if full < full0 or half < half0:
+        raise ValueError(f"fine widths {full},{half} are narrower than the starting weights' {full0},{half0}")
+    # each layer's old input channels in the new layout (pixel_(un)shuffle keep a channel's 4 together)
+    inputs = {"fine_in.0": range(20), "fine_down.0": range(4 * full0), "fine_mid.0": range(half0),
+              "fine_up.0": range(half0), "fine_out": [*range(full0), *range(full, full + full0)]}
+    target = model.state_dict()
+    for name, tensor in start.state_dict().items():
+        layer = name.rpartition(".")[0]
+        new = target[name]
+        if layer not in inputs or new.shape == tensor.shape:
+            new.copy_(tensor)
+        elif name.endswith("weight_v"):  # old outputs read old inputs only (fine_out's 12 are all old: the new
+            # channels reach the output through zero weights); new outputs keep their random init
+            new[: tensor.shape[0]] = 0
+            new[: tensor.shape[0], list(inputs[layer])] = tensor
+        else:  # weight_g, bias: per output channel
+            new[: tensor.shape[0]] = tensor
+    model.load_state_dict(target)
+
+
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     warm = min(500, cfg.iterations // 10)
     if step < warm:
@@ -346,7 +371,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     pool = PhotoPool(cfg.images, cfg.crop)
     own = synth.OwnSensor(**cfg.own_sensor) if cfg.own_sensor else None
     model = LambaNet(plus=cfg.plus, guide_radius=cfg.guide_radius, noise_aware=cfg.noise_aware,
-                     fine_signed=cfg.fine_signed).to(device).train()
+                     fine_signed=cfg.fine_signed, fine_widths=tuple(cfg.fine_widths)).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, best, history, seconds = 0, -1.0, [], 0.0
     if cfg.init and not resume:
@@ -355,8 +380,10 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         start = load_weights(cfg.init)[0]
         if start.architecture not in (model.architecture, LambaNet().architecture):
             raise ValueError(f"{cfg.init}: {start.architecture} weights cannot start a {model.architecture} network")
-        # paper weights into a wider network: its extra layers keep their identity initialisation
-        model.load_state_dict(start.state_dict(), strict=start.architecture == model.architecture)
+        if start.architecture == model.architecture == ARCHITECTURE_NA and start.fine_widths != model.fine_widths:
+            widen_fine(model, start)
+        else:  # paper weights into a wider network: its extra layers keep their identity initialisation
+            model.load_state_dict(start.state_dict(), strict=start.architecture == model.architecture)
     if resume:
         # our own checkpoints hold only tensors and plain values: no arbitrary unpickling needed
         state = torch.load(resume, map_location=device, weights_only=True)
