@@ -1,9 +1,9 @@
 """Grain and grid in flat areas (issue 21, item 5): a restored frame against its ground truth, in the
 flattest windows of the ground truth.
 
-    python benchmarks/grain.py BENCH_DIR NAME.dng --weights A.safetensors --weights B.safetensors
+    python benchmarks/grain.py BENCH_DIR NAME.dng --weights A.safetensors --weights B.safetensors [--bm3d]
 
-For each weights file, the frame is restored at its true ratio (the stages `darkfix restore` uses) and,
+For each weights file (and blind BM3D with `--bm3d`, `bm3d_baseline.py`'s), the frame is restored at its true ratio (the stages `darkfix restore` uses) and,
 in the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient energy, not overlapping):
 
 - grain: the power of the output's fine detail (the image less its 5 x 5 box mean, luminance) over the
@@ -86,20 +86,28 @@ def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 @click.command()
 @click.argument("bench", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("name")
-@click.option("--weights", "weights", multiple=True, required=True, type=click.Path(path_type=Path, exists=True))
-def main(bench: Path, name: str, weights: tuple[Path, ...]) -> None:
+@click.option("--weights", "weights", multiple=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--bm3d", is_flag=True, help="Also blind BM3D (noise estimated on the frame), for scale.")
+def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool) -> None:
     """Grain power and grid peak of NAME (a frame of BENCH) restored by each weights file."""
     case = next((c for c in benchmark_cases(bench) if name in (c.name, c.raw.name)), None)
     if case is None:
         raise click.BadParameter(f"no frame {name} in {bench}", param_hint="NAME")
     truth = luminance(as_float(load_truth(case)))
     frame = read_raw(case.raw)
+    methods = []
     for w in weights:
         model, info = load_weights(w)
-        method = NetworkMethod(w.name, Restorer(model, device="cpu", precision="fp32"), info)
+        methods.append(NetworkMethod(w.name, Restorer(model, device="cpu", precision="fp32"), info))
+    if bm3d:
+        from bm3d_baseline import BM3DMethod
+
+        methods.append(BM3DMethod(blind=True))
+    for method in methods:
         out = luminance(as_float(method(case, frame, case.ratio)))
         grain, grid = grain_and_grid(out, truth)
-        click.echo(f"{w.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median (goal <= 5)")
+        click.echo(f"{method.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median "
+                   "(goal <= 5)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Side-by-side panels of restored benchmark images, for the README and the model card.
 
-    python benchmarks/panel.py BENCH_DIR NAME [NAME ...] --weights W [--baseline-weights AUTHORS.pth] -o panel.png
+    python benchmarks/panel.py BENCH_DIR NAME [NAME ...] --weights W [--baseline-weights AUTHORS.pth] [--bm3d] -o panel.png
 
 Each row is one benchmark pair (NAME is a raw file name from manifest.json): LibRaw brightened by the
-true ratio (no denoising) | each network given | the ground truth, all at the true ratio. With `--stops S`
+true ratio (no denoising) | each network given | blind BM3D with `--bm3d` (`bm3d_baseline.py`'s: noise
+estimated on the frame) | the ground truth, all at the true ratio. With `--stops S`
 everything is amplified 2^S times more (highlights pushed past white), and the ground truth is brightened
 in linear light and clipped, as a normal exposure S stops brighter would show it. `--crop Y,X,SIZE` (one
 per NAME) shows 100 % crops instead of whole images scaled to --width.
@@ -32,15 +33,20 @@ from darkfix.weights import load_weights
 @click.option("--stops", type=float, default=0.0, show_default=True, help="Over-expose every tile by this much.")
 @click.option("--crop", "crops", multiple=True, metavar="Y,X,SIZE",
               help="100 % crops instead of whole scaled images: one per NAME, in order (its top-left and side).")
+@click.option("--bm3d", is_flag=True, help="A column of blind BM3D (noise estimated on the frame) before the truth.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, stops: float, crops: tuple[str, ...],
-         output: Path) -> None:
+         bm3d: bool, output: Path) -> None:
     methods = [LibRawMethod()]
     taken: list[str] = []
     for w in (*baselines, *weights):
         model, info = load_weights(w)
         taken.append(network_name(info, taken))
         methods.append(NetworkMethod(taken[-1], Restorer(model, device="cpu"), info))
+    if bm3d:
+        from bm3d_baseline import BM3DMethod
+
+        methods.append(BM3DMethod(blind=True))
     cases = {c.raw.name: c for c in benchmark_cases(bench)}
     if crops and len(crops) != len(names):
         raise click.BadParameter("one --crop per NAME", param_hint="--crop")
