@@ -1,6 +1,7 @@
 """Side-by-side panels of restored benchmark images, for the README and the model card.
 
-    python benchmarks/panel.py BENCH_DIR NAME [NAME ...] --weights W [--baseline-weights AUTHORS.pth] [--bm3d] -o panel.png
+    python benchmarks/panel.py BENCH_DIR NAME [NAME ...] --weights W [--baseline-weights AUTHORS.pth] [--bm3d] \
+        -o panel.png
 
 Each row is one benchmark pair (NAME is a raw file name from manifest.json): LibRaw brightened by the
 true ratio (no denoising) | each network given | blind BM3D with `--bm3d` (`bm3d_baseline.py`'s: noise
