@@ -4,7 +4,8 @@ flattest windows of the ground truth.
     python benchmarks/grain.py BENCH_DIR NAME.dng --weights A.safetensors [--weights B.safetensors] [--bm3d]
 
 For each weights file (and blind BM3D with `--bm3d`, `bm3d_baseline.py`'s), the frame is restored at its
-true ratio (the stages `darkfix restore` uses) and, in the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient energy, not overlapping):
+true ratio (the stages `darkfix restore` uses) and, in the FLAT_WINDOWS flattest 64 x 64 windows of the
+ground truth (least gradient energy, not overlapping):
 
 - grain: the power of the output's fine detail (the image less its 5 x 5 box mean, luminance) over the
   ground truth's in the same windows: 1 is as smooth as the truth, the goal is at most 2;
