@@ -174,6 +174,8 @@ def test_train_command(photos, tmp_path):
     for widths, why in (("24,48", "add --noise-aware"), ("24", "two channel counts"), ("0,8", "1 to 1024")):
         bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--fine-widths", widths])
         assert bad.exit_code == 2 and why in bad.output, bad.output
+    bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--fine-only"])
+    assert bad.exit_code == 2 and "add --noise-aware" in bad.output
 
 
 def test_train_a_wider_fine_path_from_narrower_weights(photos, tmp_path):
@@ -192,6 +194,13 @@ def test_train_a_wider_fine_path_from_narrower_weights(photos, tmp_path):
     model, info = load_weights(out)
     assert info.fine_widths == (20, 32) and model.fine_in[0].weight_v.shape[0] == 20
     assert model.fine_out.weight_v[:, 16:20].abs().max() > 0  # the new channels' way out trained from zero
+    start_model = load_weights(start)[0].state_dict()
+    only = tmp_path / "only.safetensors"
+    r = CliRunner().invoke(main, [*args, "--out", str(only), "--fine-widths", "20,32", "--fine-only"])
+    assert r.exit_code == 0, r.output
+    trained = load_weights(only)[0].state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in start_model.items() if not k.startswith("fine_"))
+    assert not torch.equal(trained["fine_out.weight_v"][:, :16], start_model["fine_out.weight_v"])
     narrow = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "n.safetensors"), "--fine-widths", "8,24"])
     assert narrow.exit_code == 2 and "narrower" in narrow.output and "Traceback" not in narrow.output
 

@@ -108,6 +108,9 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
               help="The noise-aware network's finest-scale channels: at packed resolution and at 2 x 2 packed "
                    "pixels. --init may name narrower noise-aware weights: the network starts computing what "
                    "they compute, its new channels joined through zero weights.")
+@click.option("--fine-only", is_flag=True,
+              help="Train the noise-aware network's finest-scale path alone, the rest kept as --init has it "
+                   "(v6's trained body reddened saturated colours that v5's body keeps).")
 @click.option("--guide-radius", type=click.IntRange(0, 32), default=GUIDE_RADIUS, show_default=True,
               help="Train through the colour guide of this radius (packed pixels; 0: none), as restoring applies it.")
 @click.option("--local-colour", type=click.FloatRange(0.0), default=0.0, show_default=True,
@@ -117,7 +120,8 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
               help="Processes that synthesise batches ahead (0: the training process itself). On a GPU host, "
                    "most of its cores: synthesis is what the GPU waits for.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
-          validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, guide_radius,
+          validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
+          guide_radius,
           local_colour, workers) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
@@ -135,7 +139,8 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
         raise click.BadParameter(str(e), param_hint="--device") from None
     if plus and noise_aware:
         raise click.BadParameter("choose one of --plus and --noise-aware", param_hint="--noise-aware")
-    for hint, given in (("--fine-input", fine_input != "clipped"), ("--fine-widths", fine_widths != FINE_WIDTHS)):
+    for hint, given in (("--fine-input", fine_input != "clipped"), ("--fine-widths", fine_widths != FINE_WIDTHS),
+                        ("--fine-only", fine_only)):
         if given and not noise_aware:
             raise click.BadParameter("only the noise-aware network has a finest-scale path (add --noise-aware)",
                                      param_hint=hint)
@@ -145,7 +150,8 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       validate_every=validate_every, msssim_from=msssim_from, precision=precision,
                       max_seconds=minutes * 60 if minutes else None,
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
-                      fine_signed=fine_input == "signed", fine_widths=fine_widths, guide_radius=guide_radius,
+                      fine_signed=fine_input == "signed", fine_widths=fine_widths, fine_only=fine_only,
+                      guide_radius=guide_radius,
                       local_weight=local_colour,
                       workers=workers)
     _run_training(training.train, cfg, resume, minutes)

@@ -55,6 +55,7 @@ class TrainConfig:
     noise_aware: bool = False  # LambaNet(noise_aware=True); `init` likewise
     fine_signed: bool = False  # LambaNet(fine_signed=True): the noise-aware fine path reads the signed input
     fine_widths: tuple[int, int] = FINE_WIDTHS  # LambaNet(fine_widths=...); `init` may be narrower
+    fine_only: bool = False  # train the noise-aware finest-scale path alone, the rest kept as `init` has it
     guide_radius: int = GUIDE_RADIUS  # train through model.guide_gain of this radius (0: none)
     precision: str = "auto"  # network arithmetic: fp32, bf16 (mixed: fp32 weights and loss) or auto
     max_seconds: float | None = None  # stop (checkpointed, resumable) after this long in this call
@@ -372,7 +373,11 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
     own = synth.OwnSensor(**cfg.own_sensor) if cfg.own_sensor else None
     model = LambaNet(plus=cfg.plus, guide_radius=cfg.guide_radius, noise_aware=cfg.noise_aware,
                      fine_signed=cfg.fine_signed, fine_widths=tuple(cfg.fine_widths)).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.fine_only and not cfg.noise_aware:
+        raise ValueError("only the noise-aware network has a finest-scale path to train alone")
+    for name, p in model.named_parameters():
+        p.requires_grad_(not cfg.fine_only or name.startswith("fine_"))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     step, best, history, seconds = 0, -1.0, [], 0.0
     if cfg.init and not resume:
         from ..weights import load_weights
