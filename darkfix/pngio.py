@@ -239,12 +239,12 @@ def signals_deferred() -> Iterator[None]:
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
-        for s in caught[:1]:
-            handler = saved[s]
+        if caught:  # the first signal, as it would have been handled
+            handler = saved[caught[0]]
             if callable(handler):
-                handler(s, None)
+                handler(caught[0], None)
             elif handler == signal.SIG_DFL:
-                signal.raise_signal(s)
+                signal.raise_signal(caught[0])
 
 
 def _is_output_part(name: str) -> bool:

@@ -108,7 +108,9 @@ class WeightsInfo:
     @property
     def fine_widths(self) -> tuple[int, int]:
         """A noise-aware network's finest-scale channels (metadata fine_widths "full,half")."""
-        full, half = self.metadata.get("fine_widths", ",".join(map(str, FINE_WIDTHS))).split(",")
+        if "fine_widths" not in self.metadata:
+            return FINE_WIDTHS
+        full, half = self.metadata["fine_widths"].split(",")
         return int(full), int(half)
 
 
@@ -159,10 +161,11 @@ def _darkfix_info(p: Path, meta: dict[str, str]) -> WeightsInfo:
             (info.input == INPUT_NOISE) != (info.architecture == ARCHITECTURE_NA):
         raise WeightsError(f"{p}: unknown input convention {info.input!r} for {info.output!r} output")
     try:
-        if min(info.fine_widths) < 1 or max(info.fine_widths) > 1024:
-            raise ValueError
+        widths = info.fine_widths
     except ValueError:
-        raise WeightsError(f"{p}: fine_widths {meta.get('fine_widths')!r} is not two channel counts") from None
+        widths = (0, 0)
+    if not all(1 <= w <= 1024 for w in widths):
+        raise WeightsError(f"{p}: fine_widths {meta.get('fine_widths')!r} is not two channel counts")
     return info
 
 

@@ -121,8 +121,7 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
                    "most of its cores: synthesis is what the GPU waits for.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
-          guide_radius,
-          local_colour, workers) -> None:
+          guide_radius, local_colour, workers) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -151,9 +150,7 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       max_seconds=minutes * 60 if minutes else None,
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
                       fine_signed=fine_input == "signed", fine_widths=fine_widths, fine_only=fine_only,
-                      guide_radius=guide_radius,
-                      local_weight=local_colour,
-                      workers=workers)
+                      guide_radius=guide_radius, local_weight=local_colour, workers=workers)
     _run_training(training.train, cfg, resume, minutes)
 
 
