@@ -23,11 +23,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from 
 
 from darkfix import ovengine  # noqa: E402
 from darkfix.lab.bench import machine  # noqa: E402
-from darkfix.weights import ARCHITECTURE, ARCHITECTURE_PLUS, read_info  # noqa: E402
+from darkfix.weights import read_info  # noqa: E402
 
-# multiply-accumulates a packed pixel of the fine part (benchmarks/RESULTS.md): the paper's, and with the
-# plus layers' second 1/4-resolution residual block (4,608) and full-resolution refinement (6,048)
-FINE_MAC_PER_PIXEL = {ARCHITECTURE: 17_184, ARCHITECTURE_PLUS: 27_840}
+
+def fine_mac_per_pixel(weights: Path | None) -> float:
+    """Multiply-accumulates per packed pixel of the fine part, counted on the weights' own network."""
+    import torch
+
+    from darkfix.model import fold_weight_norm
+    from darkfix.weights import load_weights
+
+    model = fold_weight_norm(load_weights(weights)[0])
+    side, macs = 128, []
+
+    def count(module: torch.nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
+        k = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
+        macs.append(k * out.shape[1] * out.shape[2] * out.shape[3])
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        b = model.coarse(model.stem(torch.zeros(1, model.in_channels, side, side)))
+        macs.clear()
+        model.fine(torch.zeros(1, model.in_channels, side, side), b)
+    for h in hooks:
+        h.remove()
+    return sum(macs) / side**2
 
 
 @click.command()
@@ -41,7 +61,8 @@ def main(weights: Path | None, size: str, precision: str, runs: int, nodes: bool
     info = read_info(weights)
     models = ovengine.load_models(info.path)
     rng = np.random.default_rng(0)
-    x = rng.random((1, 4, h, w), dtype=np.float32) * 0.3
+    channels = models["fine"].inputs[0].get_partial_shape()[1].get_length()
+    x = rng.random((1, channels, h, w), dtype=np.float32) * 0.3
     b = rng.random((1, 64, h // 16, w // 16), dtype=np.float32)
     config = {"INFERENCE_PRECISION_HINT": ovengine._OV_PRECISION[precision],
               "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
@@ -63,7 +84,7 @@ def main(weights: Path | None, size: str, precision: str, runs: int, nodes: bool
     print(f"fine window {w}x{h}, {precision}: wall {wall:.1f} ms (median of {runs}); "
           f"nodes {sum(by_kind.values()):.1f} ms")
     conv_ms = sum(v for (kind, _), v in by_kind.items() if kind.endswith("Convolution"))
-    gmac = FINE_MAC_PER_PIXEL[info.architecture] * w * h / 1e9
+    gmac = fine_mac_per_pixel(info.path) * w * h / 1e9
     print(f"convolutions {conv_ms:.1f} ms for {gmac:.2f} GMAC = {gmac / conv_ms * 1000:.0f} GMAC/s; "
           f"the window as a whole {gmac / wall * 1000:.0f} GMAC/s")
     for (kind, impl), ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):

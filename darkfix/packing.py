@@ -9,7 +9,7 @@ import numpy as np
 
 from .amplify import estimate_exposure, estimate_from_raw
 from .weights import INPUT_NOISE
-from .noise import NoiseLevel, amplified_terms, estimate as estimate_noise, sigma_planes
+from .noise import NoiseLevel, amplified_terms, estimate as estimate_noise
 
 if TYPE_CHECKING:  # torch is imported lazily: batch's decode workers run this module without it
     import torch
@@ -169,18 +169,27 @@ class PackedFrame:
         y0, y1, _ = key[1].indices(h)
         x0, x1, _ = key[2].indices(w)
         raw = self._raw(y0, max(y0, y1), x0, max(x0, x1))
-        out = self._scaled(raw)
+        # noise-aware: the planes and their noise map in one array, filled in place (a concatenation and
+        # the map's temporaries cost as much as the planes themselves)
+        full = None if self.noise is None else np.empty((8, *raw.shape[1:]), np.float32)
+        out = self._scaled(raw, None if full is None else full[:4])
         if self.over is not None and self._any_bright():
             ys, xs = np.nonzero((raw >= self.over).all(axis=0))
             if ys.size:
                 out[:, ys, xs] = self._fill_at(ys + y0, xs + x0)
-        if self.noise is not None:
-            out = np.concatenate([out, sigma_planes(out, *self._noise_terms)])
-        return out
+        if full is None:
+            return out
+        # sigma_planes, in place: sqrt(a max(y, 0) + b)
+        a, b = self._noise_terms
+        sigma = np.maximum(out, 0.0, out=full[4:])
+        sigma *= a
+        sigma += b
+        np.sqrt(sigma, out=sigma)
+        return full
 
-    def _scaled(self, raw: np.ndarray) -> np.ndarray:
-        """(4, h, w) raw planes normalised, amplified (and balanced) and clipped."""
-        out = np.subtract(raw, self.black, dtype=np.float32)
+    def _scaled(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(4, h, w) raw planes normalised, amplified (and balanced) and clipped (into `out` if given)."""
+        out = np.subtract(raw, self.black, dtype=np.float32, out=out)
         out *= self.scale
         return np.clip(out, -1.0, self.gain, out=out)
 
