@@ -311,12 +311,7 @@ def main(benchmark, weights, limit, stride, ratios, modes, inverse, sigma, profi
         click.echo(f"bm3d_baseline: error: {e}", err=True)
         sys.exit(2)
     ev.print_report(report, Console() if sys.stdout.isatty() else Console(width=200))
-    if json_path is not None:
-        ev.write_json(report, json_path)
-        click.echo(f"report written to {json_path}")
-    if markdown_path is not None:
-        markdown_path.write_text(ev.markdown_summary(report))
-        click.echo(f"summary table written to {markdown_path}")
+    ev.save_report(report, json_path, markdown_path, click.echo)
 
 
 if __name__ == "__main__":

@@ -362,11 +362,6 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
             report = ev.merge_reports(report, old, str(path))
         # a pipe or file gets full-width rows rather than rich's 80-column default
         ev.print_report(report, Console() if sys.stdout.isatty() else Console(width=200), per_image=per_image)
-        if json_path is not None:
-            ev.write_json(report, json_path)
-            click.echo(f"report written to {json_path}")
-        if markdown_path is not None:
-            markdown_path.write_text(ev.markdown_summary(report))
-            click.echo(f"summary table written to {markdown_path}")
+        ev.save_report(report, json_path, markdown_path, click.echo)
     except DarkfixError as e:
         fail(str(e), e.exit_code)

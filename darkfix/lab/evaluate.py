@@ -533,6 +533,17 @@ def _triple(r: dict) -> str:
     return f"{r['psnr']:.2f} / {'-' if aligned is None else f'{aligned:.2f}'} / {r['ssim']:.3f}"
 
 
+def save_report(report: dict, json_path: Path | None, markdown_path: Path | None,
+                say: Callable[[str], None]) -> None:
+    """Write the report as JSON and its summary as Markdown where asked, saying where."""
+    if json_path is not None:
+        write_json(report, json_path)
+        say(f"report written to {json_path}")
+    if markdown_path is not None:
+        markdown_path.write_text(markdown_summary(report))
+        say(f"summary table written to {markdown_path}")
+
+
 def print_report(report: dict, console=None, per_image: bool = True) -> None:
     """Rich tables: per image (optional), then per ratio, per noise level and overall, each cell PSNR /
     colour-aligned PSNR / SSIM; the best colour-aligned PSNR of each row in bold."""
