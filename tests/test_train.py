@@ -270,6 +270,26 @@ def test_widened_gamut_reaches_past_srgb():
     assert (srgb_of(after) < -0.05).float().mean() > 2 * (srgb_of(before) < -0.05).float().mean()
 
 
+def test_colour_patches_replace_a_share_of_crops_with_saturated_regions():
+    """About `fraction` of the crops become a few flat regions of saturated colour (shaded by the photo),
+    the rest stay as they were; fraction 0 takes no draws, so runs without patches are unchanged."""
+    g = torch.Generator().manual_seed(2)
+    photos = torch.rand(48, 3, 32, 40) * 0.5 + 0.25
+    out = synth.colour_patches(photos, g, 0.5)
+    changed = (out != photos).flatten(1).any(1)
+    assert 0.25 < changed.float().mean() < 0.75
+    assert torch.equal(out[~changed], photos[~changed]) and out.min() >= 0.0 and out.max() <= 1.0
+    patched = out[changed]
+    saturation = (patched.amax(1) - patched.amin(1)) / patched.amax(1).clamp_min(1e-6)
+    assert saturation.median() > 0.5 > ((photos.amax(1) - photos.amin(1)) / photos.amax(1)).median()
+    # flat regions: far fewer distinct hues than pixels, each crop at least two
+    hue = torch.atan2(patched[:, 1] - patched[:, 2], 2 * patched[:, 0] - patched[:, 1] - patched[:, 2])
+    counts = [len(torch.unique((h * 20).round())) for h in hue]
+    assert all(2 <= c <= 200 for c in counts)
+    state = g.get_state()
+    assert torch.equal(synth.colour_patches(photos, g, 0.0), photos) and torch.equal(g.get_state(), state)
+
+
 def test_loss_sees_colours_the_rendering_clips():
     """A magenta beyond sRGB with its blue collapsed renders the same after the clip; the camera-RGB term
     of the loss still sees it."""

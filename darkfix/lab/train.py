@@ -63,6 +63,7 @@ class TrainConfig:
     tuned_for: dict | None = None  # what the weights' metadata says they were tuned for (profile, camera)
     validate_start: bool = False  # validate the starting weights first: later weights must beat them
     local_weight: float = 0.0  # of the local-colour term in `loss_fn` (0: the loss v5 trained with)
+    colour_patches: float = 0.0  # share of the crops replaced by scenes of saturated colour (synth.colour_patches)
     workers: int = 0  # processes that synthesise batches ahead (0: the training process itself)
 
 
@@ -189,10 +190,12 @@ class BatchRecipe:
     batch: int
     seed: int
     own: synth.OwnSensor | None = None
+    patches: float = 0.0  # synth.colour_patches' fraction (0: the photos alone, and the same draws as before it)
 
     def __call__(self, step: int) -> Pair:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         photos, cpu = self.pool.batch(self.batch, g), torch.device("cpu")
+        photos = synth.colour_patches(photos, g, self.patches)
         return make_pair(photos, g, cpu) if self.own is None else own_sensor_pair(photos, g, cpu, self.own)
 
 
@@ -434,7 +437,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         export(vp, vs)
         if report:
             report({"step": 0, "loss": float("nan"), "lr": 0.0, "elapsed": 0.0, "val_psnr": vp, "val_ssim": vs})
-    with Batches(BatchRecipe(pool, cfg.batch, cfg.seed, own), cfg.workers, cfg.iterations) as batches:
+    recipe = BatchRecipe(pool, cfg.batch, cfg.seed, own, cfg.colour_patches)
+    with Batches(recipe, cfg.workers, cfg.iterations) as batches:
         while step < cfg.iterations:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)

@@ -1,0 +1,92 @@
+"""Flat patches of saturated colour at high ratios: the network's mean output over the truth's, per channel.
+
+    python benchmarks/flat_colour.py --weights W [--weights W2 ...]
+
+Each patch is one colour in white-balanced camera RGB: white and the sRGB primaries and secondaries as a
+typical camera sees them (sRGB red is camera (1, 0.13, 0.03): the camera's channels overlap), shot by a
+Sony-like 14-bit sensor (black 512, read noise 2.05 DN, row 0.7 DN) with Poisson shot noise, the frame's
+noise level given (as a profile would), restored at the true ratio through the stages `darkfix restore`
+uses (packing, the engine's tiles, the colour guide; torch fp32). A pipeline that keeps colour scores 1.00
+in every channel; the summary is each colour's largest channel error as a share of its brightest channel
+(|out - truth| / max(truth): a weak channel's ratio alone can be far from 1 for an error nobody sees),
+averaged over the colours, the well-exposed settings (level 0.3) and the dim one (0.05) apart.
+
+Made for issue 21: the photographs of the benchmarks hold few large areas of saturated colour, and v5
+turned a red patch at x100 into a third of its red (`darkfix train --colour-patches`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from this checkout
+
+from darkfix.inference import Restorer  # noqa: E402
+from darkfix.noise import NoiseLevel  # noqa: E402
+from darkfix.packing import prepare  # noqa: E402
+from darkfix.weights import load_weights  # noqa: E402
+
+WHITE, BLACK, READ_DN, ROW_DN = 16383.0, 512.0, 2.05, 0.7
+WB = np.array([2.19, 1.0, 1.62])
+COLOURS = {"white": (1, 1, 1), "red": (1, 0.13, 0.03), "green": (0.39, 1, 0.31), "blue": (0.08, 0.2, 1),
+           "magenta": (0.92, 0.31, 1), "cyan": (0.37, 0.93, 1), "yellow": (1, 0.91, 0.27)}
+# (system gain K in DN per electron, exposure ratio, level of the brightest channel after amplification)
+SETTINGS = ((0.3, 100, 0.3), (1.25, 200, 0.3), (3.0, 300, 0.3), (1.25, 200, 0.05))
+SIDE = 320  # photosites per side of a patch; the mean is taken over its centre, away from the frame's edges
+
+
+def shoot(colour: tuple[float, float, float], k: float, ratio: float, level: float,
+          rng: np.random.Generator) -> np.ndarray:
+    """An RGGB mosaic (uint16) of one flat colour: balanced camera RGB `colour` x `level` after the ratio."""
+    raw = np.asarray(colour) * level / (ratio * WB)  # normalised, unbalanced, before amplification
+    m = np.empty((SIDE, SIDE))
+    m[0::2, 0::2], m[0::2, 1::2], m[1::2, 0::2], m[1::2, 1::2] = raw[0], raw[1], raw[1], raw[2]
+    electrons = rng.poisson(m * (WHITE - BLACK) / k)
+    dn = BLACK + electrons * k + rng.normal(0.0, math.hypot(READ_DN, ROW_DN), m.shape)
+    return np.clip(np.round(dn), 0, WHITE).astype(np.uint16)
+
+
+def restored_mean(restorer: Restorer, noise_aware: bool, mosaic: np.ndarray, k: float, ratio: float) -> np.ndarray:
+    """The mean balanced camera RGB the network gives over the patch's centre."""
+    noise = NoiseLevel.from_dn(k, READ_DN, WHITE - BLACK, ROW_DN)
+    prep = prepare(mosaic, "RGGB", np.full((2, 2), BLACK), WHITE, float(ratio), wb=WB, balanced=True,
+                   noise_aware=noise_aware, noise=noise)
+    image = np.zeros((3, SIDE, SIDE), np.float32)
+
+    def sink(out, t) -> None:
+        image[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = np.asarray(out)[0]
+
+    restorer(prep.packed, sink)
+    c = SIDE // 4
+    return image[:, c:-c, c:-c].mean((1, 2))
+
+
+@click.command()
+@click.option("--weights", multiple=True, required=True, help="Weights files (or shipped names); repeatable.")
+def main(weights: tuple[str, ...]) -> None:
+    for w in weights:
+        model, info = load_weights(w)
+        restorer = Restorer(model, device="cpu", precision="fp32")
+        worst: dict[float, list[float]] = {}
+        click.echo(f"{Path(w).name}: out / truth (R G B) per colour")
+        for k, ratio, level in SETTINGS:
+            rng = np.random.default_rng(0)
+            cells = []
+            for name, colour in COLOURS.items():
+                truth = np.asarray(colour) * level
+                rel = restored_mean(restorer, info.input == "balanced+noise", shoot(colour, k, ratio, level, rng),
+                                    k, ratio) / truth
+                worst.setdefault(level, []).append(float((np.abs(rel - 1.0) * truth).max() / truth.max()))
+                cells.append(f"{name} {' '.join(f'{v:.2f}' for v in rel)}")
+            click.echo(f"  K {k} x{ratio} level {level}: " + " | ".join(cells))
+        click.echo("  largest channel error / brightest channel (mean over colours and settings): "
+                   + ", ".join(f"level {lv}: {np.mean(v):.2f}" for lv, v in worst.items()))
+
+
+if __name__ == "__main__":
+    main()
