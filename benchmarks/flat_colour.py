@@ -1,18 +1,21 @@
 """Flat patches of saturated colour at high ratios: the network's mean output over the truth's, per channel.
 
-    python benchmarks/flat_colour.py --weights W [--weights W2 ...]
+    python benchmarks/flat_colour.py --weights W [--weights W2 ...] [--surround grey|none]
 
-Each patch is one colour in white-balanced camera RGB: white and the sRGB primaries and secondaries as a
-typical camera sees them (sRGB red is camera (1, 0.13, 0.03): the camera's channels overlap), shot by a
-Sony-like 14-bit sensor (black 512, read noise 2.05 DN, row 0.7 DN) with Poisson shot noise, the frame's
-noise level given (as a profile would), restored at the true ratio through the stages `darkfix restore`
-uses (packing, the engine's tiles, the colour guide; torch fp32). A pipeline that keeps colour scores 1.00
-in every channel; the summary is each colour's largest channel error as a share of its brightest channel
-(|out - truth| / max(truth): a weak channel's ratio alone can be far from 1 for an error nobody sees),
-averaged over the colours, the well-exposed settings (level 0.3) and the dim one (0.05) apart.
+Each patch is a square of one colour on grey, in white-balanced camera RGB: white and the sRGB primaries
+and secondaries as a typical camera sees them (sRGB red is camera 1, 0.13, 0.03: the camera's channels
+overlap), shot by a Sony-like 14-bit sensor (black 512, read noise 2.05 DN, row 0.7 DN) with Poisson shot
+noise, the frame's noise level given (as a profile would), restored at the true ratio through the stages
+`darkfix restore` uses (packing, the engine's tiles, the colour guide; torch fp32). A pipeline that keeps
+colour scores 1.00 in every channel; the summary is each colour's largest channel error as a share of its
+brightest channel (|out - truth| / max(truth): a weak channel's ratio alone can be far from 1 for an error
+nobody sees), averaged over the colours, the well-exposed settings (level 0.3) and the dim one (0.05)
+apart. `--surround none` fills the frame with the colour: a scene under coloured light, which locally
+looks like what a black-level error amplified 100-300 times does to a dark frame (the networks trained
+for that robustness grey it: v5 kept a third of a red frame's red).
 
-Made for issue 21: the photographs of the benchmarks hold few large areas of saturated colour, and v5
-turned a red patch at x100 into a third of its red (`darkfix train --colour-patches`).
+Made for issue 21: the photographs of the benchmarks hold few large areas of saturated colour
+(`darkfix train --colour-patches` adds them to training).
 """
 
 from __future__ import annotations
@@ -37,15 +40,19 @@ COLOURS = {"white": (1, 1, 1), "red": (1, 0.13, 0.03), "green": (0.39, 1, 0.31),
            "magenta": (0.92, 0.31, 1), "cyan": (0.37, 0.93, 1), "yellow": (1, 0.91, 0.27)}
 # (system gain K in DN per electron, exposure ratio, level of the brightest channel after amplification)
 SETTINGS = ((0.3, 100, 0.3), (1.25, 200, 0.3), (3.0, 300, 0.3), (1.25, 200, 0.05))
-SIDE = 320  # photosites per side of a patch; the mean is taken over its centre, away from the frame's edges
+SIDE = 320  # photosites per side of the frame; the patch is the middle half, its mean taken over its middle
+GREY = (0.5, 0.5, 0.5)  # around the patch (a colour filling the frame is --surround none)
 
 
-def shoot(colour: tuple[float, float, float], k: float, ratio: float, level: float,
-          rng: np.random.Generator) -> np.ndarray:
-    """An RGGB mosaic (uint16) of one flat colour: balanced camera RGB `colour` x `level` after the ratio."""
-    raw = np.asarray(colour) * level / (ratio * WB)  # normalised, unbalanced, before amplification
+def shoot(colour: tuple[float, float, float], k: float, ratio: float, level: float, rng: np.random.Generator,
+          surround: bool = True) -> np.ndarray:
+    """An RGGB mosaic (uint16): a flat square of balanced camera RGB `colour` x `level` (after the ratio),
+    half the frame's side, on grey (`surround`), or the whole frame of it."""
     m = np.empty((SIDE, SIDE))
-    m[0::2, 0::2], m[0::2, 1::2], m[1::2, 0::2], m[1::2, 1::2] = raw[0], raw[1], raw[1], raw[2]
+    for value, box in ((GREY if surround else colour, slice(None)), (colour, slice(SIDE // 4, -SIDE // 4))):
+        raw = np.asarray(value) * level / (ratio * WB)  # normalised, unbalanced, before amplification
+        for c, (dy, dx) in zip((0, 1, 1, 2), ((0, 0), (0, 1), (1, 0), (1, 1))):
+            m[box, box][dy::2, dx::2] = raw[c]
     electrons = rng.poisson(m * (WHITE - BLACK) / k)
     dn = BLACK + electrons * k + rng.normal(0.0, math.hypot(READ_DN, ROW_DN), m.shape)
     return np.clip(np.round(dn), 0, WHITE).astype(np.uint16)
@@ -62,13 +69,16 @@ def restored_mean(restorer: Restorer, noise_aware: bool, mosaic: np.ndarray, k: 
         image[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = np.asarray(out)[0]
 
     restorer(prep.packed, sink)
-    c = SIDE // 4
+    c = 3 * SIDE // 8
     return image[:, c:-c, c:-c].mean((1, 2))
 
 
 @click.command()
 @click.option("--weights", multiple=True, required=True, help="Weights files (or shipped names); repeatable.")
-def main(weights: tuple[str, ...]) -> None:
+@click.option("--surround", type=click.Choice(["grey", "none"]), default="grey", show_default=True,
+              help="none: the colour fills the frame (a scene under coloured light, which a black-level error "
+                   "amplified 100-300 times also looks like).")
+def main(weights: tuple[str, ...], surround: str) -> None:
     for w in weights:
         model, info = load_weights(w)
         restorer = Restorer(model, device="cpu", precision="fp32")
@@ -79,8 +89,8 @@ def main(weights: tuple[str, ...]) -> None:
             cells = []
             for name, colour in COLOURS.items():
                 truth = np.asarray(colour) * level
-                rel = restored_mean(restorer, info.input == "balanced+noise", shoot(colour, k, ratio, level, rng),
-                                    k, ratio) / truth
+                mosaic = shoot(colour, k, ratio, level, rng, surround == "grey")
+                rel = restored_mean(restorer, info.input == "balanced+noise", mosaic, k, ratio) / truth
                 worst.setdefault(level, []).append(float((np.abs(rel - 1.0) * truth).max() / truth.max()))
                 cells.append(f"{name} {' '.join(f'{v:.2f}' for v in rel)}")
             click.echo(f"  K {k} x{ratio} level {level}: " + " | ".join(cells))
