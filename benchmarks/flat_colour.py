@@ -10,9 +10,10 @@ noise, the frame's noise level given (as a profile would), restored at the true 
 colour scores 1.00 in every channel; the summary is each colour's largest channel error as a share of its
 brightest channel (|out - truth| / max(truth): a weak channel's ratio alone can be far from 1 for an error
 nobody sees), averaged over the colours, the well-exposed settings (level 0.3) and the dim one (0.05)
-apart. `--surround none` fills the frame with the colour: a scene under coloured light, which locally
-looks like what a black-level error amplified 100-300 times does to a dark frame (the networks trained
-for that robustness grey it: v5 kept a third of a red frame's red).
+apart. `--surround none` fills the frame with the flat colour, which looks like what a black-level error
+amplified 100-300 times does to a dark frame (the networks trained for that robustness grey it: v5 kept
+a third of a red frame's red); `--surround light` fills it shaded by a texture: a scene under light of
+that colour, where an offset and a colour can be told apart.
 
 Made for issue 21: the photographs of the benchmarks hold few large areas of saturated colour
 (`darkfix train --colour-patches` adds them to training).
@@ -44,22 +45,36 @@ SIDE = 320  # photosites per side of the frame; the patch is the middle half, it
 GREY = (0.5, 0.5, 0.5)  # around the patch (a colour filling the frame is --surround none)
 
 
+def shading(rng: np.random.Generator) -> np.ndarray:
+    """(SIDE, SIDE) texture of mean 1: log-normal 1/f noise (contrast like a photo's, no photo needed)."""
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(SIDE), np.fft.fftfreq(SIDE), indexing="ij"))
+    field = np.fft.ifft2(np.fft.fft2(rng.normal(size=(SIDE, SIDE))) / np.maximum(f, 1.0 / SIDE)).real
+    lum = np.exp(0.8 * field / field.std())
+    return lum / lum.mean()
+
+
 def shoot(colour: tuple[float, float, float], k: float, ratio: float, level: float, rng: np.random.Generator,
-          surround: bool = True) -> np.ndarray:
-    """An RGGB mosaic (uint16): a flat square of balanced camera RGB `colour` x `level` (after the ratio),
-    half the frame's side, on grey (`surround`), or the whole frame of it."""
+          surround: str = "grey") -> tuple[np.ndarray, np.ndarray]:
+    """An RGGB mosaic (uint16) and its clean balanced camera RGB (3, SIDE, SIDE): a flat square of `colour`
+    x `level` (after the ratio), half the frame's side, on grey; or (`surround` "none") the whole frame
+    of it; or ("light") the whole frame, shaded by a texture, as a scene under light of that colour."""
+    clean = np.empty((3, SIDE, SIDE))
+    clean[:] = np.asarray(GREY if surround == "grey" else colour)[:, None, None] * level
+    quarter = slice(SIDE // 4, -SIDE // 4)
+    clean[:, quarter, quarter] = np.asarray(colour)[:, None, None] * level
+    if surround == "light":
+        clean *= shading(rng)[None]
+    raw = clean / (ratio * WB[:, None, None])  # normalised, unbalanced, before amplification
     m = np.empty((SIDE, SIDE))
-    for value, box in ((GREY if surround else colour, slice(None)), (colour, slice(SIDE // 4, -SIDE // 4))):
-        raw = np.asarray(value) * level / (ratio * WB)  # normalised, unbalanced, before amplification
-        for c, (dy, dx) in zip((0, 1, 1, 2), ((0, 0), (0, 1), (1, 0), (1, 1))):
-            m[box, box][dy::2, dx::2] = raw[c]
+    for c, (dy, dx) in zip((0, 1, 1, 2), ((0, 0), (0, 1), (1, 0), (1, 1))):
+        m[dy::2, dx::2] = raw[c, dy::2, dx::2]
     electrons = rng.poisson(m * (WHITE - BLACK) / k)
     dn = BLACK + electrons * k + rng.normal(0.0, math.hypot(READ_DN, ROW_DN), m.shape)
-    return np.clip(np.round(dn), 0, WHITE).astype(np.uint16)
+    return np.clip(np.round(dn), 0, WHITE).astype(np.uint16), clean
 
 
-def restored_mean(restorer: Restorer, noise_aware: bool, mosaic: np.ndarray, k: float, ratio: float) -> np.ndarray:
-    """The mean balanced camera RGB the network gives over the patch's centre."""
+def restored(restorer: Restorer, noise_aware: bool, mosaic: np.ndarray, k: float, ratio: float) -> np.ndarray:
+    """The balanced camera RGB (3, SIDE, SIDE) the network gives."""
     noise = NoiseLevel.from_dn(k, READ_DN, WHITE - BLACK, ROW_DN)
     prep = prepare(mosaic, "RGGB", np.full((2, 2), BLACK), WHITE, float(ratio), wb=WB, balanced=True,
                    noise_aware=noise_aware, noise=noise)
@@ -69,15 +84,14 @@ def restored_mean(restorer: Restorer, noise_aware: bool, mosaic: np.ndarray, k: 
         image[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = np.asarray(out)[0]
 
     restorer(prep.packed, sink)
-    c = 3 * SIDE // 8
-    return image[:, c:-c, c:-c].mean((1, 2))
+    return image
 
 
 @click.command()
 @click.option("--weights", multiple=True, required=True, help="Weights files (or shipped names); repeatable.")
-@click.option("--surround", type=click.Choice(["grey", "none"]), default="grey", show_default=True,
-              help="none: the colour fills the frame (a scene under coloured light, which a black-level error "
-                   "amplified 100-300 times also looks like).")
+@click.option("--surround", type=click.Choice(["grey", "none", "light"]), default="grey", show_default=True,
+              help="none: the colour fills the frame (which a black-level error amplified 100-300 times also "
+                   "looks like); light: fills it shaded by a texture, a scene under light of that colour.")
 def main(weights: tuple[str, ...], surround: str) -> None:
     for w in weights:
         model, info = load_weights(w)
@@ -88,9 +102,11 @@ def main(weights: tuple[str, ...], surround: str) -> None:
             rng = np.random.default_rng(0)
             cells = []
             for name, colour in COLOURS.items():
-                truth = np.asarray(colour) * level
-                mosaic = shoot(colour, k, ratio, level, rng, surround == "grey")
-                rel = restored_mean(restorer, info.input == "balanced+noise", mosaic, k, ratio) / truth
+                mosaic, clean = shoot(colour, k, ratio, level, rng, surround)
+                out = restored(restorer, info.input == "balanced+noise", mosaic, k, ratio)
+                middle = slice(3 * SIDE // 8, -3 * SIDE // 8)
+                truth = clean[:, middle, middle].mean((1, 2))
+                rel = out[:, middle, middle].mean((1, 2)) / truth
                 worst.setdefault(level, []).append(float((np.abs(rel - 1.0) * truth).max() / truth.max()))
                 cells.append(f"{name} {' '.join(f'{v:.2f}' for v in rel)}")
             click.echo(f"  K {k} x{ratio} level {level}: " + " | ".join(cells))
