@@ -406,7 +406,8 @@ def colour_patches(srgb: torch.Tensor, g: torch.Generator, fraction: float, most
     `most` regions (nearest of random seed points), each one colour of random hue, saturation 0.6-1 and
     value log-uniform in 0.05-1, shaded by the photo's own luminance to a random contrast (flat to the
     photo's). Photographs seldom hold large areas of fully saturated colour, and a network never shown
-    them at high ratios greys them: a red sign at x100 came out with a third of its red (v5)."""
+    them at high ratios greys them (v5 kept a third of the red of a frame filled with red at x100, and
+    mixed up magenta under magenta light: benchmarks/flat_colour.py)."""
     n, _, h, w = srgb.shape
     if fraction <= 0:  # no draws: a run without patches takes the same batches as before they existed
         return srgb
