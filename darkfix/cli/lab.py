@@ -205,7 +205,7 @@ TUNE_BASE = DEFAULT_WEIGHTS_NAME
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Weights file to write (.safetensors); the checkpoint goes to OUT.ckpt.")
 @click.option("--weights", "base", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Weights to start from (default: darkfix's default, the noise-aware v5; noise-aware weights "
+              help="Weights to start from (default: darkfix's default, the noise-aware v7; noise-aware weights "
                    "tune best: v4 +0.59 dB on benchmarks/tune_check.py's camera, v3 +0.01).")
 @click.option("--minutes", type=click.FloatRange(0.1), default=15.0, show_default=True,
               help="Stop after this long (checkpointed: run the same command again to go on).")
