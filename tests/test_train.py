@@ -163,10 +163,11 @@ def test_train_command(photos, tmp_path):
     out = tmp_path / "w.safetensors"
     r = CliRunner().invoke(main, ["train", "--images", str(photos), "--val", str(photos), "--out", str(out),
                                   "--iterations", "2", "--batch", "1", "--crop", "192", "--validate-every", "1",
-                                  "--threads", "1", "--device", "cpu"])
+                                  "--threads", "1", "--device", "cpu", "--colour-patches", "0.5"])
     assert r.exit_code == 0, r.output
     assert "best validation PSNR" in r.output
-    assert load_weights(out)[1].format == "darkfix"
+    info = load_weights(out)[1]
+    assert info.format == "darkfix" and "0.5 of the crops scenes of saturated colour" in info.metadata["training"]
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--crop", "200"])
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--fine-input", "signed"])

@@ -422,7 +422,9 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                              f" + {cfg.local_weight:g} L1 on its {LOCAL_SIZE} x {LOCAL_SIZE} block means"
                              if cfg.local_weight else "") + (
                              f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else ""),
-                         "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name,
+                         "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name + (
+                             f"; {cfg.colour_patches:g} of the crops scenes of saturated colour (synth.colour_patches)"
+                             if cfg.colour_patches else ""),
                          "init": Path(cfg.init).name if cfg.init else None,
                          "seconds": round(time.time() - started), "device": cfg.device,
                          "precision": str(dtype).removeprefix("torch.")},
