@@ -9,7 +9,7 @@ import numpy as np
 
 from .amplify import estimate_exposure, estimate_from_raw
 from .weights import INPUT_NOISE
-from .noise import NoiseLevel, amplified_terms, estimate as estimate_noise
+from .noise import NoiseLevel, amplified_terms, estimate as estimate_noise, sigma_planes_into
 
 if TYPE_CHECKING:  # torch is imported lazily: batch's decode workers run this module without it
     import torch
@@ -179,12 +179,7 @@ class PackedFrame:
                 out[:, ys, xs] = self._fill_at(ys + y0, xs + x0)
         if full is None:
             return out
-        # sigma_planes, in place: sqrt(a max(y, 0) + b)
-        a, b = self._noise_terms
-        sigma = np.maximum(out, 0.0, out=full[4:])
-        sigma *= a
-        sigma += b
-        np.sqrt(sigma, out=sigma)
+        sigma_planes_into(out, *self._noise_terms, out=full[4:])
         return full
 
     def _scaled(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ from darkfix.dng import DngSpec, write_dng
 from darkfix.inference import InferenceNet, Restorer
 from darkfix.lab import synth
 from darkfix.model import LambaNet
-from darkfix.noise import NoiseLevel, amplified_terms, estimate, from_dng_profile, sigma_planes
+from darkfix.noise import NoiseLevel, amplified_terms, estimate, from_dng_profile, sigma_planes, sigma_planes_into
 from darkfix.packing import aligned_planes, prepare
 from darkfix.rawio import read_raw
 from darkfix.errors import WeightsError
@@ -106,6 +106,11 @@ def test_sigma_planes_same_in_numpy_and_torch():
     np.testing.assert_allclose(s_np, s_t, rtol=1e-6)
     np.testing.assert_allclose(s_np, np.sqrt(a * np.maximum(y, 0) + b), rtol=1e-6)
     assert s_np[0, 0, 0] == pytest.approx(math.sqrt(1e-3))  # below black: the read noise alone
+    # the in-place form restoring uses gives the same float32 values, bit for bit
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    out = np.empty_like(y)
+    assert sigma_planes_into(y, a32, b32, out) is out
+    np.testing.assert_array_equal(out, sigma_planes(y, a32, b32))
 
 
 def test_dng_noise_profile():
