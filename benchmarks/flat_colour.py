@@ -27,13 +27,15 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from this checkout
 
 from darkfix.inference import Restorer  # noqa: E402
+from darkfix.lab.synth import mosaic  # noqa: E402
 from darkfix.noise import NoiseLevel  # noqa: E402
-from darkfix.packing import prepare  # noqa: E402
-from darkfix.weights import load_weights  # noqa: E402
+from darkfix.packing import cfa_layout, prepare, unpack  # noqa: E402
+from darkfix.weights import INPUT_NOISE, load_weights  # noqa: E402
 
 WHITE, BLACK, READ_DN, ROW_DN = 16383.0, 512.0, 2.05, 0.7
 WB = np.array([2.19, 1.0, 1.62])
@@ -65,9 +67,7 @@ def shoot(colour: tuple[float, float, float], k: float, ratio: float, level: flo
     if surround == "light":
         clean *= shading(rng)[None]
     raw = clean / (ratio * WB[:, None, None])  # normalised, unbalanced, before amplification
-    m = np.empty((SIDE, SIDE))
-    for c, (dy, dx) in zip((0, 1, 1, 2), ((0, 0), (0, 1), (1, 0), (1, 1))):
-        m[dy::2, dx::2] = raw[c, dy::2, dx::2]
+    m = unpack(mosaic(torch.from_numpy(raw)[None])[0].numpy(), cfa_layout("RGGB", (SIDE, SIDE)))
     electrons = rng.poisson(m * (WHITE - BLACK) / k)
     dn = BLACK + electrons * k + rng.normal(0.0, math.hypot(READ_DN, ROW_DN), m.shape)
     return np.clip(np.round(dn), 0, WHITE).astype(np.uint16), clean
@@ -98,13 +98,13 @@ def main(weights: tuple[str, ...], surround: str) -> None:
         restorer = Restorer(model, device="cpu", precision="fp32")
         worst: dict[float, list[float]] = {}
         click.echo(f"{Path(w).name}: out / truth (R G B) per colour")
+        middle = slice(3 * SIDE // 8, -3 * SIDE // 8)
         for k, ratio, level in SETTINGS:
             rng = np.random.default_rng(0)
             cells = []
             for name, colour in COLOURS.items():
-                mosaic, clean = shoot(colour, k, ratio, level, rng, surround)
-                out = restored(restorer, info.input == "balanced+noise", mosaic, k, ratio)
-                middle = slice(3 * SIDE // 8, -3 * SIDE // 8)
+                shot, clean = shoot(colour, k, ratio, level, rng, surround)
+                out = restored(restorer, info.input == INPUT_NOISE, shot, k, ratio)
                 truth = clean[:, middle, middle].mean((1, 2))
                 rel = out[:, middle, middle].mean((1, 2)) / truth
                 worst.setdefault(level, []).append(float((np.abs(rel - 1.0) * truth).max() / truth.max()))
