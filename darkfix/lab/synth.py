@@ -401,6 +401,9 @@ def widen_gamut(scene: Scene, g: torch.Generator, fraction: float = 0.5, most: f
     return Scene(scene.camera, scene.sensor, wide / wb)
 
 
+_HUE_OFFSETS = torch.tensor([0.0, 2.0 / 3.0, 1.0 / 3.0])  # R, G, B: where each sits on the hue circle
+
+
 def colour_patches(srgb: torch.Tensor, g: torch.Generator, fraction: float, most: int = 12) -> torch.Tensor:
     """sRGB crops (N, 3, H, W) with a `fraction` of them replaced by scenes of saturated colour: 2 ..
     `most` regions (nearest of random seed points), each one colour of random hue, saturation 0.6-1 and
@@ -425,8 +428,7 @@ def colour_patches(srgb: torch.Tensor, g: torch.Generator, fraction: float, most
         sat = 0.6 + 0.4 * torch.rand(k, generator=g)
         val = torch.exp(torch.empty(k).uniform_(math.log(0.05), 0.0, generator=g))
         # HSV -> RGB: each channel's distance around the hue circle from its primary
-        offsets = torch.tensor([0.0, 2.0 / 3.0, 1.0 / 3.0])
-        d = ((hue[:, None] + offsets[None]) % 1.0 - 0.5).abs() * 6.0 - 1.0  # 1 at the primary, -1 opposite
+        d = ((hue[:, None] + _HUE_OFFSETS[None]) % 1.0 - 0.5).abs() * 6.0 - 1.0  # 1 at the primary, -1 opposite
         colours = val[:, None] * (1.0 - sat[:, None] * (1.0 - d.clamp(0.0, 1.0)))
         lum = srgb[i].mean(0)
         contrast = float(torch.rand(1, generator=g))
