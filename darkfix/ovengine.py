@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - Windows: concurrent first runs may bot
 PARTS = ("stem", "coarse", "fine", "fine_clipped", "colour8", "colour16")
 # Bumped whenever the converted graphs change: models in the cache from another version are rebuilt. The
 # colour guide's constants are baked into the graphs, so they are part of it.
-GRAPH_VERSION = f"7w{GUIDE_WIENER:g}m{GUIDE_MAX_GAIN:g}e{GUIDE_EPS:g}"
+GRAPH_VERSION = f"8w{GUIDE_WIENER:g}m{GUIDE_MAX_GAIN:g}e{GUIDE_EPS:g}"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 # `--engine auto` takes torch only where its fine pass is this much faster than OpenVINO's: a process that
 # runs torch also pays its import (1-1.5 s and 220 MB on these machines), which OpenVINO's restores skip.

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .colour import CURVE_STEPS, curve_codes
@@ -52,6 +53,47 @@ class _Colour(nn.Module):
         return self.table[index]
 
 
+class _StridedRefine(nn.Module):
+    """A folded noise-aware network's `refine` (its finest-scale path) in a form OpenVINO runs faster, the
+    same function to float rounding: the 2 x 2 unshuffle and the 3 x 3 convolution after it as one 6 x 6
+    convolution of stride 2, and the 1 x 1 convolution and the shuffle after it as one 2 x 2 transposed
+    convolution of stride 2. Reordering tensors, not arithmetic, is most of a fine window's time
+    (benchmarks/RESULTS.md)."""
+
+    def __init__(self, net: LambaNet) -> None:
+        super().__init__()
+        full, half = net.fine_widths
+        down, mid, up = net.fine_down[0], net.fine_mid[0], net.fine_up[0]
+        self.fine_in, self.fine_out = net.fine_in, net.fine_out
+        # unshuffled input channel c * 4 + 2 dy + dx at kernel (ky, kx) reads pixel (2 ky + dy, 2 kx + dx)
+        self.down = nn.Conv2d(full, half, 6, stride=2, padding=2)
+        self.down.weight.data.copy_(down.weight.data.view(half, full, 2, 2, 3, 3).permute(0, 1, 4, 2, 5, 3)
+                                    .reshape(half, full, 6, 6))
+        self.down.bias.data.copy_(down.bias.data)
+        # one more channel, constant 1 after the activation: it carries the 1 x 1 convolution's bias, which
+        # differs between the four positions of a 2 x 2 cell and so cannot be the transposed one's bias
+        self.mid = nn.Conv2d(half, half + 1, 3, padding=1)
+        self.mid.weight.data.copy_(torch.cat([mid.weight.data, mid.weight.data.new_zeros(1, half, 3, 3)]))
+        self.mid.bias.data.copy_(torch.cat([mid.bias.data, mid.bias.data.new_ones(1)]))
+        self.up = nn.ConvTranspose2d(half + 1, full, 2, stride=2, bias=False)
+        self.up.weight.data.copy_(torch.cat([up.weight.data.view(full, 2, 2, half).permute(3, 0, 1, 2),
+                                             up.bias.data.view(1, full, 2, 2)]))
+
+    def forward(self, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        f = self.fine_in(torch.cat([out, x, sigma], dim=1))
+        u = F.leaky_relu(self.down(f), 0.2)
+        u = F.leaky_relu(self.up(F.leaky_relu(self.mid(u), 0.2)), 0.2)
+        return out + self.fine_out(torch.cat([f, u], dim=1))
+
+
+def strided(net: LambaNet) -> LambaNet:
+    """`net` (folded, see fold_weight_norm) with its finest-scale path computed as `_StridedRefine` does."""
+    if net.noise_aware:
+        net.strided_refine = _StridedRefine(net)
+        net.refine = net.strided_refine.forward  # type: ignore[method-assign]
+    return net
+
+
 def _exported(module: nn.Module, *example: torch.Tensor) -> Any:
     """`module` through `torch.export` (what OpenVINO's converter reads; `torch.jit.trace` is deprecated and
     said so 156 times a conversion), every input's height and width dynamic."""
@@ -68,7 +110,7 @@ def convert(model: LambaNet) -> dict:
     from .ovengine import converter
 
     convert_model = converter()
-    net = fold_weight_norm(copy.deepcopy(model).float().eval())
+    net = strided(fold_weight_norm(copy.deepcopy(model).float().eval()))
     channels = net.in_channels  # 8 for noise-aware weights: the planes, then their noise map
     x = torch.zeros(1, channels, 64, 64)
     with torch.no_grad(), warnings.catch_warnings():

@@ -328,3 +328,29 @@ def test_noise_aware_weights_convert_to_openvino(noise_aware_model, tmp_path, mo
     for tile in (4096, 64):
         got = run_restorer(ovengine.OpenVINORestorer(models, "fp32", tile=tile), packed)
         assert 10 * np.log10(1.0 / np.mean((got - ref) ** 2)) >= 50.0
+
+
+def test_strided_finest_path_is_the_same_function():
+    """The OpenVINO conversion computes the finest path as strided and transposed convolutions (faster: fewer
+    tensor reorders); with every weight and bias random it is the training network's function to rounding."""
+    from darkfix.model import fold_weight_norm
+    from darkfix.ovexport import strided
+
+    torch.manual_seed(1)
+    model = LambaNet(noise_aware=True, guide_radius=6, fine_widths=(24, 48)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("fine_") and name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+        model.fine_out.weight_g.normal_(0.0, 0.2)
+    plain = fold_weight_norm(copy.deepcopy(model))
+    fast = strided(fold_weight_norm(copy.deepcopy(model)))
+    assert hasattr(fast, "strided_refine") and not hasattr(plain, "strided_refine")
+    out, x, sigma = torch.rand(1, 12, 48, 80), torch.rand(1, 4, 48, 80), torch.rand(1, 4, 48, 80) * 0.1
+    with torch.no_grad():
+        want = LambaNet.refine(plain, out, x, sigma)
+        got = fast.refine(out, x, sigma)
+        assert (want - out).abs().max() > 0.1  # the path does something
+        assert (got - want).abs().max() < 1e-5
+        whole = torch.cat([x, sigma], 1).repeat(1, 1, 2, 2)
+        assert (fast(whole) - plain(whole)).abs().max() < 1e-5
