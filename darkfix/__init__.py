@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import DarkfixError, OutputError, OutputExistsError, RawReadError, WeightsError
+from .errors import DarkfixError, OutputError, OutputExistsError, ProfileError, RawReadError, WeightsError
 
 __version__ = "0.1.0"
-__all__ = ["Darkfix", "DarkfixError", "OutputError", "OutputExistsError", "RawReadError", "WeightsError", "load",
-           "restore", "__version__"]
+__all__ = ["Darkfix", "DarkfixError", "OutputError", "OutputExistsError", "ProfileError", "RawReadError",
+           "WeightsError", "load", "restore", "__version__"]
 
 if TYPE_CHECKING:
     from .api import Darkfix, load, restore

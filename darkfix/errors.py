@@ -15,6 +15,10 @@ class WeightsError(DarkfixError):
     """A weights file is missing, corrupt, or of another architecture."""
 
 
+class ProfileError(DarkfixError):
+    """A sensor profile or the dark frames for one cannot be used (damaged, mismatched, of another camera)."""
+
+
 class OutputError(DarkfixError):
     """The output cannot be written (exists, unwritable, disk full, would overwrite an input)."""
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import DarkfixError
+from .errors import ProfileError
 from .noise import NoiseLevel
 from .packing import estimate_frame_noise
 from .rawio import RawFrame, read_raw
@@ -57,10 +57,6 @@ READ_ELECTRONS = 3.0  # the read noise of a modern sensor at night ISOs, for K's
 LIT_SPREAD = 0.01  # a lens-cap frame's 16 x 16-cell means vary less than this (of the range) between quartiles
 LIT_LEVEL = 0.05  # ... and its median cell is within this of the stated black
 _BAND = 512  # rows at a time where a whole-frame float temporary would double memory
-
-
-class ProfileError(DarkfixError):
-    """A profile or the dark frames for one cannot be used (damaged, mismatched, of another camera)."""
 
 
 @dataclass

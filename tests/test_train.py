@@ -207,15 +207,12 @@ def test_train_a_wider_fine_path_from_narrower_weights(photos, tmp_path):
 
 
 def test_train_plus_from_paper_weights(photos, tmp_path):
-    """--plus --init with paper-architecture weights trains the plus network from their function."""
-    from darkfix.model import LambaNet
-    from darkfix.weights import save_weights
-
-    start = save_weights(LambaNet(), tmp_path / "paper.safetensors", {"output": "camera", "input": "balanced"})
+    """--plus --init with paper-architecture weights (here v3, by the name darkfix ships it under, as restore
+    takes it) trains the plus network from their function."""
     out = tmp_path / "plus.safetensors"
     r = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "2",
                                   "--batch", "1", "--crop", "192", "--threads", "1", "--device", "cpu",
-                                  "--plus", "--init", str(start)])
+                                  "--plus", "--init", "darkfix-lamba2021-v3.safetensors"])
     assert r.exit_code == 0, r.output
     model, info = load_weights(out)
     assert model.plus and info.architecture == "lamba2021-plus"
@@ -450,3 +447,8 @@ def test_tune_for_a_profiled_sensor(tmp_path):
     other.write_bytes(b"x")
     refused = CliRunner().invoke(main, [*args[:5], "-o", str(other)])
     assert refused.exit_code == 2 and "already exists" in refused.output and other.read_bytes() == b"x"
+    # --weights takes a shipped name as restore does; a name that is neither a file nor shipped: one line
+    missing = CliRunner().invoke(main, [*args[:6], str(tmp_path / "new.safetensors"),
+                                        "--weights", "nosuch.safetensors"])
+    assert missing.exit_code == 2 and "nosuch.safetensors" in missing.output
+    assert "Traceback" not in missing.output and not (tmp_path / "new.safetensors").exists()

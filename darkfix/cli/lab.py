@@ -86,8 +86,9 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
 @click.option("--threads", type=click.IntRange(1, 256), default=None)
 @click.option("--resume", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Checkpoint to continue from exactly (OUT.ckpt of an earlier run).")
-@click.option("--init", "init_weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Start from these weights (fine-tune) instead of a random initialisation.")
+@click.option("--init", "init_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Start from these weights (fine-tune) instead of a random initialisation: a file, or the name "
+                   "of weights darkfix ships.")
 @click.option("--validate-every", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--msssim-from", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
               help="Fraction of the run after which 0.2 (1 - MS-SSIM) joins the L1 loss (it doubles a CPU step).")
@@ -146,6 +147,13 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
         if given and not noise_aware:
             raise click.BadParameter("only the noise-aware network has a finest-scale path (add --noise-aware)",
                                      param_hint=hint)
+    if init_weights:
+        from ..weights import read_info
+
+        try:
+            init_weights = read_info(init_weights).path
+        except DarkfixError as e:
+            fail(str(e), e.exit_code)
     cfg = training.TrainConfig(images=str(images), val=[str(v) for v in val] or None, val_crops=val_crops, out=str(out),
                       iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,
@@ -204,15 +212,16 @@ TUNE_BASE = DEFAULT_WEIGHTS_NAME
               help="Folder of clean, well-exposed photos (JPEG, PNG, TIFF or raw): any will do, your own best.")
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Weights file to write (.safetensors); the checkpoint goes to OUT.ckpt.")
-@click.option("--weights", "base", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Weights to start from (default: darkfix's default, the noise-aware v7; noise-aware weights "
+@click.option("--weights", "base", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Weights to start from: a file, or the name of weights darkfix ships (default: darkfix's "
+                   "default, the noise-aware v7; noise-aware weights "
                    "tune best: v4 +0.59 dB on benchmarks/tune_check.py's camera, v3 +0.01).")
 @click.option("--minutes", type=click.FloatRange(0.1), default=15.0, show_default=True,
               help="Stop after this long (checkpointed: run the same command again to go on).")
 @click.option("--iterations", type=click.IntRange(1), default=1500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def tune(profile_path, images, out, base, minutes, iterations, seed) -> None:
-    """Fine-tune darkfix's weights for one sensor: synthetic pairs made from PHOTOS with the noise the
+    """Fine-tune darkfix's weights for one sensor: synthetic pairs made from the --images photos with the noise the
     profile measured (its system gain, read-noise shape, row and column noise, black and bit depth).
     The weights start from darkfix's own and are validated on the same sensor's pairs before the
     first step: they are only replaced by better ones. Run the same command again to resume."""
