@@ -12,6 +12,7 @@ truth | each weights file (colour-aligned, camera RGB, x3).
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,8 +36,10 @@ from darkfix.weights import load_weights  # noqa: E402
 def main(work: Path, weights: tuple[str, ...], panel: Path | None) -> None:
     sessions = {}
     for cam in tp.CAMERAS:
-        (work / cam.name).mkdir(parents=True, exist_ok=True)
-        sessions[cam.name] = tp.make_session(cam, work / cam.name)
+        folder = work / cam.name  # made anew each run: the test's calibration refuses to overwrite its profile
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        sessions[cam.name] = tp.make_session(cam, folder)
     tiles = []
     for w in weights:
         model, info = load_weights(w)
