@@ -14,6 +14,10 @@ ground truth (least gradient energy, not overlapping):
   residual noise is spread over a ring, a periodic pattern peaks in it; the goal is at most 5. (The
   truth's own spectrum falls steeply in flat areas, so the output's spectrum alone would show that fall,
   not a grid.)
+
+and, in the DARK_WINDOWS darkest windows of the ground truth that hold any light, the dark colour: R/G
+and B/G of the output's linear-light sums beside the truth's (the README example's dark grass: the truth
+green, the network greyer).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from darkfix.weights import load_weights  # noqa: E402
 
 WINDOW = 64
 FLAT_WINDOWS = 8
+DARK_WINDOWS = 8
+DARK_FLOOR = 0.002  # linear light: darker windows are black in the truth too, their colour undefined
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -47,13 +53,12 @@ def box(x: np.ndarray, r: int = 2) -> np.ndarray:
     return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
 
 
-def flattest(truth: np.ndarray, count: int = FLAT_WINDOWS) -> list[tuple[int, int]]:
-    """Top-left corners of the `count` flattest non-overlapping WINDOW x WINDOW windows (on a half-window grid)."""
-    gy, gx = np.gradient(truth)
-    energy = gy**2 + gx**2
+def lowest(score: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """Top-left corners of the `count` non-overlapping WINDOW x WINDOW windows (on a half-window grid) of least
+    mean `score`."""
     step = WINDOW // 2
-    cands = [(float(energy[y : y + WINDOW, x : x + WINDOW].mean()), y, x)
-             for y in range(0, truth.shape[0] - WINDOW + 1, step) for x in range(0, truth.shape[1] - WINDOW + 1, step)]
+    cands = [(float(score[y : y + WINDOW, x : x + WINDOW].mean()), y, x)
+             for y in range(0, score.shape[0] - WINDOW + 1, step) for x in range(0, score.shape[1] - WINDOW + 1, step)]
     chosen: list[tuple[int, int]] = []
     for _, y, x in sorted(cands):
         if all(abs(y - cy) >= WINDOW or abs(x - cx) >= WINDOW for cy, cx in chosen):
@@ -61,6 +66,28 @@ def flattest(truth: np.ndarray, count: int = FLAT_WINDOWS) -> list[tuple[int, in
         if len(chosen) == count:
             break
     return chosen
+
+
+def flattest(truth: np.ndarray, count: int = FLAT_WINDOWS) -> list[tuple[int, int]]:
+    """The `count` flattest windows of a luminance image (least gradient energy)."""
+    gy, gx = np.gradient(truth)
+    return lowest(gy**2 + gx**2, count)
+
+
+def display_linear(image: np.ndarray) -> np.ndarray:
+    """Display codes in [0, 1] back to linear light (the inverse of colour.bt709)."""
+    return np.where(image < 0.081, image / 4.5, ((image + 0.099) / 1.099) ** (1 / 0.45))
+
+
+def dark_colour(out: np.ndarray, truth: np.ndarray, count: int = DARK_WINDOWS) -> tuple[np.ndarray, np.ndarray]:
+    """(output, truth) R/G and B/G of the linear-light sums over the truth's `count` darkest windows that hold
+    any colour (mean above DARK_FLOOR): where the network shrinks weak colour towards grey."""
+    lin_out, lin_truth = display_linear(out), display_linear(truth)
+    lum = luminance(lin_truth)
+    windows = lowest(np.where(lum > DARK_FLOOR, lum, np.inf), count)
+    so = sum(lin_out[y : y + WINDOW, x : x + WINDOW].sum((0, 1)) for y, x in windows)
+    st = sum(lin_truth[y : y + WINDOW, x : x + WINDOW].sum((0, 1)) for y, x in windows)
+    return so[[0, 2]] / so[1], st[[0, 2]] / st[1]
 
 
 def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -94,7 +121,8 @@ def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool) -> None:
     case = next((c for c in benchmark_cases(bench) if name in (c.name, c.raw.name)), None)
     if case is None:
         raise click.BadParameter(f"no frame {name} in {bench}", param_hint="NAME")
-    truth = luminance(as_float(load_truth(case)))
+    truth_rgb = as_float(load_truth(case))
+    truth = luminance(truth_rgb)
     frame = read_raw(case.raw)
     methods = []
     for w in weights:
@@ -105,10 +133,11 @@ def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool) -> None:
 
         methods.append(BM3DMethod(blind=True))
     for method in methods:
-        out = luminance(as_float(method(case, frame, case.ratio)))
-        grain, grid = grain_and_grid(out, truth)
+        out_rgb = as_float(method(case, frame, case.ratio))
+        grain, grid = grain_and_grid(luminance(out_rgb), truth)
+        got, want = dark_colour(out_rgb, truth_rgb)
         click.echo(f"{method.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median "
-                   "(goal <= 5)")
+                   f"(goal <= 5); dark colour R/G {got[0]:.2f}, B/G {got[1]:.2f} (truth {want[0]:.2f}, {want[1]:.2f})")
 
 
 if __name__ == "__main__":
