@@ -53,14 +53,14 @@ def box(x: np.ndarray, r: int = 2) -> np.ndarray:
     return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
 
 
-def lowest(score: np.ndarray, count: int) -> list[tuple[int, int]]:
-    """Top-left corners of the `count` non-overlapping WINDOW x WINDOW windows (on a half-window grid) of least
-    mean `score`."""
+def lowest(score: np.ndarray, count: int, above: float = -np.inf) -> list[tuple[int, int]]:
+    """Top-left corners of the `count` (or fewer) non-overlapping WINDOW x WINDOW windows (on a half-window grid)
+    of least mean `score`, among those whose mean is above `above`."""
     step = WINDOW // 2
     cands = [(float(score[y : y + WINDOW, x : x + WINDOW].mean()), y, x)
              for y in range(0, score.shape[0] - WINDOW + 1, step) for x in range(0, score.shape[1] - WINDOW + 1, step)]
     chosen: list[tuple[int, int]] = []
-    for _, y, x in sorted(cands):
+    for _, y, x in sorted(c for c in cands if c[0] > above):
         if all(abs(y - cy) >= WINDOW or abs(x - cx) >= WINDOW for cy, cx in chosen):
             chosen.append((y, x))
         if len(chosen) == count:
@@ -81,13 +81,15 @@ def display_linear(image: np.ndarray) -> np.ndarray:
 
 def dark_colour(out: np.ndarray, truth: np.ndarray, count: int = DARK_WINDOWS) -> tuple[np.ndarray, np.ndarray]:
     """(output, truth) R/G and B/G of the linear-light sums over the truth's `count` darkest windows that hold
-    any colour (mean above DARK_FLOOR): where the network shrinks weak colour towards grey."""
+    any light (mean luminance above DARK_FLOOR): where the network shrinks weak colour towards grey. NaN
+    where no window qualifies."""
     lin_out, lin_truth = display_linear(out), display_linear(truth)
-    lum = luminance(lin_truth)
-    windows = lowest(np.where(lum > DARK_FLOOR, lum, np.inf), count)
-    so = sum(lin_out[y : y + WINDOW, x : x + WINDOW].sum((0, 1)) for y, x in windows)
-    st = sum(lin_truth[y : y + WINDOW, x : x + WINDOW].sum((0, 1)) for y, x in windows)
-    return so[[0, 2]] / so[1], st[[0, 2]] / st[1]
+    windows = lowest(luminance(lin_truth), count, above=DARK_FLOOR)
+    if not windows:
+        return np.full(2, np.nan), np.full(2, np.nan)
+    so = np.sum([lin_out[y : y + WINDOW, x : x + WINDOW].sum((0, 1)) for y, x in windows], axis=0)
+    st = np.sum([lin_truth[y : y + WINDOW, x : x + WINDOW].sum((0, 1)) for y, x in windows], axis=0)
+    return so[[0, 2]] / max(float(so[1]), 1e-12), st[[0, 2]] / max(float(st[1]), 1e-12)
 
 
 def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -89,6 +89,8 @@ class _StridedRefine(nn.Module):
 def strided(net: LambaNet) -> LambaNet:
     """`net` (folded, see fold_weight_norm) with its finest-scale path computed as `_StridedRefine` does."""
     if net.noise_aware:
+        if not isinstance(net.fine_down[0], nn.Conv2d):
+            raise TypeError("strided() takes a folded network (fold_weight_norm)")
         net.strided_refine = _StridedRefine(net)
         net.refine = net.strided_refine.forward  # type: ignore[method-assign]
     return net

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -452,3 +453,22 @@ def test_tune_for_a_profiled_sensor(tmp_path):
                                         "--weights", "nosuch.safetensors"])
     assert missing.exit_code == 2 and "nosuch.safetensors" in missing.output
     assert "Traceback" not in missing.output and not (tmp_path / "new.safetensors").exists()
+
+
+def test_train_from_damaged_weights_is_one_line(photos, tmp_path):
+    """--init naming weights whose header reads but whose tensors are damaged: one line, exit 2, no output;
+    a name that is neither a file nor shipped: the same, before anything starts."""
+    from darkfix.weights import default_weights_path
+
+    damaged = tmp_path / "damaged.safetensors"
+    data = bytearray(default_weights_path().with_name("darkfix-lamba2021-v3.safetensors").read_bytes())
+    data[-64:] = bytes(64)
+    damaged.write_bytes(bytes(data))
+    out = tmp_path / "out.safetensors"
+    for init in (str(damaged), "nosuch.safetensors"):
+        r = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "1",
+                                      "--batch", "1", "--crop", "192", "--threads", "1", "--device", "cpu",
+                                      "--init", init])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        errors = [line for line in r.output.splitlines() if line.startswith("darkfix: error:")]
+        assert len(errors) == 1 and Path(init).name in errors[0] and not out.exists()

@@ -147,7 +147,7 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
         if given and not noise_aware:
             raise click.BadParameter("only the noise-aware network has a finest-scale path (add --noise-aware)",
                                      param_hint=hint)
-    if init_weights:
+    if init_weights and resume is None:  # a resumed run continues from its checkpoint, not from --init
         from ..weights import read_info
 
         try:
@@ -189,6 +189,8 @@ def _run_training(run_training, cfg, resume: Path | None, minutes: float | None,
             summary = run_training(cfg, resume=str(resume) if resume else None, report=report)
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
+        except DarkfixError as e:  # e.g. weights whose header reads but whose tensors do not
+            fail(str(e), e.exit_code)
         except BrokenProcessPool:
             fail(f"a batch worker died (out of memory? try fewer --workers); continue with --resume {checkpoint}")
     if not summary["finished"]:
