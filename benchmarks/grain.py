@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from this checkout
 
-from darkfix.lab.evaluate import NetworkMethod, as_float, benchmark_cases, load_truth  # noqa: E402
+from darkfix.lab.evaluate import NetworkMethod, as_float, benchmark_cases, display_linear, load_truth  # noqa: E402
 from darkfix.inference import Restorer  # noqa: E402
 from darkfix.rawio import read_raw  # noqa: E402
 from darkfix.weights import load_weights  # noqa: E402
@@ -72,11 +72,6 @@ def flattest(truth: np.ndarray, count: int = FLAT_WINDOWS) -> list[tuple[int, in
     """The `count` flattest windows of a luminance image (least gradient energy)."""
     gy, gx = np.gradient(truth)
     return lowest(gy**2 + gx**2, count)
-
-
-def display_linear(image: np.ndarray) -> np.ndarray:
-    """Display codes in [0, 1] back to linear light (the inverse of colour.bt709)."""
-    return np.where(image < 0.081, image / 4.5, ((image + 0.099) / 1.099) ** (1 / 0.45))
 
 
 def dark_colour(out: np.ndarray, truth: np.ndarray, count: int = DARK_WINDOWS) -> tuple[np.ndarray, np.ndarray]:

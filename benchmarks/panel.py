@@ -19,7 +19,8 @@ import click
 import numpy as np
 from PIL import Image
 
-from darkfix.lab.evaluate import LibRawMethod, NetworkMethod, as_float, benchmark_cases, load_truth, network_name
+from darkfix.lab.evaluate import (LibRawMethod, NetworkMethod, as_float, benchmark_cases, display_linear, load_truth,
+                                  network_name)
 from darkfix.inference import Restorer
 from darkfix.rawio import read_raw
 from darkfix.weights import load_weights
@@ -57,8 +58,7 @@ def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, st
         frame = read_raw(case.raw)
         truth = as_float(load_truth(case))
         if stops:
-            linear = np.where(truth < 0.081, truth / 4.5, ((truth + 0.099) / 1.099) ** (1 / 0.45))
-            linear = np.clip(linear * 2.0**stops, 0.0, 1.0)
+            linear = np.clip(display_linear(truth) * 2.0**stops, 0.0, 1.0)
             truth = np.where(linear < 0.018, 4.5 * linear, 1.099 * linear**0.45 - 0.099)
         tiles = [as_float(m(case, frame, case.ratio * 2.0**stops)) for m in methods] + [truth]
         if crops:  # 100 %: no resampling

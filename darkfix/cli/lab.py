@@ -147,13 +147,6 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
         if given and not noise_aware:
             raise click.BadParameter("only the noise-aware network has a finest-scale path (add --noise-aware)",
                                      param_hint=hint)
-    if init_weights and resume is None:  # a resumed run continues from its checkpoint, not from --init
-        from ..weights import read_info
-
-        try:
-            init_weights = read_info(init_weights).path
-        except DarkfixError as e:
-            fail(str(e), e.exit_code)
     cfg = training.TrainConfig(images=str(images), val=[str(v) for v in val] or None, val_crops=val_crops, out=str(out),
                       iterations=iterations,
                       batch=batch_size, crop=crop, lr=lr, seed=seed, device=dev.type,

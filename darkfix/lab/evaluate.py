@@ -59,6 +59,11 @@ class EvalError(DarkfixError):
 # ---------------------------------------------------------------------------------------------- metrics
 
 
+def display_linear(image: np.ndarray) -> np.ndarray:
+    """Display codes in [0, 1] back to linear light (the inverse of colour.bt709)."""
+    return np.where(image < 0.081, image / 4.5, ((image + 0.099) / 1.099) ** (1 / 0.45))
+
+
 def as_float(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 / uint16 / float image -> float32 in [0, 1]."""
     if image.dtype == np.uint16:
