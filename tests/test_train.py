@@ -164,11 +164,13 @@ def test_train_command(photos, tmp_path):
     out = tmp_path / "w.safetensors"
     r = CliRunner().invoke(main, ["train", "--images", str(photos), "--val", str(photos), "--out", str(out),
                                   "--iterations", "2", "--batch", "1", "--crop", "192", "--validate-every", "1",
-                                  "--threads", "1", "--device", "cpu", "--colour-patches", "0.5"])
+                                  "--threads", "1", "--device", "cpu", "--colour-patches", "0.5",
+                                  "--black-error-spread", "1"])
     assert r.exit_code == 0, r.output
     assert "best validation PSNR" in r.output
     info = load_weights(out)[1]
     assert info.format == "darkfix" and "0.5 of the crops scenes of saturated colour" in info.metadata["training"]
+    assert "black-level error of the broad half bounded by 1 DN" in info.metadata["training"]
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--crop", "200"])
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--fine-input", "signed"])
@@ -287,6 +289,26 @@ def test_colour_patches_replace_a_share_of_crops_with_saturated_regions():
     assert all(2 <= c <= 200 for c in counts)
     state = g.get_state()
     assert torch.equal(synth.colour_patches(photos, g, 0.0), photos) and torch.equal(g.get_state(), state)
+
+
+def test_black_spread_bounds_only_the_broad_frames_black_error():
+    """`black_spread` scales the broad frames' extra black-level error and changes no other draw: 0 leaves
+    ELD's 0.5 DN, the default (the CLI's too) reaches a few DN; Sony frames have no extra error."""
+    photos = torch.rand(64, 3, 32, 32)
+
+    def draw(**kw):
+        return synth.synthesise(photos, torch.Generator().manual_seed(5), **kw).noise
+
+    none, default, two = draw(black_spread=0.0), draw(), draw(black_spread=2 * synth.BLACK_SPREAD)
+    assert torch.equal(none.K, default.K) and torch.equal(none.read_sigma, two.read_sigma)
+    assert 0.4 < float(none.bias.std()) < 0.6
+    extra, extra2 = default.bias - none.bias, two.bias - none.bias
+    assert float(extra.std()) > 1.0 and torch.allclose(extra2, 2 * extra, atol=1e-5)
+    sony = [synth.synthesise(photos[:8], torch.Generator().manual_seed(5), broad=False, black_spread=s).noise.bias
+            for s in (0.0, 9.0)]
+    assert torch.equal(sony[0], sony[1])
+    cli_default = next(p for p in main.commands["train"].params if p.name == "black_spread").default
+    assert cli_default == synth.BLACK_SPREAD
 
 
 def test_loss_sees_colours_the_rendering_clips():

@@ -120,12 +120,17 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
 @click.option("--colour-patches", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Share of the training crops replaced by scenes of saturated colour (random regions of "
                    "hues at saturation 0.6-1, shaded by the photo): red, blue and magenta areas at high ratios.")
+@click.option("--black-error-spread", "black_spread", type=click.FloatRange(0.0, 20.0), default=3.0,
+              show_default=True,
+              help="Bound (DN of 14 bits) of the extra black-level error given to half of each batch, on top of "
+                   "ELD's 0.5 DN: more makes the network ignore a file's wrong black level, less lets it keep "
+                   "the colour of dark areas.")
 @click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Processes that synthesise batches ahead (0: the training process itself). On a GPU host, "
                    "most of its cores: synthesis is what the GPU waits for.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
-          guide_radius, local_colour, colour_patches, workers) -> None:
+          guide_radius, local_colour, colour_patches, black_spread, workers) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -155,7 +160,7 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
                       fine_signed=fine_input == "signed", fine_widths=fine_widths, fine_only=fine_only,
                       guide_radius=guide_radius, local_weight=local_colour, colour_patches=colour_patches,
-                      workers=workers)
+                      black_spread=black_spread, workers=workers)
     _run_training(training.train, cfg, resume, minutes)
 
 

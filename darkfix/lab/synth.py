@@ -437,9 +437,16 @@ def colour_patches(srgb: torch.Tensor, g: torch.Generator, fraction: float, most
     return out
 
 
+# broad frames' extra black-level error: a standard deviation drawn from 0 to this, DN of 14 bits. Every
+# frame also has ELD's 0.5 DN (`sample_noise`). Training with it makes the network ignore dark local means
+# of that size, which greys dark colour where the black is right (benchmarks/RESULTS.md, fifteenth session).
+BLACK_SPREAD = 3.0
+
+
 def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = True,
                ratio: torch.Tensor | None = None, exposure: torch.Tensor | None = None,
-               scene: Scene | None = None, own: OwnSensor | None = None, black_error: bool = True) -> Synthetic:
+               scene: Scene | None = None, own: OwnSensor | None = None, black_error: bool = True,
+               black_spread: float = BLACK_SPREAD) -> Synthetic:
     """The one synthetic-pair recipe (training, validation and `darkfix synth`): sRGB photos (N, 3, H, W)
     -> `make_scene` (or a given `scene`) -> exposure -> mosaic -> ELD noise (25 % virtual-camera gains
     when `broad`) -> ADC.
@@ -447,7 +454,9 @@ def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = T
     `ratio` and `exposure` default to random draws (`sample_ratio` scaled by `ratio_limit`, and
     `sample_exposure`; 1 unless `broad`); pass them for fixed benchmarks. `own` replaces the sensor and
     its noise by one measured sensor's. `black_error=False` zeroes the per-channel black-level error after it
-    is drawn (every other draw unchanged): denoising measured apart from that robustness.
+    is drawn (every other draw unchanged): denoising measured apart from that robustness. `black_spread`
+    bounds the extra black-level error of `broad` frames (its standard deviation is drawn from 0 to it, DN
+    of 14 bits; the same draws for any value).
     """
     scene = scene or make_scene(srgb, g, broad)
     camera, sensor = scene.camera, scene.sensor
@@ -462,7 +471,7 @@ def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = T
     noise = sample_noise(n, g, broad=0.25 if broad else 0.0) if own_noise is None else own_noise
     if broad and own_noise is None:
         # black levels that the file states a little wrong, per channel, by up to a few DN of 14 bits
-        noise.bias = noise.bias + torch.randn(n, 4, generator=g) * _uniform(n, 0.0, 3.0, g).float()[:, None]
+        noise.bias = noise.bias + torch.randn(n, 4, generator=g) * _uniform(n, 0.0, black_spread, g).float()[:, None]
     if not black_error:
         noise.bias = torch.zeros_like(noise.bias)
     linear = scene.linear * exposure.to(scene.linear.device).view(n, 1, 1, 1)

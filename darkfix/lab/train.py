@@ -64,6 +64,7 @@ class TrainConfig:
     validate_start: bool = False  # validate the starting weights first: later weights must beat them
     local_weight: float = 0.0  # of the local-colour term in `loss_fn` (0: the loss v5 trained with)
     colour_patches: float = 0.0  # share of the crops replaced by scenes of saturated colour (synth.colour_patches)
+    black_spread: float = synth.BLACK_SPREAD  # bound of the broad half's extra black-level error (synth.synthesise)
     workers: int = 0  # processes that synthesise batches ahead (0: the training process itself)
 
 
@@ -168,15 +169,17 @@ def own_sensor_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device
     return pair_from(synth.synthesise(srgb, g, broad=True, own=own), device, g)
 
 
-def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device) -> Pair:
+def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device,
+              black_spread: float = synth.BLACK_SPREAD) -> Pair:
     """Half the batch from the Sony A7S II (SID's camera: its benchmarks are the reference), half from the
     broad range of sensors; both with the exposure draws that push highlights past white and half of each
     with colours beyond the photographs' gamut (`synth.widen_gamut`). The noise maps are off by up to 30 %
-    (estimates at restore are)."""
+    (estimates at restore are). `black_spread`: synth.synthesise's, for the broad half."""
     half = srgb.shape[0] // 2
     sony = synth.synthesise(None, g, broad=False, exposure=synth.sample_exposure(half, g),
                             scene=synth.widen_gamut(synth.make_scene(srgb[:half], g, broad=False), g))
-    broad = synth.synthesise(None, g, broad=True, scene=synth.widen_gamut(synth.make_scene(srgb[half:], g), g))
+    broad = synth.synthesise(None, g, broad=True, scene=synth.widen_gamut(synth.make_scene(srgb[half:], g), g),
+                             black_spread=black_spread)
     a, b = pair_from(sony, device, g), pair_from(broad, device, g)
     return Pair(*(torch.cat([x, y]) for x, y in ((a.inputs, b.inputs), (a.target_linear, b.target_linear),
                                                   (a.rgb_cam, b.rgb_cam), (a.ratio, b.ratio))))
@@ -191,12 +194,15 @@ class BatchRecipe:
     seed: int
     own: synth.OwnSensor | None = None
     patches: float = 0.0  # synth.colour_patches' fraction (0: the photos alone, and the same draws as before it)
+    black_spread: float = synth.BLACK_SPREAD
 
     def __call__(self, step: int) -> Pair:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         photos, cpu = self.pool.batch(self.batch, g), torch.device("cpu")
         photos = synth.colour_patches(photos, g, self.patches)
-        return make_pair(photos, g, cpu) if self.own is None else own_sensor_pair(photos, g, cpu, self.own)
+        if self.own is not None:
+            return own_sensor_pair(photos, g, cpu, self.own)
+        return make_pair(photos, g, cpu, self.black_spread)
 
 
 _RECIPE: BatchRecipe | None = None  # a `Batches` worker's recipe, set when the worker starts
@@ -424,7 +430,9 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                              f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else ""),
                          "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name + (
                              f"; {cfg.colour_patches:g} of the crops scenes of saturated colour (synth.colour_patches)"
-                             if cfg.colour_patches else ""),
+                             if cfg.colour_patches else "") + (
+                             f"; black-level error of the broad half bounded by {cfg.black_spread:g} DN"
+                             if cfg.black_spread != synth.BLACK_SPREAD else ""),
                          "init": Path(cfg.init).name if cfg.init else None,
                          "seconds": round(time.time() - started), "device": cfg.device,
                          "precision": str(dtype).removeprefix("torch.")},
@@ -439,7 +447,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         export(vp, vs)
         if report:
             report({"step": 0, "loss": float("nan"), "lr": 0.0, "elapsed": 0.0, "val_psnr": vp, "val_ssim": vs})
-    recipe = BatchRecipe(pool, cfg.batch, cfg.seed, own, cfg.colour_patches)
+    recipe = BatchRecipe(pool, cfg.batch, cfg.seed, own, cfg.colour_patches, cfg.black_spread)
     with Batches(recipe, cfg.workers, cfg.iterations) as batches:
         while step < cfg.iterations:
             for group in opt.param_groups:
