@@ -438,8 +438,8 @@ def colour_patches(srgb: torch.Tensor, g: torch.Generator, fraction: float, most
 
 
 # broad frames' extra black-level error: a standard deviation drawn from 0 to this, DN of 14 bits. Every
-# frame also has ELD's 0.5 DN (`sample_noise`). Training with it makes the network ignore dark local means
-# of that size, which greys dark colour where the black is right (benchmarks/RESULTS.md, fifteenth session).
+# frame also has ELD's 0.5 DN (`sample_noise`). It teaches the network to ignore dark local means of that
+# size, the likeliest reason it greys dark colour where the black is right (RESULTS.md, fifteenth session).
 BLACK_SPREAD = 3.0
 
 
