@@ -17,10 +17,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 from PIL import Image
 
 from darkfix.lab.evaluate import (LibRawMethod, NetworkMethod, as_float, benchmark_cases, display_linear, load_truth,
                                   network_name)
+from darkfix.colour import bt709
 from darkfix.inference import Restorer
 from darkfix.rawio import read_raw
 from darkfix.weights import load_weights
@@ -59,7 +61,7 @@ def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, st
         truth = as_float(load_truth(case))
         if stops:
             linear = np.clip(display_linear(truth) * 2.0**stops, 0.0, 1.0)
-            truth = np.where(linear < 0.018, 4.5 * linear, 1.099 * linear**0.45 - 0.099)
+            truth = bt709(torch.from_numpy(linear)).numpy()
         tiles = [as_float(m(case, frame, case.ratio * 2.0**stops)) for m in methods] + [truth]
         if crops:  # 100 %: no resampling
             y, x, side = (int(v) for v in crops[i].split(","))
