@@ -32,13 +32,10 @@ from grain import dark_colour  # noqa: E402
 
 
 def with_coarse_pass(radius: int):
-    """`guide_gain` followed by a second pass of it over boxes of `radius` on the first pass's output
-    (radius 0: the shipped guide alone)."""
+    """`guide_gain` followed by a second pass of it over boxes of `radius` on the first pass's output."""
 
     def gain(mean_out: torch.Tensor, packed: torch.Tensor, r: int, clipped: bool = True) -> torch.Tensor:
         first = guide_gain(mean_out, packed, r, clipped)
-        if not radius:
-            return first
         return first * guide_gain((mean_out.float() * first).clamp(0.0, 1.0), packed, radius, clipped)
 
     return gain
@@ -58,8 +55,8 @@ def main(bench: Path, weights_path: Path, radius: int, limit: int, stride: int) 
     for case in benchmark_cases(bench)[::stride][:limit]:
         frame, truth = read_raw(case.raw), as_float(load_truth(case))
         line = []
-        for row, r in zip(rows.values(), (0, radius)):
-            inference.guide_gain = with_coarse_pass(r)  # the name InferenceNet calls
+        for row, gain in zip(rows.values(), (guide_gain, with_coarse_pass(radius))):
+            inference.guide_gain = gain  # the name InferenceNet calls
             out = as_float(method(case, frame, case.ratio))
             s = scores(out, truth)
             got, want = dark_colour(out, truth)
