@@ -19,6 +19,9 @@ class RestoreOptions:
     format: str = "png"  # png | tiff | jpeg | dng (imagefile.FORMATS)
     quality: int = 95  # JPEG quality
     profile: str | None = None  # a sensor profile (`darkfix calibrate`) applied to every frame: absolute path
+    # whether the black level is exact, so that dark colour may come from wide local means (darkfix.wideguide):
+    # None = where a sensor profile measured it
+    trust_black: bool | None = None
 
 
 def parse_brightness(value: float | int | str) -> float:

@@ -98,6 +98,7 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
                 q[sat] = np.iinfo(dtype).max
         band[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = q
 
+    restorer = through_guide(restorer, frame, info, opts.trust_black)
     walk = dict(by_columns=bool(frame.flip & 4), band_start=band_start,
                 band_done=lambda _region: emit(orient(band, frame.flip)))
     walk["reverse"] = bool(frame.flip & (1 if walk["by_columns"] else 2))
@@ -105,6 +106,23 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
         restorer.display(prep.packed, wb, frame.rgb_cam, opts.bit_depth, place, **walk)
     else:
         restorer(prep.packed, lambda out, t: place(quantise(out, opts.bit_depth), t), **walk)
+
+
+def wide_guide(frame: RawFrame, info: WeightsInfo, trust_black: bool | None = None) -> bool:
+    """Whether the frame's dark colour comes from the colour guide's wide pass (darkfix.wideguide): where its
+    black level is exact, `trust_black` True, or None and a sensor profile measured it; weights without the
+    colour guide (the authors') never take it."""
+    trusted = frame.black_measured if trust_black is None else trust_black
+    return bool(trusted and info.guide_radius and info.output == "camera")
+
+
+def through_guide(restorer: Restorer, frame: RawFrame, info: WeightsInfo, trust_black: bool | None) -> Restorer:
+    """`restorer`, or it through the wide pass where `wide_guide` says so."""
+    if not wide_guide(frame, info, trust_black):
+        return restorer
+    from .wideguide import WideGuide  # torch: loaded only where used
+
+    return WideGuide(restorer)
 
 
 def infer_and_render(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo,
@@ -131,6 +149,7 @@ class Result:
     size: tuple[int, int]  # width, height of the PNG
     how: str  # what the amplification came from: "ratio", "auto" or "paper"
     noise: str | None = None  # the noise level noise-aware weights were given, and where it came from
+    wide_guide: bool = False  # whether dark colour came from the colour guide's wide pass (`wide_guide`)
 
 
 def saturated_pixels(prep: Prepared, t: Tile, oy: int, ox: int, h: int, w: int) -> np.ndarray | None:
@@ -140,9 +159,11 @@ def saturated_pixels(prep: Prepared, t: Tile, oy: int, ox: int, h: int, w: int) 
     return None if sat is None else sat.repeat(2, axis=0).repeat(2, axis=1)[oy : oy + h, ox : ox + w]
 
 
-def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo) -> np.ndarray:
+def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: WeightsInfo,
+                 trust_black: bool | None = None) -> np.ndarray:
     """The network's linear camera RGB (white balance undone), as stored (not turned upright), cropped to
-    the mosaic: (H, W, 3) float32 in [0, 1]. Photosites the sensor clipped are white, as in `to_display`."""
+    the mosaic: (H, W, 3) float32 in [0, 1]. Photosites the sensor clipped are white, as in `to_display`.
+    `trust_black` as in `through_guide`."""
     top, left, height, width = prep.layout.top, prep.layout.left, prep.layout.height, prep.layout.width
     image = np.empty((height, width, 3), np.float32)
     rel = (prep.wb / prep.wb[1]) if prep.balanced else np.ones(3, np.float32)
@@ -158,7 +179,7 @@ def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
             tile[sat] = white
         image[y0:y1, x0:x1] = tile
 
-    restorer(prep.packed, sink)
+    through_guide(restorer, frame, info, trust_black)(prep.packed, sink)
     return image
 
 
@@ -175,7 +196,7 @@ def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, r
                 render_bands(frame, prep, restorer, info, opts, png.write)
         elif opts.format == "dng":
             check_camera_output(output, info)
-            camera = camera_image(frame, prep, restorer, info)
+            camera = camera_image(frame, prep, restorer, info, opts.trust_black)
             codes = (np.clip(camera, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
             with atomic_output(output, opts.overwrite) as f:
                 write_linear_dng(f, codes, frame.cam_xyz, 1.0 / prep.wb, frame.flip, frame.capture)
@@ -189,7 +210,8 @@ def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, r
     except MemoryError:
         raise _out_of_memory(source) from None
     return Result(source, output, prep.amplification, (w, h), prep.source,
-                  prep.noise.describe() if prep.noise is not None else None)
+                  prep.noise.describe() if prep.noise is not None else None,
+                  wide_guide(frame, info, opts.trust_black))
 
 
 def check_camera_output(output: Path, info: WeightsInfo) -> None:

@@ -166,7 +166,7 @@ class SensorProfile:
             # under the plain mean of the darks, and kept more sparkles, with the guessed K)
             own = estimate_frame_noise(out, frame.cfa, self.black_grid(), frame.white)
             noise = NoiseLevel(own.shot, noise.read, "profile")
-        return replace(frame, mosaic=out, black=self.black_grid(), noise=noise)
+        return replace(frame, mosaic=out, black=self.black_grid(), noise=noise, black_measured=True)
 
     def describe(self) -> list[str]:
         """What `darkfix info --profile` and `darkfix calibrate` print."""

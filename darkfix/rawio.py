@@ -41,6 +41,8 @@ class RawFrame:
     # the frame's noise where the file or a sensor profile states it (packed planes R, G1, G2, B); noise-
     # aware weights otherwise get an estimate from the frame (darkfix.noise)
     noise: NoiseLevel | None = None
+    # whether `black` was measured (a sensor profile's dark frames) rather than only stated by the file
+    black_measured: bool = False
 
 
 @contextmanager

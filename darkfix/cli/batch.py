@@ -81,8 +81,8 @@ def failure_line(src: Path, reason: str) -> str:
 @restore_options
 @network_options
 def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, ray_gpus, brightness, exposure, ratio,
-          wb, fmt, bit_depth, quality, compression, overwrite, profile, weights, engine, device, precision, threads,
-          tile) -> None:
+          wb, fmt, bit_depth, quality, compression, overwrite, profile, trust_black, weights, engine, device, precision,
+          threads, tile) -> None:
     """Restore every raw file in FOLDER; files already restored are skipped, so a rerun resumes."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -101,7 +101,7 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
         except DarkfixError as e:
             fail(str(e), e.exit_code)
     opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
-                            profile)
+                            profile, trust_black)
     files = list(find_raws(folder, recursive, pattern))
     outputs = [output_for(f, folder, outdir, opts.format) for f in files]
     for d in {o.parent for o in outputs if o.parent.is_dir()}:

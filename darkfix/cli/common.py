@@ -107,6 +107,10 @@ def restore_options(f):
         click.option("--profile", type=click.Path(path_type=Path, dir_okay=False), default=None,
                      help="Sensor profile from `darkfix calibrate` (dark frames of this camera at these settings): "
                           "subtracts its master dark, uses its black levels, fills hot pixels."),
+        click.option("--trust-black/--no-trust-black", default=None,
+                     help="Whether the black level is exact, so that dark areas take their colour from wide "
+                          "local means (greener grass, bluer dusk; an error of 1 DN casts the shadows). "
+                          "Default: trusted where --profile measured it."),
     ]):
         f = option(f)
     return f
@@ -126,7 +130,8 @@ def load_restorer(weights, engine, device, precision, threads, tile):
     return restorer, info
 
 
-def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite, profile=None):
+def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite, profile=None,
+                     trust_black=None):
     from ..options import RestoreOptions
 
     if fmt == "jpeg" and bit_depth == "16":
@@ -142,7 +147,7 @@ def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, c
         profile = str(Path(profile).resolve())
     return RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=int(bit_depth),
                           compression=compression, overwrite=overwrite, format=fmt or "png", quality=quality,
-                          profile=profile)
+                          profile=profile, trust_black=trust_black)
 
 
 def raise_interrupt(signum, frame) -> None:

@@ -332,11 +332,14 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
               help="Also write the summary (per ratio, per noise level, overall) as a Markdown table.")
 @click.option("--per-image/--summary-only", default=True, show_default=True,
               help="Print the per-image table, or only the per-ratio, per-noise-level and overall one.")
+@click.option("--trust-black/--no-trust-black", default=None,
+              help="Restore as `darkfix restore --trust-black` does (the benchmark's black levels exact: dark "
+                   "colour from wide local means); default: as without a sensor profile.")
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, stride,
-                 ratios, compare_paths, json_path, markdown_path, per_image, weights, engine, device, precision,
-                 threads, tile, quiet) -> None:
+                 ratios, compare_paths, json_path, markdown_path, per_image, trust_black, weights, engine, device,
+                 precision, threads, tile, quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
     Reports PSNR, colour-aligned PSNR (a per-channel gain fitted to the ground truth first) and SSIM per
@@ -365,7 +368,7 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
             restorer, info = load_restorer(path, engine, device, precision, threads, tile)
             name = ev.network_name(info, [m.name for m in methods],
                                    default="darkfix" if not methods else "baseline")
-            methods.append(ev.NetworkMethod(name, restorer, info))
+            methods.append(ev.NetworkMethod(name, restorer, info, trust_black))
         if not no_libraw:
             methods.append(ev.LibRawMethod())
         report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio, exposure=exposure,

@@ -289,14 +289,16 @@ class Method(Protocol):
 class NetworkMethod:
     """The network through `darkfix restore`'s stages (prepare_frame, infer_and_render), 16 bits in memory."""
 
-    def __init__(self, name: str, restorer: Restorer, info: WeightsInfo) -> None:
-        self.name, self.restorer, self.info = name, restorer, info
+    def __init__(self, name: str, restorer: Restorer, info: WeightsInfo, trust_black: bool | None = None) -> None:
+        self.name, self.restorer, self.info, self.trust_black = name, restorer, info, trust_black
         self.description = {"kind": "network", "weights": str(info.path), "format": info.format,
                             "output": info.output, "device": str(restorer.device),
                             "precision": restorer.precision, "engine": restorer.engine}
+        if trust_black is not None:
+            self.description["trust_black"] = trust_black
 
     def __call__(self, case: Case, frame: RawFrame, amplification: float) -> np.ndarray:
-        opts = RestoreOptions(ratio=amplification, bit_depth=16)
+        opts = RestoreOptions(ratio=amplification, bit_depth=16, trust_black=self.trust_black)
         prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
 
