@@ -7,10 +7,10 @@ means, because training frames carry a per-channel black-level error (synth: ELD
 up to BLACK_SPREAD DN on half of them) that shifts them. Dark areas come out greyer than they are (the
 README example's grass: B/G 0.40 where the truth has 0.08). A second pass of the same guide over boxes of
 2 WIDE_RADIUS + 4 packed pixels, after the network, sees those means nearly free of noise and gives them
-back - but also any error in the file's black level, amplified 100-300 times: with v8, +0.69 dB colour-
-aligned on the README example, +0.17 on the validation photos, +0.25 on the textures, and -0.46 on the
-black-error benchmark (frames whose black is 0.8-1.1 DN low: -2.1 dB). So it runs only where the black
-level is known to be right (benchmarks/coarse_guide.py; benchmarks/RESULTS.md, sixteenth session).
+back - but also any error in the file's black level, amplified 100-300 times: with v10, +0.10 dB colour-
+aligned on the validation photos, +0.17 on the textures (9 frames each; the README example +0.48 with v9),
+and -0.50 on the black-error benchmark. So it runs only where the black level is known to be right
+(benchmarks/coarse_guide.py; benchmarks/RESULTS.md, sixteenth session).
 
 The pass needs the output's local means around every tile, so the frame is restored whole first and the
 tiles handed on afterwards, in the order the engine produced them: memory for the whole output (12 bytes a
