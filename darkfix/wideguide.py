@@ -44,9 +44,9 @@ class WideGuide:
 
     @torch.inference_mode()
     def _restored(self, packed: Any, **walk: Any) -> list[tuple[str, Any, Tile]]:
-        """Run the engine over the whole frame and apply the wide pass: its events in order, ("tile",
-        output, tile) with the corrected (1, 3, 2h, 2w) float32 output, or ("start"/"done", None, band)."""
-        by = {k: walk[k] for k in ("by_columns", "reverse") if k in walk}
+        """Run the engine over the whole frame (`walk`: its order, by_columns and reverse) and apply the wide
+        pass: its events in order, ("tile", output, tile) with the corrected (1, 3, 2h, 2w) float32 output,
+        or ("start"/"done", None, band)."""
         _, h, w = packed.shape
         events: list[tuple[str, Any, Tile]] = []
         mean: torch.Tensor | None = None
@@ -61,7 +61,7 @@ class WideGuide:
             events.append(("tile", o, t))
 
         self.inner(packed, sink, band_start=lambda r: events.append(("start", None, r)),
-                   band_done=lambda r: events.append(("done", None, r)), **by)
+                   band_done=lambda r: events.append(("done", None, r)), **walk)
         assert mean is not None
         # guide_gain works in cells of GUIDE_CELL: both sides padded to a multiple, as the edges repeat
         pad = (0, -w % GUIDE_CELL, 0, -h % GUIDE_CELL)
