@@ -24,10 +24,11 @@ class Darkfix:
     """Loaded weights on a device, ready to restore many files (see `load`)."""
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
-                 tile: int | None = None, engine: str = "auto") -> None:
+                 tile: int | None = None, engine: str = "auto", threads: int | None = None) -> None:
         from . import engine as engines
 
-        self.restorer, self.info = engines.load(weights, engine=engine, device=device, precision=precision, tile=tile)
+        self.restorer, self.info = engines.load(weights, engine=engine, device=device, precision=precision,
+                                                threads=threads, tile=tile)
 
     @property
     def weights(self) -> WeightsInfo:
@@ -71,17 +72,19 @@ class Darkfix:
 
 
 def load(weights: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
-         tile: int | None = None, engine: str = "auto") -> Darkfix:
+         tile: int | None = None, engine: str = "auto", threads: int | None = None) -> Darkfix:
     """Load weights (default: the packaged ones) once, for `Darkfix.restore` on many files. `engine`:
-    "torch", "openvino" (CPU) or "auto" (see darkfix.engine)."""
-    return Darkfix(weights, device=device, precision=precision, tile=tile, engine=engine)
+    "torch", "openvino" (CPU) or "auto" (see darkfix.engine); `device`, `precision`, `tile` and `threads`
+    as the CLI's options take them (ValueError with its message otherwise)."""
+    return Darkfix(weights, device=device, precision=precision, tile=tile, engine=engine, threads=threads)
 
 
 def restore(source: str | os.PathLike, *, ratio: float | str | None = None, brightness: float | str = 1.0,
             exposure: str = "auto", wb: str = "camera", bit_depth: int | str = 8,
             weights: str | os.PathLike | None = None, device: str = "auto", engine: str = "auto",
-            profile: str | os.PathLike | None = None, trust_black: bool | None = None) -> np.ndarray:
+            profile: str | os.PathLike | None = None, trust_black: bool | None = None,
+            threads: int | None = None) -> np.ndarray:
     """Restore one raw file with freshly loaded weights; see `Darkfix.restore`."""
-    return load(weights, device=device, engine=engine).restore(source, ratio=ratio, brightness=brightness,
-                                                               exposure=exposure, wb=wb, bit_depth=bit_depth,
-                                                               profile=profile, trust_black=trust_black)
+    model = load(weights, device=device, engine=engine, threads=threads)
+    return model.restore(source, ratio=ratio, brightness=brightness, exposure=exposure, wb=wb, bit_depth=bit_depth,
+                         profile=profile, trust_black=trust_black)

@@ -14,6 +14,8 @@ from . import ovengine
 from .weights import ARCHITECTURE, WeightsInfo, read_info
 
 ENGINES = ("auto", "torch", "openvino")
+DEVICES = ("auto", "cpu", "cuda")
+TILE_RANGE = (64, 65536)  # packed pixels a tile side: the CLI's --tile
 
 
 def cuda_present() -> bool:
@@ -28,6 +30,8 @@ def cuda_present() -> bool:
 
 def choose(engine: str, device: str, precision: str, architecture: str = ARCHITECTURE) -> tuple[str, str]:
     """The engine to run a network of `architecture` and why; ValueError for a combination that cannot run."""
+    if device not in DEVICES:  # every engine refuses it alike, the CLI's choices
+        raise ValueError(f"unknown device {device!r} (expected {', '.join(DEVICES)})")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r} (expected {', '.join(ENGINES)})")
     if engine == "torch":
@@ -57,6 +61,10 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
          say: Callable[[str], None] | None = None) -> tuple[Any, WeightsInfo]:
     """A ready engine for a weights file (default: the packaged ones) and what the file is.
     The engine's `engine_reason` says why it was chosen."""
+    if tile is not None and not (isinstance(tile, int) and TILE_RANGE[0] <= tile <= TILE_RANGE[1]):
+        raise ValueError(f"tile must be {TILE_RANGE[0]} to {TILE_RANGE[1]} packed pixels, not {tile!r}")
+    if threads is not None and not (isinstance(threads, int) and 1 <= threads <= 256):
+        raise ValueError(f"threads must be 1 to 256, not {threads!r}")
     info = read_info(weights)
     name, reason = choose(engine, device, precision, info.architecture)
     loaded = None  # (model, info) once torch has loaded the file

@@ -30,6 +30,7 @@ from .weights import WeightsInfo
 RAW_SUFFIXES = {".arw", ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".rw2", ".orf", ".pef", ".raf",
                 ".srw", ".3fr", ".fff", ".iiq", ".erf", ".kdc", ".dcr", ".mos", ".mef", ".mrw", ".x3f",
                 ".rwl", ".raw", ".sr2", ".srf", ".dcs", ".k25"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}  # pictures, not raws
 
 
 class Restorer(Protocol):
@@ -244,6 +245,8 @@ def check_output(source: Path, output: Path, overwrite: bool, fmt: str = "png") 
     """Refuse before any work: an output that is an input, exists, cannot be written, or whose suffix
     names another format (or a raw format, for anything but a DNG)."""
     if output.exists() and source.exists() and os.path.samefile(source, output):
+        if source.suffix.lower() in IMAGE_SUFFIXES:  # `darkfix restore photo.png`: the likelier mistake
+            raise OutputError(f"{source}: a picture, not a raw file (its output would overwrite it)")
         raise OutputError(f"{output}: output would overwrite its input")
     if output.suffix.lower() in RAW_SUFFIXES and fmt != "dng":
         raise OutputError(f"{output}: refusing to write a {fmt.upper()} under a raw file's name")

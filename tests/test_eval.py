@@ -378,6 +378,18 @@ def test_cli_synth_held_out_without_black_error(tmp_path):
     assert manifest["black_error"] is False and manifest["photos"] == "held-out"
     assert [p["photo"] for p in manifest["pairs"]] == ["urban100_img_004.png"]
     assert manifest["pairs"][0]["noise"]["black_bias"] == [0.0] * 4
+    # a second run does not replace the benchmark silently; bad ratios and no photos make nothing
+    again = CliRunner().invoke(main, ["synth", str(photos), str(out), "--held-out", "--ratios", "100"])
+    assert again.exit_code == 2 and "already holds a benchmark" in again.stderr
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    for ratios in ("-5", "0,100", "lots"):
+        bad = CliRunner().invoke(main, ["synth", str(photos), str(tmp_path / "bad"), "--ratios", ratios])
+        assert bad.exit_code == 2 and len(bad.stderr.splitlines()) == 1 and "--ratios" in bad.stderr, bad.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = CliRunner().invoke(main, ["synth", str(empty), str(tmp_path / "none")])
+    assert none.exit_code == 2 and "no images found" in none.stderr
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "none").exists()
 
 
 # ------------------------------------------------------------------------------ blind BM3D's noise estimate

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from _util import default_signals, run_restorer, shell_env
 import tifffile
+from click.testing import CliRunner
 
+from darkfix.cli import main
 from test_cli_restore import assert_refused, files_under, restore
 
 
@@ -201,3 +203,60 @@ def test_interrupted_restore_leaves_no_partial_file(make_dng, weights_file, tmp_
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert list(out.iterdir()) == []
+
+
+# --- user mistakes found in review: nothing made before a refusal, one line each ------------------------
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["restore", "x.dng", "--ratio", "0"], "'--ratio'"),
+    (["restore", "x.dng", "--no-such-option"], "--no-such-option"),
+    (["restore"], "FILES"),
+    (["batch", ".", "--tile", "8"], "--tile"),
+    (["no-such-command"], "no-such-command"),
+])
+def test_usage_errors_are_one_line(args, fragment):
+    """click's usage errors (a bad value, an unknown option or command, a missing argument) as darkfix's own
+    are: one line, exit code 2, naming what was wrong and where to look."""
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("darkfix: error: ") and fragment in lines[0], r.stderr
+    assert lines[0].endswith(" -h)")
+
+
+def test_nothing_made_before_a_refusal(make_dng, weights_file, tmp_path):
+    src = make_dng("s.dng", size=(40, 58))
+    missing = tmp_path / "missing.dng"
+    assert_refused(restore(weights_file, missing, "-o", tmp_path / "newdir/"), missing, "no such file")
+    assert not (tmp_path / "newdir").exists()
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    (shots / "notes.txt").write_text("no raws here")
+    r = CliRunner().invoke(main, ["batch", str(shots), "-o", str(tmp_path / "out1"), "--weights", str(weights_file)])
+    assert r.exit_code == 0 and "no raw files found" in r.output and not (tmp_path / "out1").exists()
+    make_dng("a.dng", size=(40, 58), directory=shots)
+    bad = CliRunner().invoke(main, ["batch", str(shots), "-o", str(tmp_path / "out2"), "--format", "jpeg",
+                                    "--bit-depth", "16", "--weights", str(weights_file)])
+    assert bad.exit_code == 2 and "JPEG holds 8 bits" in bad.stderr and not (tmp_path / "out2").exists()
+    # the same file named twice is restored once, not refused as its own clash
+    r = restore(weights_file, src, str(src).replace("s.dng", "./s.dng"), "-o", tmp_path / "twice/")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "twice").iterdir()) == ["s.png"]
+
+
+def test_a_picture_given_as_raw_is_named_as_such(tmp_path, weights_file):
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    before = picture.read_bytes()
+    assert_refused(restore(weights_file, picture), picture, "a picture, not a raw file")
+    assert picture.read_bytes() == before
+
+
+@pytest.mark.parametrize("option,value,fragment", [("device", "gpu", "unknown device"), ("tile", 0, "tile must be"),
+                                                   ("tile", 10, "tile must be"), ("threads", 0, "threads must be")])
+def test_library_refuses_what_the_cli_refuses(weights_file, option, value, fragment):
+    import darkfix
+
+    with pytest.raises(ValueError, match=fragment):
+        darkfix.load(weights_file, **{option: value})

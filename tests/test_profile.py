@@ -460,6 +460,21 @@ def test_calibrate_refuses_mismatched_frames(sessions, tmp_path):
     assert_refused(run("calibrate", tmp_path / "missing.dng", "-o", tmp_path / "m.npz"), "missing.dng")
     assert_refused(run("calibrate", *s.darks[:2], "-o", s.profile), "already exists")
     assert_refused(run("calibrate", *s.darks[:2], "-o", tmp_path / "no" / "p.npz"), "does not exist")
+    # never the input itself, whatever its name (a raw suffix is refused outright)
+    before = s.darks[0].read_bytes()
+    assert_refused(run("calibrate", *s.darks[:2], "-o", s.darks[0], "--overwrite"), "raw file's name")
+    odd = tmp_path / "dark.npz"
+    odd.write_bytes(before)
+    assert_refused(run("calibrate", s.darks[1], odd, "-o", odd, "--overwrite"), "overwrite its input")
+    assert s.darks[0].read_bytes() == before and odd.read_bytes() == before
+
+
+def test_tune_without_photos_is_refused_before_training(sessions, tmp_path):
+    empty = tmp_path / "photos"
+    empty.mkdir()
+    assert_refused(run("tune", "--profile", sessions["12bit"].profile, "--images", empty, "-o",
+                       tmp_path / "t.safetensors"), "no images found")
+    assert list(tmp_path.iterdir()) == [empty]
 
 
 def test_calibrate_warns_about_lit_frames(sessions, tmp_path):

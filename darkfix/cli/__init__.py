@@ -6,6 +6,8 @@ share. Each command imports what it runs only when it runs.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .. import __version__
@@ -16,7 +18,35 @@ from .lab import bench, eval_command, synth, train, tune
 from .restore import restore
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class _OneLineErrors(click.Group):
+    """click's group, with its usage errors (a bad option value, an unknown option, a missing argument) in
+    one line, as darkfix's own errors are, instead of click's usage block: still exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as e:  # `darkfix` alone: the help, as click gives it
+            click.echo(e.format_message(), err=True)
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "darkfix"
+            click.echo(f"darkfix: error: {e.format_message()} (see {where} -h)", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except (click.Abort, KeyboardInterrupt, EOFError):
+            click.echo("darkfix: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="darkfix")
 def main() -> None:
     """Restore extremely dark camera raw photos into clean, bright sRGB pictures."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def _ray_runner(folder, outdir, files, outputs, opts, address, actors, gpus, wei
                            "absolute paths on storage every node mounts")
     if device == "cuda" and not gpus:
         gpus = 1.0
+    gpus = gpus or 0.0
     info = load_weights(weights)[1]  # a bad weights file is refused here, not on every worker
     if opts.format == "dng":
         check_camera_output(outputs[0], info)
@@ -71,13 +73,14 @@ def failure_line(src: Path, reason: str) -> str:
 @click.option("--pattern", default=None, help="Glob on file names, e.g. '*.ARW'. Default: every raw extension.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run on a Ray cluster (pip install 'darkfix[ray]'): the one `ray start` made, RAY_ADDRESS, "
-                   "--ray-address, or a new local one. Outputs must be on storage every node sees.")
+                   "--ray-address, or a new local one. Outputs must be on storage every node sees. Each actor "
+                   "runs the network on --threads CPU threads (default 1).")
 @click.option("--ray-address", default=None, metavar="ADDR", help="Ray cluster to connect to (implies --ray).")
 @click.option("--ray-actors", type=click.IntRange(1), default=None,
               help="Restoring actors (each loads the weights once). Default: as many as the cluster's CPUs "
                    "(or GPUs) allow.")
-@click.option("--ray-gpus", type=click.FloatRange(0.0), default=0.0, show_default=True,
-              help="GPUs per actor (use with --device cuda).")
+@click.option("--ray-gpus", type=click.FloatRange(0.0), default=None,
+              help="GPUs per actor. Default: 1 with --device cuda, else 0.")
 @restore_options
 @network_options
 def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, ray_gpus, brightness, exposure, ratio,
@@ -93,6 +96,14 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
 
     if not folder.is_dir():
         fail(f"{folder}: not a directory")
+    if outdir is not None and outdir.exists() and not outdir.is_dir():
+        fail(f"{outdir}: not a directory")
+    opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
+                            profile, trust_black)
+    files = list(find_raws(folder, recursive, pattern))
+    if not files:  # nothing made: -o is created only for work to do
+        click.echo(f"{folder}: no raw files found" + ("" if recursive else " (use --recursive for sub-folders)"))
+        return
     if outdir is not None:
         from ..pipeline import make_output_dir
 
@@ -100,15 +111,11 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
             make_output_dir(outdir)
         except DarkfixError as e:
             fail(str(e), e.exit_code)
-    opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
-                            profile, trust_black)
-    files = list(find_raws(folder, recursive, pattern))
     outputs = [output_for(f, folder, outdir, opts.format) for f in files]
-    for d in {o.parent for o in outputs if o.parent.is_dir()}:
+    for d in sorted({o.parent for o in outputs if o.parent.is_dir()} | ({outdir} if outdir is not None else set())):
+        if not os.access(d, os.W_OK):  # once, before any work, not once a file
+            fail(f"{d}: output directory is not writable")
         remove_stale_parts(d)
-    if not files:
-        click.echo(f"{folder}: no raw files found" + ("" if recursive else " (use --recursive for sub-folders)"))
-        return
     try:
         if use_ray or ray_address:
             execute = _ray_runner(folder, outdir, files, outputs, opts, ray_address, ray_actors, ray_gpus, weights,

@@ -49,19 +49,22 @@ FINE_WIDTHS_TYPE = FineWidths()
 @click.option("--held-out", is_flag=True,
               help="Use only the photos training holds out of PHOTOS (every fourth Urban100 photo): a "
                    "detail-rich benchmark the network has not trained on.")
-def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held_out) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the benchmark OUT already holds.")
+def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held_out, overwrite) -> None:
     """Make a benchmark folder of dark DNGs and ground truth from clean PHOTOS."""
+    from ..options import parse_ratio
+
     make_benchmark = lab_module("benchset").make_benchmark
 
     try:
-        ratio_list = tuple(float(r) for r in ratios.split(","))
-    except ValueError:
-        raise click.BadParameter(f"not a list of numbers: {ratios!r}", param_hint="--ratios") from None
+        ratio_list = tuple(float(parse_ratio(r.strip()) or 0.0) for r in ratios.split(","))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--ratios") from None
     try:
         manifest = make_benchmark(photos, out, ratio_list, seed=seed, limit=limit, max_side=max_side, sensors=sensors,
                                   progress=lambda name: click.echo(f"wrote {out / name}", err=True),
-                                  black_error=black_error, part="held-out" if held_out else "all")
-    except (FileNotFoundError, OSError) as e:
+                                  black_error=black_error, part="held-out" if held_out else "all", overwrite=overwrite)
+    except OSError as e:  # FileNotFoundError, FileExistsError among them
         fail(str(e))
     click.echo(f"{out}: {len(manifest['pairs'])} dark raws and their ground truth; manifest in {out / 'manifest.json'}")
 
@@ -232,8 +235,11 @@ def tune(profile_path, images, out, base, minutes, iterations, seed) -> None:
     try:
         prof = load_profile(profile_path)
         start = read_info(base or TUNE_BASE)
+        training.list_images(images)  # none: refused now, not after the training has started
     except DarkfixError as e:
         fail(str(e), e.exit_code)
+    except FileNotFoundError as e:
+        fail(str(e))
     if start.format != "darkfix" or not start.balanced:
         fail(f"{start.path}: only darkfix's own (white-balanced) weights can be tuned")
     own = {"black": float(np.mean(prof.black)), "white": prof.white, "k": prof.k, "read_dn": prof.read_dn,

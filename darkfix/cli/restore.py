@@ -37,17 +37,21 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
     opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
                             profile, trust_black)
     if as_dir and out.exists() and not out.is_dir():
-        fail(f"{out}: -o must be a directory when restoring several files")
+        fail(f"{out}: -o names a directory here (several files, or a trailing /), but it is a file")
     try:
-        if as_dir:
-            make_output_dir(out)
-        jobs = [(Path(f), default_output(Path(f), out, as_dir, opts.format)) for f in files]
+        unique: dict[str, Path] = {}  # the same file named twice is restored once
+        for f in files:
+            unique.setdefault(os.path.realpath(f), Path(f))
+        jobs = [(f, default_output(f, out, as_dir, opts.format)) for f in unique.values()]
         clashes = claim_outputs(jobs)
-        for src, dst in jobs:  # refuse before loading the network
+        for src, dst in jobs:  # refuse before making anything or loading the network
             if not src.exists():
                 raise DarkfixError(f"{src}: no such file")
             if src in clashes:
                 raise DarkfixError(clash_message(src, dst, clashes[src]))
+        if as_dir:
+            make_output_dir(out)
+        for src, dst in jobs:
             check_output(src, dst, overwrite, opts.format)
         restorer, info = load_restorer(weights, engine, device, precision, threads, tile)
         if verbose:

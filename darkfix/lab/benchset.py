@@ -23,6 +23,7 @@ from PIL import Image
 from . import synth
 from ..colour import render
 from ..dng import DngSpec, write_dng
+from ..options import parse_ratio
 from ..pipeline import quantise
 from ..pngio import encode_png, write_atomic
 from .train import list_images
@@ -34,7 +35,7 @@ _PHASES = {(0, 0): "RGGB", (0, 1): "GRBG", (1, 0): "GBRG", (1, 1): "BGGR"}
 def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tuple[float, ...] = (100, 250, 300),
                    seed: int = 0, limit: int | None = None, max_side: int | None = None, sensors: str = "sony",
                    progress: Callable[[str], None] | None = None, black_error: bool = True,
-                   part: str = "all") -> dict:
+                   part: str = "all", overwrite: bool = False) -> dict:
     """Write the benchmark folder and return its manifest.
 
     `sensors`: "sony" (the Sony A7S II of SID: 14 bits, black 512, ELD noise) or "broad" (each photo its
@@ -42,14 +43,21 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
     `synth.ratio_limit`, so an 8-bit sensor's 300 becomes about 25, and the manifest holds the true one).
     `black_error=False`: no black-level error (manifest `black_bias` all 0). `part`: `train.list_images`'s
     selection ("held-out": the Urban100 photos training leaves out, for a detail-rich benchmark).
+    Refuses (FileExistsError) a folder that already holds a benchmark unless `overwrite`; ValueError for a
+    ratio outside 1-10000.
     """
     if sensors not in ("sony", "broad"):
         raise ValueError(f"unknown sensors {sensors!r} (expected sony or broad)")
+    for r in ratios:
+        parse_ratio(r)  # ValueError, in the CLI's words, for a ratio outside 1-10000
     broad = sensors == "broad"
     out = Path(out)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{out}: already holds a benchmark (use --overwrite to replace it)")
+    images = list_images(photos, part)[:limit]  # before the folder is made: no empty folder left behind
     out.mkdir(parents=True, exist_ok=True)
     entries = []
-    for i, path in enumerate(list_images(photos, part)[:limit]):
+    for i, path in enumerate(images):
         g = torch.Generator().manual_seed(seed * 100_003 + i)
         img = Image.open(path).convert("RGB")
         if max_side and max(img.size) > max_side:

@@ -28,10 +28,8 @@ from . import synth
 from .evaluate import psnr
 from ..colour import bt709, render
 from ..model import GUIDE_RADIUS, LambaNet
-from ..pipeline import RAW_SUFFIXES
+from ..pipeline import IMAGE_SUFFIXES, RAW_SUFFIXES
 from ..weights import ARCHITECTURE_NA, FINE_WIDTHS, INPUT_NOISE, save_weights
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 @dataclass
