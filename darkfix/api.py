@@ -11,6 +11,7 @@ The array equals, pixel for pixel, the PNG the CLI writes with the same options.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from .options import RestoreOptions, parse_brightness, parse_ratio
 from .weights import WeightsInfo
 
 
+def _check_count(name: str, value: object, low: int, high: int) -> None:
+    """ValueError unless `value` is None or a whole number from `low` to `high` (not a bool)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or not low <= int(value) <= high):
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+
+
 class Darkfix:
     """Loaded weights on a device, ready to restore many files (see `load`)."""
 
@@ -27,8 +35,11 @@ class Darkfix:
                  tile: int | None = None, engine: str = "auto", threads: int | None = None) -> None:
         from . import engine as engines
 
+        _check_count("tile", tile, 64, 65536)  # the CLI's ranges for --tile and --threads
+        _check_count("threads", threads, 1, 256)
         self.restorer, self.info = engines.load(weights, engine=engine, device=device, precision=precision,
-                                                threads=threads, tile=tile)
+                                                threads=None if threads is None else int(threads),
+                                                tile=None if tile is None else int(tile))
 
     @property
     def weights(self) -> WeightsInfo:

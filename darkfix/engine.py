@@ -15,7 +15,6 @@ from .weights import ARCHITECTURE, WeightsInfo, read_info
 
 ENGINES = ("auto", "torch", "openvino")
 DEVICES = ("auto", "cpu", "cuda")
-TILE_RANGE = (64, 65536)  # packed pixels a tile side: the CLI's --tile
 
 
 def cuda_present() -> bool:
@@ -61,10 +60,6 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
          say: Callable[[str], None] | None = None) -> tuple[Any, WeightsInfo]:
     """A ready engine for a weights file (default: the packaged ones) and what the file is.
     The engine's `engine_reason` says why it was chosen."""
-    if tile is not None and not (isinstance(tile, int) and TILE_RANGE[0] <= tile <= TILE_RANGE[1]):
-        raise ValueError(f"tile must be {TILE_RANGE[0]} to {TILE_RANGE[1]} packed pixels, not {tile!r}")
-    if threads is not None and not (isinstance(threads, int) and 1 <= threads <= 256):
-        raise ValueError(f"threads must be 1 to 256, not {threads!r}")
     info = read_info(weights)
     name, reason = choose(engine, device, precision, info.architecture)
     loaded = None  # (model, info) once torch has loaded the file

@@ -228,7 +228,7 @@ def test_usage_errors_are_one_line(args, fragment):
 def test_nothing_made_before_a_refusal(make_dng, weights_file, tmp_path):
     src = make_dng("s.dng", size=(40, 58))
     missing = tmp_path / "missing.dng"
-    assert_refused(restore(weights_file, missing, "-o", tmp_path / "newdir/"), missing, "no such file")
+    assert_refused(restore(weights_file, missing, "-o", f"{tmp_path / 'newdir'}/"), missing, "no such file")
     assert not (tmp_path / "newdir").exists()
     shots = tmp_path / "shots"
     shots.mkdir()
@@ -239,10 +239,18 @@ def test_nothing_made_before_a_refusal(make_dng, weights_file, tmp_path):
     bad = CliRunner().invoke(main, ["batch", str(shots), "-o", str(tmp_path / "out2"), "--format", "jpeg",
                                     "--bit-depth", "16", "--weights", str(weights_file)])
     assert bad.exit_code == 2 and "JPEG holds 8 bits" in bad.stderr and not (tmp_path / "out2").exists()
-    # the same file named twice is restored once, not refused as its own clash
-    r = restore(weights_file, src, str(src).replace("s.dng", "./s.dng"), "-o", tmp_path / "twice/")
+    # weights that cannot be loaded: refused before -o is made, by restore and by batch
+    nowhere = tmp_path / "missing.safetensors"
+    r = CliRunner().invoke(main, ["restore", str(src), "-o", f"{tmp_path / 'out3'}/", "--weights", str(nowhere)])
+    assert r.exit_code == 2 and not (tmp_path / "out3").exists(), r.output
+    r = CliRunner().invoke(main, ["batch", str(shots), "-o", str(tmp_path / "out4"), "--weights", str(nowhere)])
+    assert r.exit_code == 2 and not (tmp_path / "out4").exists(), r.output
+    # the same file named twice is restored once, not refused as its own clash; one file to -o X is X
+    r = restore(weights_file, src, str(src).replace("s.dng", "./s.dng"), "-o", f"{tmp_path / 'twice'}/")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "twice").iterdir()) == ["s.png"]
+    r = restore(weights_file, src, str(src).replace("s.dng", "./s.dng"), "-o", tmp_path / "one.png")
+    assert r.exit_code == 0 and (tmp_path / "one.png").is_file(), r.output
 
 
 def test_a_picture_given_as_raw_is_named_as_such(tmp_path, weights_file):
@@ -253,8 +261,10 @@ def test_a_picture_given_as_raw_is_named_as_such(tmp_path, weights_file):
     assert picture.read_bytes() == before
 
 
-@pytest.mark.parametrize("option,value,fragment", [("device", "gpu", "unknown device"), ("tile", 0, "tile must be"),
-                                                   ("tile", 10, "tile must be"), ("threads", 0, "threads must be")])
+@pytest.mark.parametrize("option,value,fragment", [
+    ("device", "gpu", "unknown device"), ("tile", 0, "tile must be"), ("tile", 10, "tile must be"),
+    ("tile", 256.5, "tile must be"), ("threads", 0, "threads must be"), ("threads", True, "threads must be"),
+])
 def test_library_refuses_what_the_cli_refuses(weights_file, option, value, fragment):
     import darkfix
 

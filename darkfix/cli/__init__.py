@@ -7,6 +7,7 @@ share. Each command imports what it runs only when it runs.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -25,7 +26,8 @@ class _OneLineErrors(click.Group):
     """click's group, with its usage errors (a bad option value, an unknown option, a missing argument) in
     one line, as darkfix's own errors are, instead of click's usage block: still exit code 2."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -43,7 +45,7 @@ class _OneLineErrors(click.Group):
         except (click.Abort, KeyboardInterrupt, EOFError):
             click.echo("darkfix: interrupted", err=True)
             sys.exit(130)
-        sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(code if type(code) is int else 0)  # ctx.exit(n)'s n; a command's own return value is not a code
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})

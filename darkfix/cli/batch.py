@@ -37,9 +37,8 @@ def _ray_runner(folder, outdir, files, outputs, opts, address, actors, gpus, wei
     if is_remote(address) and not all(p is None or p.is_absolute() for p in (folder, outdir)):
         raise DarkfixError("a remote Ray cluster's workers cannot see relative paths: give FOLDER and -o as "
                            "absolute paths on storage every node mounts")
-    if device == "cuda" and not gpus:
-        gpus = 1.0
-    gpus = gpus or 0.0
+    if gpus is None:
+        gpus = 1.0 if device == "cuda" else 0.0
     info = load_weights(weights)[1]  # a bad weights file is refused here, not on every worker
     if opts.format == "dng":
         check_camera_output(outputs[0], info)
@@ -96,26 +95,13 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
 
     if not folder.is_dir():
         fail(f"{folder}: not a directory")
-    if outdir is not None and outdir.exists() and not outdir.is_dir():
-        fail(f"{outdir}: not a directory")
     opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
                             profile, trust_black)
     files = list(find_raws(folder, recursive, pattern))
-    if not files:  # nothing made: -o is created only for work to do
+    if not files:
         click.echo(f"{folder}: no raw files found" + ("" if recursive else " (use --recursive for sub-folders)"))
         return
-    if outdir is not None:
-        from ..pipeline import make_output_dir
-
-        try:
-            make_output_dir(outdir)
-        except DarkfixError as e:
-            fail(str(e), e.exit_code)
     outputs = [output_for(f, folder, outdir, opts.format) for f in files]
-    for d in sorted({o.parent for o in outputs if o.parent.is_dir()} | ({outdir} if outdir is not None else set())):
-        if not os.access(d, os.W_OK):  # once, before any work, not once a file
-            fail(f"{d}: output directory is not writable")
-        remove_stale_parts(d)
     try:
         if use_ray or ray_address:
             execute = _ray_runner(folder, outdir, files, outputs, opts, ray_address, ray_actors, ray_gpus, weights,
@@ -129,8 +115,18 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
 
             def execute(on_file):
                 return run_batch(files, outputs, restorer, info, opts, on_file=on_file)
+
+        if outdir is not None:  # made only once everything is checked: nothing left on a refusal
+            from ..pipeline import make_output_dir
+
+            make_output_dir(outdir)
     except DarkfixError as e:
         fail(str(e), e.exit_code)
+    pending = [o for o in outputs if opts.overwrite or not o.exists()]  # a finished batch reruns anywhere
+    for d in sorted({o.parent for o in outputs if o.parent.is_dir()}):
+        if any(o.parent == d for o in pending) and not os.access(d, os.W_OK):  # once, not once a file
+            fail(f"{d}: output directory is not writable")
+        remove_stale_parts(d)
     console = Console(stderr=True)
     stop_on_signals()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _files_per_second(),

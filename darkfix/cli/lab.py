@@ -235,7 +235,7 @@ def tune(profile_path, images, out, base, minutes, iterations, seed) -> None:
     try:
         prof = load_profile(profile_path)
         start = read_info(base or TUNE_BASE)
-        training.list_images(images)  # none: refused now, not after the training has started
+        training.list_images(images, "train")  # none: refused now, not once the training has started
     except DarkfixError as e:
         fail(str(e), e.exit_code)
     except FileNotFoundError as e:

@@ -27,7 +27,11 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
     from ..imagefile import format_of
     from ..pipeline import check_output, claim_outputs, clash_message, default_output, make_output_dir, restore_file
 
-    several = len(files) > 1
+    unique: dict[tuple[str, str], Path] = {}  # the same file named twice (by one name) is restored once
+    for f in files:
+        unique.setdefault((os.path.realpath(f), Path(f).name), Path(f))
+    sources = list(unique.values())
+    several = len(sources) > 1
     as_dir = output is not None and (several or output.endswith(("/", os.sep)) or Path(output).is_dir())
     out = Path(output) if output is not None else None
     try:
@@ -39,20 +43,17 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
     if as_dir and out.exists() and not out.is_dir():
         fail(f"{out}: -o names a directory here (several files, or a trailing /), but it is a file")
     try:
-        unique: dict[str, Path] = {}  # the same file named twice is restored once
-        for f in files:
-            unique.setdefault(os.path.realpath(f), Path(f))
-        jobs = [(f, default_output(f, out, as_dir, opts.format)) for f in unique.values()]
+        jobs = [(f, default_output(f, out, as_dir, opts.format)) for f in sources]
         clashes = claim_outputs(jobs)
         for src, dst in jobs:  # refuse before making anything or loading the network
             if not src.exists():
                 raise DarkfixError(f"{src}: no such file")
             if src in clashes:
                 raise DarkfixError(clash_message(src, dst, clashes[src]))
-        if as_dir:
-            make_output_dir(out)
-        for src, dst in jobs:
-            check_output(src, dst, overwrite, opts.format)
+        new_dir = as_dir and not out.is_dir()  # made only once the network has loaded: nothing left on a refusal
+        if not new_dir:
+            for src, dst in jobs:
+                check_output(src, dst, overwrite, opts.format)
         restorer, info = load_restorer(weights, engine, device, precision, threads, tile)
         if verbose:
             click.echo(f"engine {restorer.engine} ({restorer.engine_reason}); precision {restorer.precision} "
@@ -61,6 +62,10 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
             from ..pipeline import check_camera_output
 
             check_camera_output(jobs[0][1], info)
+        if new_dir:
+            make_output_dir(out)
+            for src, dst in jobs:
+                check_output(src, dst, overwrite, opts.format)
         failures = 0
         done = 0
         stop_on_signals()

@@ -53,8 +53,12 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
     broad = sensors == "broad"
     out = Path(out)
     if (out / MANIFEST).exists() and not overwrite:
-        raise FileExistsError(f"{out}: already holds a benchmark (use --overwrite to replace it)")
+        raise FileExistsError(f"{out}: already holds a benchmark (darkfix synth --overwrite replaces it)")
     images = list_images(photos, part)[:limit]  # before the folder is made: no empty folder left behind
+    if (out / MANIFEST).exists():  # replaced whole: none of the old pairs left beside the new manifest
+        for pair in json.loads((out / MANIFEST).read_text()).get("pairs", []):
+            for name in {pair.get("raw"), pair.get("gt")} - {None}:
+                (out / Path(name).name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, path in enumerate(images):
