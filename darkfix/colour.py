@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -98,6 +98,17 @@ def to_display(camera_rgb: torch.Tensor, wb: torch.Tensor, rgb_cam: torch.Tensor
         return _curve_table(x.device)[index].cpu().numpy()
     codes = bt709(linear.clamp_(0.0, 1.0)).mul_(65535.0).add_(0.5).to(torch.int32)
     return codes.cpu().numpy().astype(np.uint16)
+
+
+def display_tiles(engine: Callable[..., None], packed: Any, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
+                  sink: Callable[[np.ndarray, Any], None], **walk: Any) -> None:
+    """Run a torch engine (`engine(packed, sink, **walk)` gives its tiles' output tensors) with `sink(codes,
+    tile)` getting each tile's display codes, `to_display` on the tiles' device: the engines' `display`."""
+    import torch
+
+    wb_t = torch.from_numpy(np.asarray(wb, np.float32))
+    rgb_t = torch.from_numpy(np.asarray(rgb_cam, np.float32))
+    engine(packed, lambda out, t: sink(to_display(out, wb_t, rgb_t, bit_depth), t), **walk)
 
 
 def orient(image: np.ndarray, flip: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .colour import to_display
+from .colour import display_tiles
 from .model import LambaNet, fold_weight_norm, guide_gain
 from .packing import pad_to_multiple
 from .tiling import (ALIGN, COARSE_BLOCK, COARSE_REACH, DEFAULT_CPU_TILE, DEFAULT_CUDA_TILE,  # noqa: F401
@@ -284,9 +284,7 @@ class Restorer(TiledEngine):
                 sink: Callable[[np.ndarray, Tile], None], **walk) -> None:
         """Like calling the engine, but the sink gets each tile's display codes, (h, w, 3) uint8 or uint16,
         rendered with `colour.to_display` on the device."""
-        wb_t = torch.from_numpy(np.asarray(wb, np.float32)).to(self.device)
-        rgb_t = torch.from_numpy(np.asarray(rgb_cam, np.float32)).to(self.device)
-        self(packed, lambda out, t: sink(to_display(out, wb_t, rgb_t, bit_depth), t), **walk)
+        display_tiles(self, packed, wb, rgb_cam, bit_depth, sink, **walk)
 
     def stem(self, x: np.ndarray) -> torch.Tensor:
         return self.net.stem_forward(self._input(x))

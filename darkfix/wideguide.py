@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .colour import to_display
+from .colour import display_tiles
 from .model import guide_gain
 from .tiling import PaddedFrame, Tile
 from .weights import GUIDE_CELL
@@ -87,6 +87,4 @@ class WideGuide:
     def display(self, packed: Any, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
                 sink: Callable[[np.ndarray, Tile], None], **walk: Any) -> None:
         """As the engine's `display`: the sink gets each tile's display codes (`colour.to_display`)."""
-        wb_t = torch.from_numpy(np.asarray(wb, np.float32))
-        rgb_t = torch.from_numpy(np.asarray(rgb_cam, np.float32))
-        self(packed, lambda out, t: sink(to_display(out, wb_t, rgb_t, bit_depth), t), **walk)
+        display_tiles(self, packed, wb, rgb_cam, bit_depth, sink, **walk)
