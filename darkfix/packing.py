@@ -128,7 +128,7 @@ class PackedFrame:
     white-balanced and the result clipped at BALANCED_CEILING instead, and pixels past OVER_WHITE in all
     four planes take the colour around them (FILL_CELL; they render white: `saturated`). With `noise`
     (noise-aware weights) four more planes follow: each plane's predicted standard deviation
-    (`darkfix.noise.sigma_planes`), so regions are (8, h, w).
+    (`darkfix.noise.sigma_planes`), so regions are (8, h, w); `[:4, ...]` gives the planes alone.
     """
 
     dtype = np.dtype(np.float32)
@@ -162,16 +162,18 @@ class PackedFrame:
             self._noise_terms = (a.astype(np.float32).reshape(4, 1, 1), b.astype(np.float32).reshape(4, 1, 1))
 
     def __getitem__(self, key: tuple) -> np.ndarray:
-        if not (isinstance(key, tuple) and len(key) == 3 and key[0] == slice(None)
+        if not (isinstance(key, tuple) and len(key) == 3 and key[0] in (slice(None), slice(None, 4))
                 and all(isinstance(k, slice) and k.step in (None, 1) for k in key[1:])):
-            raise IndexError("PackedFrame supports [:, y0:y1, x0:x1] only; use np.asarray for the rest")
+            raise IndexError("PackedFrame supports [:, y0:y1, x0:x1] and [:4, y0:y1, x0:x1] only; use np.asarray "
+                             "for the rest")
         _, h, w = self.shape
         y0, y1, _ = key[1].indices(h)
         x0, x1, _ = key[2].indices(w)
         raw = self._raw(y0, max(y0, y1), x0, max(x0, x1))
         # noise-aware: the planes and their noise map in one array, filled in place (a concatenation and
-        # the map's temporaries cost as much as the planes themselves)
-        full = None if self.noise is None else np.empty((8, *raw.shape[1:]), np.float32)
+        # the map's temporaries cost as much as the planes themselves); [:4] leaves the map out
+        planes_only = self.noise is None or key[0] == slice(None, 4)
+        full = None if planes_only else np.empty((8, *raw.shape[1:]), np.float32)
         out = self._scaled(raw, None if full is None else full[:4])
         if self.over is not None and self._any_bright():
             ys, xs = np.nonzero((raw >= self.over).all(axis=0))

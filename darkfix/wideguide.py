@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .colour import display_tiles
 from .model import guide_gain
-from .tiling import PaddedFrame, Tile
+from .tiling import Tile
 from .weights import GUIDE_CELL
 
 # packed pixels: boxes of 13 x 13 cells. 12 and 36 gave the README example less (+0.3, +0.4 dB aligned with
@@ -65,7 +65,7 @@ class WideGuide:
         assert mean is not None
         # guide_gain works in cells of GUIDE_CELL: both sides padded to a multiple, as the edges repeat
         pad = (0, -w % GUIDE_CELL, 0, -h % GUIDE_CELL)
-        inp = torch.from_numpy(PaddedFrame(packed).region(0, h, 0, w)[:, :4]).to(mean.device)
+        inp = torch.from_numpy(np.ascontiguousarray(packed[:4, 0:h, 0:w], np.float32)[None]).to(mean.device)
         gain = guide_gain(F.pad(mean, pad, mode="replicate"), F.pad(inp, pad, mode="replicate"), self.radius)
         for kind, o, t in events:
             if kind == "tile":  # each packed pixel's gain on its 2 x 2, as the network's own guide applies it

@@ -230,3 +230,19 @@ def test_pad_reflects_when_possible():
     padded, _ = pad_to_multiple(tiny, 16)
     assert padded.shape[-2:] == (16, 16)
     assert torch.equal(padded[0, 0, 15], torch.tensor([0.0, 1.0] + [1.0] * 14))  # replicate
+
+
+def test_noise_aware_frame_gives_its_planes_alone():
+    """`[:4, ...]` of a noise-aware frame (what the colour guide's wide pass reads) is the first four planes
+    of `[:, ...]`, without the noise map; other channel selections are refused."""
+    from darkfix.noise import NoiseLevel
+
+    mosaic = np.random.default_rng(3).integers(400, 3000, (38, 52)).astype(np.uint16)
+    prep = prepare(mosaic, "GRBG", np.full((2, 2), 512.0, np.float32), 16383.0, ratio=50.0,
+                   wb=np.array([2.0, 1.0, 1.5]), balanced=True, noise_aware=True,
+                   noise=NoiseLevel((1e-4,) * 4, (2e-4,) * 4))
+    assert prep.packed.shape[0] == 8
+    whole = prep.packed[:, 2:15, 3:20]
+    assert whole.shape == (8, 13, 17) and np.array_equal(prep.packed[:4, 2:15, 3:20], whole[:4])
+    with pytest.raises(IndexError):
+        prep.packed[4:, 2:15, 3:20]
