@@ -77,7 +77,9 @@ def list_images(folder: str | os.PathLike, part: str = "all") -> list[Path]:
     if part != "all":
         paths = [p for p in paths if bool(HELD_OUT.match(p.name)) == (part == "held-out")]
     if not paths:
-        raise FileNotFoundError(f"{folder}: no images found" + ("" if part == "all" else f" ({part})"))
+        which = {"all": "", "train": " that training may use (Urban100's held-out fourth is left out)",
+                 "held-out": " among the held-out Urban100 photos"}.get(part, f" ({part})")
+        raise FileNotFoundError(f"{folder}: no images found{which}")
     return paths
 
 
