@@ -313,7 +313,7 @@ def test_denoising_on_every_sensor(shipped, tmp_path):
     """Textured scenes over bit depth (8-16) x noise (system gain 0.3-3) x CFA phase x black level, at
     ratios 8-250 (as deep as each bit depth allows): the restored camera RGB has its level right (plain
     PSNR within 0.5 dB of colour-aligned) and beats the best classical filter of `box_and_bilinear` by at
-    least 2 dB, 3.5 dB on average. v10: level within 0.2 dB; margins 2.8-6.1 dB, mean 4.1."""
+    least 2 dB, 3.5 dB on average. v10 and v11: level within 0.2 dB; margins 2.8-6.1 dB, mean 4.1."""
     from darkfix.lab.evaluate import aligned_psnr, psnr
     from darkfix.pipeline import camera_image
 
