@@ -98,14 +98,27 @@ def test_token_mode_follows_the_token_sources(env, mode, tmp_path, monkeypatch):
 
 def _kill_cluster(marker: str) -> None:
     """End the processes of the test's own Ray cluster, by id (`ray stop` would end every Ray process on the
-    machine): their command lines or environments name its temporary folder. Ray's agents rename their
-    command lines (ray::DashboardAgent), so the environment (HOME under the folder) finds them."""
+    machine): their command lines, environments or open files name its temporary folder. Ray's agents rename
+    their command lines (ray::DashboardAgent) and need not inherit HOME, but they hold their logs there open."""
+    def open_files(pid: str) -> str:
+        names = []
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    names.append(os.readlink(fd))
+                except OSError:  # closed meanwhile
+                    pass
+        except OSError:
+            pass
+        return " ".join(names)
+
     for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
         try:
-            seen = b"".join(Path(f"/proc/{pid}/{part}").read_bytes() for part in ("cmdline", "environ"))
+            seen = b"".join(Path(f"/proc/{pid}/{part}").read_bytes() for part in ("cmdline", "environ")).decode(
+                errors="replace")
         except OSError:
             continue
-        if marker in seen.decode(errors="replace") and int(pid) != os.getpid():
+        if (marker in seen or marker in open_files(pid)) and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except OSError:
