@@ -122,9 +122,9 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
             make_output_dir(outdir)
     except DarkfixError as e:
         fail(str(e), e.exit_code)
-    pending = [o for o in outputs if opts.overwrite or not o.exists()]  # a finished batch reruns anywhere
+    to_write = {o.parent for o in outputs if opts.overwrite or not o.exists()}  # a finished batch reruns anywhere
     for d in sorted({o.parent for o in outputs if o.parent.is_dir()}):
-        if any(o.parent == d for o in pending) and not os.access(d, os.W_OK):  # once, not once a file
+        if d in to_write and not os.access(d, os.W_OK):  # once, not once a file
             fail(f"{d}: output directory is not writable")
         remove_stale_parts(d)
     console = Console(stderr=True)

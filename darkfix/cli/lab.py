@@ -52,18 +52,18 @@ FINE_WIDTHS_TYPE = FineWidths()
 @click.option("--overwrite", is_flag=True, help="Replace the benchmark OUT already holds.")
 def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held_out, overwrite) -> None:
     """Make a benchmark folder of dark DNGs and ground truth from clean PHOTOS."""
-    from ..options import parse_ratio
-
     make_benchmark = lab_module("benchset").make_benchmark
 
     try:
-        ratio_list = tuple(float(parse_ratio(r.strip()) or 0.0) for r in ratios.split(","))
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--ratios") from None
+        ratio_list = tuple(float(r) for r in ratios.split(","))
+    except ValueError:
+        raise click.BadParameter(f"not a list of numbers: {ratios!r}", param_hint="--ratios") from None
     try:
         manifest = make_benchmark(photos, out, ratio_list, seed=seed, limit=limit, max_side=max_side, sensors=sensors,
                                   progress=lambda name: click.echo(f"wrote {out / name}", err=True),
                                   black_error=black_error, part="held-out" if held_out else "all", overwrite=overwrite)
+    except ValueError as e:  # a ratio outside 1-10000, refused before anything is written
+        raise click.BadParameter(str(e), param_hint="--ratios") from None
     except OSError as e:  # FileNotFoundError, FileExistsError among them
         fail(str(e))
     click.echo(f"{out}: {len(manifest['pairs'])} dark raws and their ground truth; manifest in {out / 'manifest.json'}")

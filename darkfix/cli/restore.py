@@ -50,10 +50,13 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
                 raise DarkfixError(f"{src}: no such file")
             if src in clashes:
                 raise DarkfixError(clash_message(src, dst, clashes[src]))
-        new_dir = as_dir and not out.is_dir()  # made only once the network has loaded: nothing left on a refusal
-        if not new_dir:
+        def check_outputs() -> None:
             for src, dst in jobs:
                 check_output(src, dst, overwrite, opts.format)
+
+        new_dir = as_dir and not out.is_dir()  # made only once the network has loaded: nothing left on a refusal
+        if not new_dir:
+            check_outputs()
         restorer, info = load_restorer(weights, engine, device, precision, threads, tile)
         if verbose:
             click.echo(f"engine {restorer.engine} ({restorer.engine_reason}); precision {restorer.precision} "
@@ -64,8 +67,7 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
             check_camera_output(jobs[0][1], info)
         if new_dir:
             make_output_dir(out)
-            for src, dst in jobs:
-                check_output(src, dst, overwrite, opts.format)
+            check_outputs()
         failures = 0
         done = 0
         stop_on_signals()
