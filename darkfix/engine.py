@@ -17,6 +17,12 @@ ENGINES = ("auto", "torch", "openvino")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def check_device(name: str) -> None:
+    """ValueError unless `name` is one of DEVICES (the CLI's --device choices)."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r} (expected {', '.join(DEVICES)})")
+
+
 def cuda_present() -> bool:
     """Whether CUDA may be available: asks torch only where an NVIDIA driver's device node exists
     (Linux, WSL), so that CPU-only machines decide without importing it."""
@@ -29,8 +35,7 @@ def cuda_present() -> bool:
 
 def choose(engine: str, device: str, precision: str, architecture: str = ARCHITECTURE) -> tuple[str, str]:
     """The engine to run a network of `architecture` and why; ValueError for a combination that cannot run."""
-    if device not in DEVICES:  # every engine refuses it alike, the CLI's choices
-        raise ValueError(f"unknown device {device!r} (expected {', '.join(DEVICES)})")
+    check_device(device)  # every engine refuses it alike
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r} (expected {', '.join(ENGINES)})")
     if engine == "torch":

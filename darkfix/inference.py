@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .colour import display_tiles
+from .engine import check_device
 from .model import LambaNet, fold_weight_norm, guide_gain
 from .packing import pad_to_multiple
 from .tiling import (ALIGN, COARSE_BLOCK, COARSE_REACH, DEFAULT_CPU_TILE, DEFAULT_CUDA_TILE,  # noqa: F401
@@ -25,12 +26,11 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' -> CUDA when available, else CPU."""
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA requested but not available (torch reports no CUDA device)")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r} (expected auto, cpu or cuda)")
     return torch.device(name)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -241,16 +241,13 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
         return restore_frame(source, frame, prep, output, restorer, info, opts)
 
 
-def check_output(source: Path, output: Path, overwrite: bool, fmt: str = "png") -> None:
-    """Refuse before any work: an output that is an input, exists, cannot be written, or whose suffix
-    names another format (or a raw format, for anything but a DNG)."""
-    if output.exists() and source.exists() and os.path.samefile(source, output):
-        if source.suffix.lower() in IMAGE_SUFFIXES:  # `darkfix restore photo.png`: the likelier mistake
-            raise OutputError(f"{source}: a picture, not a raw file (its output would overwrite it)")
+def check_target(output: Path, overwrite: bool, inputs: Sequence[Path] = (), what: str | None = "PNG") -> None:
+    """Refuse before any work an output that is one of `inputs`, bears a raw file's name (unless `what` is
+    None: a DNG), is a directory, exists (without `overwrite`) or cannot be written."""
+    if output.exists() and any(p.exists() and os.path.samefile(p, output) for p in inputs):
         raise OutputError(f"{output}: output would overwrite its input")
-    if output.suffix.lower() in RAW_SUFFIXES and fmt != "dng":
-        raise OutputError(f"{output}: refusing to write a {fmt.upper()} under a raw file's name")
-    format_of(output, fmt)
+    if what is not None and output.suffix.lower() in RAW_SUFFIXES:
+        raise OutputError(f"{output}: refusing to write a {what} under a raw file's name")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
     if output.exists() and not overwrite:
@@ -260,6 +257,15 @@ def check_output(source: Path, output: Path, overwrite: bool, fmt: str = "png") 
         raise OutputError(f"{output}: output directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{output}: output directory {parent} is not writable")
+
+
+def check_output(source: Path, output: Path, overwrite: bool, fmt: str = "png") -> None:
+    """`check_target` for a restored image, which also refuses a suffix that names another format."""
+    if (source.suffix.lower() in IMAGE_SUFFIXES and output.exists() and source.exists()
+            and os.path.samefile(source, output)):  # `darkfix restore photo.png`: the likelier mistake
+        raise OutputError(f"{source}: a picture, not a raw file (its output would overwrite it)")
+    check_target(output, overwrite, [source], None if fmt == "dng" else fmt.upper())
+    format_of(output, fmt)
 
 
 def make_output_dir(directory: Path) -> None:

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from _util import packed_frame, psnr, run_restorer
 from conftest import reference_dir
+from darkfix.cli.common import DEVICE
+from darkfix.engine import DEVICES
 from darkfix.inference import (ALIGN, DEFAULT_MARGIN, Restorer, bands, native_bf16, pick_device, pick_precision,
                                Tile, tiles)
 from darkfix.packing import pad_to_multiple
@@ -194,8 +196,9 @@ def test_fp16_on_cpu_refused():
 
 def test_device_choice():
     assert pick_device("cpu").type == "cpu"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown device 'tpu' \\(expected auto, cpu, cuda\\)"):
         pick_device("tpu")
+    assert tuple(DEVICE.choices) == DEVICES  # the CLI's copy (kept to start without importing the engine)
     if not torch.cuda.is_available():
         assert pick_device("auto").type == "cpu"
         with pytest.raises(ValueError, match="CUDA"):

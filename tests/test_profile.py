@@ -460,9 +460,10 @@ def test_calibrate_refuses_mismatched_frames(sessions, tmp_path):
     assert_refused(run("calibrate", tmp_path / "missing.dng", "-o", tmp_path / "m.npz"), "missing.dng")
     assert_refused(run("calibrate", *s.darks[:2], "-o", s.profile), "already exists")
     assert_refused(run("calibrate", *s.darks[:2], "-o", tmp_path / "no" / "p.npz"), "does not exist")
-    # never the input itself, whatever its name (a raw suffix is refused outright)
+    # never the input itself, whatever its name, nor a raw file's name
     before = s.darks[0].read_bytes()
-    assert_refused(run("calibrate", *s.darks[:2], "-o", s.darks[0], "--overwrite"), "raw file's name")
+    assert_refused(run("calibrate", *s.darks[:2], "-o", s.darks[0], "--overwrite"), "overwrite its input")
+    assert_refused(run("calibrate", *s.darks[:2], "-o", tmp_path / "p.ARW"), "refusing to write a profile under a raw")
     odd = tmp_path / "dark.npz"
     odd.write_bytes(before)
     assert_refused(run("calibrate", s.darks[1], odd, "-o", odd, "--overwrite"), "overwrite its input")

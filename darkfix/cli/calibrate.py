@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -33,23 +32,14 @@ def calibrate(darks, output, flats, overwrite) -> None:
     """Make a sensor profile from DARK frames: raws shot with the lens cap on at the ISO, exposure time and
     temperature of the shots they will correct (10-20 frames; one works). A DARK may be a folder.
     Restore with `--profile`; `darkfix info --profile` shows it again."""
-    from ..pipeline import RAW_SUFFIXES
+    from ..pipeline import check_target
     from ..profile import calibrate as build
 
-    if output.suffix.lower() in RAW_SUFFIXES:
-        fail(f"{output}: refusing to write a profile under a raw file's name")
-    if output.exists() and not overwrite:
-        fail(f"{output}: already exists (use --overwrite to replace it)")
-    if output.is_dir():
-        fail(f"{output}: is a directory")
-    if not output.parent.is_dir():  # before the work, not after
-        fail(f"{output}: output directory {output.parent} does not exist")
     try:
         dark_files, flat_files = _raws(darks), _raws(flats)
         if not dark_files:
             raise DarkfixError("no raw files among the dark frames given")
-        if output.exists() and any(f.exists() and os.path.samefile(f, output) for f in dark_files + flat_files):
-            raise DarkfixError(f"{output}: output would overwrite its input")
+        check_target(output, overwrite, dark_files + flat_files, "profile")  # before the work, not after
         profile = build(dark_files, flat_files, warn=lambda msg: click.echo(f"darkfix: warning: {msg}", err=True))
         profile.save(output, overwrite)
     except DarkfixError as e:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 
-DEVICE = click.Choice(["auto", "cpu", "cuda"])  # engine.DEVICES (not imported: the CLI starts fast)
+DEVICE = click.Choice(["auto", "cpu", "cuda"])  # engine.DEVICES (tested equal; not imported: the CLI starts fast)
 PRECISION = click.Choice(["auto", "fp32", "fp16", "bf16"])
 
 
