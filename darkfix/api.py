@@ -49,7 +49,7 @@ class Darkfix:
     def restore(self, source: str | os.PathLike, *, ratio: float | str | None = None,
                 brightness: float | str = 1.0, exposure: str = "auto", wb: str = "camera",
                 bit_depth: int | str = 8, profile: str | os.PathLike | None = None,
-                trust_black: bool | None = None) -> np.ndarray:
+                trust_black: bool | None = None, ensemble: bool = False) -> np.ndarray:
         """Restore one raw file into an upright sRGB (H, W, 3) array: uint8, or uint16 with bit_depth=16.
 
         `ratio` amplifies by a known exposure ratio; otherwise `exposure` picks the estimate ("auto": a
@@ -58,7 +58,8 @@ class Darkfix:
         cannot read, `ValueError` for bad options (with the CLI's message). `profile` applies a sensor
         profile (`darkfix calibrate`; `ProfileError` where it is damaged or of another camera).
         `trust_black` says whether the black level is exact, so that dark areas take their colour from wide
-        local means (darkfix.wideguide); None: where a profile measured it.
+        local means (darkfix.wideguide); None: where a profile measured it. `ensemble` also runs the network
+        on the transposed frame and averages the two (about 0.1 dB better, twice the network's time).
         """
         from .packing import EXPOSURES, prepare_frame
         from .pipeline import infer_and_render
@@ -71,12 +72,14 @@ class Darkfix:
             raise ValueError(f"wb must be 'camera' or 'daylight', not {wb!r}")
         if trust_black is not None and not isinstance(trust_black, bool):
             raise ValueError(f"trust_black must be True, False or None, not {trust_black!r}")
+        if not isinstance(ensemble, bool):
+            raise ValueError(f"ensemble must be True or False, not {ensemble!r}")
         if exposure not in EXPOSURES:
             raise ValueError(f"exposure must be one of {', '.join(EXPOSURES)}, not {exposure!r}")
         brightness, ratio = parse_brightness(brightness), parse_ratio(ratio)
         opts = RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=bit_depth,
                               profile=None if profile is None else str(Path(profile).resolve()),
-                              trust_black=trust_black)
+                              trust_black=trust_black, ensemble=ensemble)
         frame = read_frame(Path(source), opts.profile)
         prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
@@ -94,8 +97,8 @@ def restore(source: str | os.PathLike, *, ratio: float | str | None = None, brig
             exposure: str = "auto", wb: str = "camera", bit_depth: int | str = 8,
             weights: str | os.PathLike | None = None, device: str = "auto", engine: str = "auto",
             profile: str | os.PathLike | None = None, trust_black: bool | None = None,
-            threads: int | None = None) -> np.ndarray:
+            threads: int | None = None, ensemble: bool = False) -> np.ndarray:
     """Restore one raw file with freshly loaded weights; see `Darkfix.restore`."""
     model = load(weights, device=device, engine=engine, threads=threads)
     return model.restore(source, ratio=ratio, brightness=brightness, exposure=exposure, wb=wb, bit_depth=bit_depth,
-                         profile=profile, trust_black=trust_black)
+                         profile=profile, trust_black=trust_black, ensemble=ensemble)

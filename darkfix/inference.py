@@ -18,8 +18,8 @@ from .model import LambaNet, fold_weight_norm, guide_gain
 from .packing import pad_to_multiple
 from .tiling import (ALIGN, COARSE_BLOCK, COARSE_REACH, DEFAULT_CPU_TILE, DEFAULT_CUDA_TILE,  # noqa: F401
                      DEFAULT_MARGIN, FINE_REACH, LARGE_FRAME, LARGE_FRAME_CPU_TILE, STEM_REACH, STEM_ROWS,
-                     PaddedFrame, TiledEngine, Tile, bands, fine_reach, limit_malloc_arenas, margin_for,
-                     release_memory, tiles)
+                     PaddedFrame, TiledEngine, Tile, TransposedFrame, average_transposed, bands, fine_reach,
+                     limit_malloc_arenas, margin_for, release_memory, tiles)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -267,6 +267,10 @@ class Restorer(TiledEngine):
             try:
                 out = self.net(self._input(frame.region(0, frame.hp, 0, frame.wp)))[..., : 2 * frame.h,
                                                                                     : 2 * frame.w].float()
+                if self.ensemble:
+                    twin = PaddedFrame(TransposedFrame(packed))
+                    other = self.net(self._input(twin.region(0, twin.hp, 0, twin.wp)))
+                    out = average_transposed(out, other[..., : 2 * twin.h, : 2 * twin.w].float())
             except self.out_of_memory:
                 # tiles of half the frame from now on, as a tile that runs out is split (TiledEngine)
                 self.tile = max(4 * ALIGN, min(self.tile, side) // 2 // ALIGN * ALIGN)

@@ -140,6 +140,26 @@ class PaddedFrame:
         return np.ascontiguousarray(part[None])
 
 
+# The packed planes (R, G1, G2, B, then their noise sigmas) of the transposed mosaic: a Bayer cell transposed
+# keeps R and B where they were and swaps its two greens, so the transposed frame is an exact packed frame
+TRANSPOSED_PLANES = (0, 2, 1, 3, 4, 6, 5, 7)
+
+
+class TransposedFrame:
+    """A packed (C, h, w) frame (numpy, or lazy as PaddedFrame accepts) seen as the packed frame of the
+    transposed mosaic: (C, w, h), greens swapped. The ensemble's second pass reads it."""
+
+    def __init__(self, src: Any) -> None:
+        self.src = src
+        c, h, w = src.shape
+        self.shape = (c, w, h)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        _, rows, cols = key
+        part = np.asarray(self.src[:, cols, rows], dtype=np.float32)
+        return part[list(TRANSPOSED_PLANES[: part.shape[0]])].transpose(0, 2, 1)
+
+
 def release_memory() -> None:
     """Hand memory freed by the network back to the OS.
 
@@ -176,6 +196,11 @@ def _libc_function(name: str):
 Sink = Callable[[Any, Tile], None]
 
 
+def average_transposed(out: Any, other: Any) -> Any:
+    """The mean of an output and the transposed pass's output (numpy or torch, (..., h, w) and (..., w, h))."""
+    return (out + other.swapaxes(-1, -2)) * 0.5
+
+
 class TiledEngine:
     """The two-pass tiling over any engine. Subclasses call `set_tiling`, set `split_on_oom`, and implement
     `stem`, `coarse`, `fine` (and `concat`, `out_of_memory`, `release`);
@@ -189,6 +214,8 @@ class TiledEngine:
     margin: int
     large_frame_tile: int | None = None
     split_on_oom: bool = False
+    # self-ensemble: also run on the transposed frame (TransposedFrame) and average, for twice the time
+    ensemble: bool = False
     out_of_memory: tuple[type[BaseException], ...] = ()
 
     def set_tiling(self, tile: int | None, default: int, margin: int, large_frames: bool) -> None:
@@ -238,6 +265,11 @@ class TiledEngine:
         frame = PaddedFrame(packed)
         b = self._coarse(frame)
         self.release()
+        twin = None
+        if self.ensemble:
+            twin_frame = PaddedFrame(TransposedFrame(packed))
+            twin = (twin_frame, self._coarse(twin_frame))
+            self.release()
         # every tile reads a window of the same size (edge tiles read more context inward), so that the
         # allocator and the engine see one shape: less memory held, fewer kernels made
         tile = self.tile_for(frame.h, frame.w)
@@ -248,7 +280,7 @@ class TiledEngine:
             if band_start is not None:
                 band_start(region)
             for t in band:
-                self._run_region(frame, b, t, sink, span)
+                self._run_region(frame, b, t, sink, span, twin)
             if band_done is not None:
                 band_done(region)
             self.release()
@@ -295,12 +327,17 @@ class TiledEngine:
         return lo, min(padded, math.ceil(min(n, stop + self.margin) / ALIGN) * ALIGN)
 
     def _run_region(self, frame: PaddedFrame, b: Any, t: Tile, sink: Sink,
-                    span: tuple[int, int] | None = None) -> None:
+                    span: tuple[int, int] | None = None, twin: tuple[PaddedFrame, Any] | None = None) -> None:
         cy0, cy1 = self._window(t.y0, t.y1, frame.h, frame.hp, span[0] if span else None)
         cx0, cx1 = self._window(t.x0, t.x1, frame.w, frame.wp, span[1] if span else None)
         try:
             out = self.fine(frame.region(cy0, cy1, cx0, cx1),
                             b[..., cy0 // ALIGN : cy1 // ALIGN, cx0 // ALIGN : cx1 // ALIGN])
+            if twin is not None:  # the same window of the transposed frame, its output transposed back
+                twin_frame, twin_b = twin
+                other = self.fine(twin_frame.region(cx0, cx1, cy0, cy1),
+                                  twin_b[..., cx0 // ALIGN : cx1 // ALIGN, cy0 // ALIGN : cy1 // ALIGN])
+                out = average_transposed(out, other)
         except self.out_of_memory:
             side = max(t.y1 - t.y0, t.x1 - t.x0)
             if not self.split_on_oom or side <= 4 * ALIGN:
@@ -310,6 +347,6 @@ class TiledEngine:
             self.tile = max(4 * ALIGN, min(self.tile, side) // 2 // ALIGN * ALIGN)
             for sub in tiles(t.y1 - t.y0, t.x1 - t.x0, self.tile):
                 sub_t = Tile(t.y0 + sub.y0, t.y0 + sub.y1, t.x0 + sub.x0, t.x0 + sub.x1)
-                self._run_region(frame, b, sub_t, sink)
+                self._run_region(frame, b, sub_t, sink, twin=twin)
             return
         sink(out[..., 2 * (t.y0 - cy0) : 2 * (t.y1 - cy0), 2 * (t.x0 - cx0) : 2 * (t.x1 - cx0)], t)

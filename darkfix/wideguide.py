@@ -40,7 +40,7 @@ class WideGuide:
 
     def __init__(self, inner: Any, radius: int = WIDE_RADIUS) -> None:
         self.inner, self.radius = inner, radius
-        self.engine = inner.engine
+        self.engine, self.ensemble = inner.engine, inner.ensemble  # as the inner engine runs
 
     @torch.inference_mode()
     def _restored(self, packed: Any, **walk: Any) -> list[tuple[str, Any, Tile]]:

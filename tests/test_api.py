@@ -16,18 +16,25 @@ import darkfix
 from darkfix.cli import main
 
 
-@pytest.mark.parametrize("bit_depth", [8, 16])
-def test_restore_equals_the_cli_png(make_dng, weights_file, tmp_path, bit_depth):
+@pytest.mark.parametrize("bit_depth, ensemble", [(8, False), (16, False), (16, True)])
+def test_restore_equals_the_cli_png(make_dng, weights_file, tmp_path, bit_depth, ensemble):
     src = make_dng(size=(70, 98), cfa="GBRG", orientation=6)
     out = tmp_path / "cli.png"
     r = CliRunner().invoke(main, ["restore", str(src), "-o", str(out), "--weights", str(weights_file),
-                                  "--bit-depth", str(bit_depth), "-m", "+0.5ev", "--device", "cpu"])
+                                  "--bit-depth", str(bit_depth), "-m", "+0.5ev", "--device", "cpu"]
+                           + ["--ensemble"] * ensemble)
     assert r.exit_code == 0, r.output
-    image = darkfix.restore(src, weights=weights_file, bit_depth=bit_depth, brightness=2**0.5, device="cpu")
+    image = darkfix.restore(src, weights=weights_file, bit_depth=bit_depth, brightness=2**0.5, device="cpu",
+                            ensemble=ensemble)
     png, depth = read_png(out)
     assert depth == bit_depth and image.dtype == (np.uint8 if bit_depth == 8 else np.uint16)
     assert image.shape == png.shape == (98, 70, 3)  # upright: orientation 6 turns the 70x98 mosaic
     assert np.array_equal(image, png)
+    if ensemble:  # the second pass counts (a random network's two passes differ widely)
+        single = darkfix.restore(src, weights=weights_file, bit_depth=16, brightness=2**0.5, device="cpu")
+        assert not np.array_equal(image, single)
+        with pytest.raises(ValueError, match="ensemble must be True or False"):
+            darkfix.restore(src, weights=weights_file, device="cpu", ensemble="yes")
 
 
 def test_load_once_restore_many(make_dng, weights_file):

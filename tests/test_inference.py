@@ -277,3 +277,21 @@ def test_the_cuda_tests_frame_runs_through_the_packaged_weights():
     out = run_restorer(Restorer(model, device="cpu", precision="fp32"), packed_frame(model.in_channels, (64, 96)))
     assert out.shape == (3, 128, 192) and np.isfinite(out).all()
     assert 0.05 < out.mean() < 1.0
+
+
+@pytest.mark.parametrize("tile", [48, 4096])
+def test_ensemble_averages_the_frame_and_its_transpose(tile):
+    """`ensemble`: the mean of the network's output and its output for the transposed mosaic (packed: the
+    greens, and their noise planes, swapped) transposed back; in tiles as whole, and on CUDA's whole-frame path."""
+    model = load_weights()[0]
+    packed = packed_frame(model.in_channels, (70, 100))  # neither side a multiple of ALIGN
+    single = Restorer(model, device="cpu", precision="fp32", tile=4096)
+    transposed = np.ascontiguousarray(packed[[0, 2, 1, 3, 4, 6, 5, 7]].transpose(0, 2, 1))
+    ref = (run_restorer(single, packed) + run_restorer(single, transposed).transpose(0, 2, 1)) / 2
+    r = Restorer(model, device="cpu", precision="fp32", tile=tile)
+    r.ensemble = True
+    out = run_restorer(r, packed)
+    assert np.abs(out - ref).max() < 1e-4
+    assert np.abs(out - run_restorer(single, packed)).mean() > 1e-3  # the second pass counts
+    r.whole_frames = True
+    assert np.abs(run_restorer(r, packed) - ref).max() < 1e-4

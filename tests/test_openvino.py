@@ -71,6 +71,18 @@ def test_openvino_agrees_with_torch_fp32(trained, packed, tile):
 
 
 @pytest.mark.parametrize("tile", [4096, 64])
+def test_openvino_ensemble_agrees_with_torch(trained, packed, tile):
+    """The transposed pass (`ensemble`) on OpenVINO: its second window shape, its numpy outputs."""
+    model, models = trained
+    torch_engine = Restorer(model, "cpu", "fp32", tile=4096)
+    torch_engine.ensemble = True
+    ov = ovengine.OpenVINORestorer(models, "fp32", tile=tile)
+    ov.ensemble = True
+    ref, got = _run(torch_engine, packed), _run(ov, packed)
+    assert _psnr(got, ref) >= 50.0 and _psnr(ref, _run(Restorer(model, "cpu", "fp32", tile=4096), packed)) < 60.0
+
+
+@pytest.mark.parametrize("tile", [4096, 64])
 def test_openvino_tiles_with_clipped_white_agree_with_torch(trained, packed, tile):
     """Tiles whose input holds pixels clipped white run the guide's clipped graph (`fine_clipped`), the
     others the cheaper one; the frame still agrees with torch, which always runs the clipped guide."""

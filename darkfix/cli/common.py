@@ -111,6 +111,9 @@ def restore_options(f):
                      help="Whether the black level is exact, so that dark areas take their colour from wide "
                           "local means (greener grass, bluer dusk; an error of 1 DN casts the shadows). "
                           "Default: trusted where --profile measured it."),
+        click.option("--ensemble", is_flag=True,
+                     help="Also run the network on the transposed frame and average the two: about 0.1 dB "
+                          "better (finer grain, truer fine colour) for twice the network's time."),
     ]):
         f = option(f)
     return f
@@ -131,7 +134,7 @@ def load_restorer(weights, engine, device, precision, threads, tile):
 
 
 def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite, profile=None,
-                     trust_black=None):
+                     trust_black=None, ensemble=False):
     from ..options import RestoreOptions
 
     if fmt == "jpeg" and bit_depth == "16":
@@ -147,7 +150,7 @@ def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, c
         profile = str(Path(profile).resolve())
     return RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=int(bit_depth),
                           compression=compression, overwrite=overwrite, format=fmt or "png", quality=quality,
-                          profile=profile, trust_black=trust_black)
+                          profile=profile, trust_black=trust_black, ensemble=ensemble)
 
 
 def raise_interrupt(signum, frame) -> None:

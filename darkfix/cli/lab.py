@@ -217,7 +217,7 @@ TUNE_BASE = DEFAULT_WEIGHTS_NAME
               help="Weights file to write (.safetensors); the checkpoint goes to OUT.ckpt.")
 @click.option("--weights", "base", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Weights to start from: a file, or the name of weights darkfix ships (default: darkfix's "
-                   "default, the noise-aware v11; noise-aware weights "
+                   "default, the noise-aware v12; noise-aware weights "
                    "tune best: v4 +0.59 dB on benchmarks/tune_check.py's camera, v3 +0.01).")
 @click.option("--minutes", type=click.FloatRange(0.1), default=15.0, show_default=True,
               help="Stop after this long (checkpointed: run the same command again to go on).")
@@ -341,11 +341,12 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
 @click.option("--trust-black/--no-trust-black", default=None,
               help="Restore as `darkfix restore --trust-black` does (the benchmark's black levels exact: dark "
                    "colour from wide local means); default: as without a sensor profile.")
+@click.option("--ensemble", is_flag=True, help="Restore as `darkfix restore --ensemble` does (every network).")
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, stride,
-                 ratios, compare_paths, json_path, markdown_path, per_image, trust_black, weights, engine, device,
-                 precision, threads, tile, quiet) -> None:
+                 ratios, compare_paths, json_path, markdown_path, per_image, trust_black, ensemble, weights, engine,
+                 device, precision, threads, tile, quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
     Reports PSNR, colour-aligned PSNR (a per-channel gain fitted to the ground truth first) and SSIM per
@@ -374,7 +375,7 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
             restorer, info = load_restorer(path, engine, device, precision, threads, tile)
             name = ev.network_name(info, [m.name for m in methods],
                                    default="darkfix" if not methods else "baseline")
-            methods.append(ev.NetworkMethod(name, restorer, info, trust_black))
+            methods.append(ev.NetworkMethod(name, restorer, info, trust_black, ensemble))
         if not no_libraw:
             methods.append(ev.LibRawMethod())
         report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio, exposure=exposure,

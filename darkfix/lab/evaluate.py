@@ -289,16 +289,20 @@ class Method(Protocol):
 class NetworkMethod:
     """The network through `darkfix restore`'s stages (prepare_frame, infer_and_render), 16 bits in memory."""
 
-    def __init__(self, name: str, restorer: Restorer, info: WeightsInfo, trust_black: bool | None = None) -> None:
+    def __init__(self, name: str, restorer: Restorer, info: WeightsInfo, trust_black: bool | None = None,
+                 ensemble: bool = False) -> None:
         self.name, self.restorer, self.info, self.trust_black = name, restorer, info, trust_black
+        self.ensemble = ensemble
         self.description = {"kind": "network", "weights": str(info.path), "format": info.format,
                             "output": info.output, "device": str(restorer.device),
                             "precision": restorer.precision, "engine": restorer.engine}
         if trust_black is not None:
             self.description["trust_black"] = trust_black
+        if ensemble:
+            self.description["ensemble"] = True
 
     def __call__(self, case: Case, frame: RawFrame, amplification: float) -> np.ndarray:
-        opts = RestoreOptions(ratio=amplification, bit_depth=16, trust_black=self.trust_black)
+        opts = RestoreOptions(ratio=amplification, bit_depth=16, trust_black=self.trust_black, ensemble=self.ensemble)
         prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
 
