@@ -103,9 +103,9 @@ def test_bench_command_writes_json(tmp_path, weights_file):
 
 
 def test_a_12mp_restore_stays_within_the_readmes_memory(tmp_path):
-    """The README's memory figure (a 12 MP restore peaks around 414-475 MiB; measured 385 here, OpenVINO
-    bf16), checked in every test run: one `darkfix restore` process on a synthetic 12 MP DNG, its peak
-    resident set from wait4, with the network already converted."""
+    """The README's memory figure (a 12 MP restore peaks around 414-475 MiB in bf16, measured 385 on a Xeon
+    with AMX; about 550 in fp32, 551 on a Zen 3 EPYC), checked in every test run: one `darkfix restore`
+    process on a synthetic 12 MP DNG, its peak resident set from wait4, with the network already converted."""
     import subprocess
     import sys
 
@@ -126,4 +126,6 @@ def test_a_12mp_restore_stays_within_the_readmes_memory(tmp_path):
                         str(out), "--engine", "openvino"], capture_output=True, text=True, timeout=300)
     code, peak_mib = r.stdout.split()
     assert code == "0" and out.is_file(), r.stderr
-    assert float(peak_mib) <= 480, peak_mib
+    from darkfix.inference import native_bf16
+
+    assert float(peak_mib) <= (480 if native_bf16()[0] else 600), peak_mib  # OpenVINO's precision: auto

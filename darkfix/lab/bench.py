@@ -197,7 +197,7 @@ def _replay(restorer, sample) -> object:
         def _coarse(self, frame) -> None:
             return None
 
-        def _run_region(self, frame, b, t: Tile, sink, span=None) -> None:
+        def _run_region(self, frame, b, t: Tile, sink, span=None, twin=None) -> None:
             sink(sample[..., : 2 * (t.y1 - t.y0), : 2 * (t.x1 - t.x0)], t)
 
     replay = Replay.__new__(Replay)
