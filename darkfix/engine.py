@@ -62,10 +62,9 @@ def choose(engine: str, device: str, precision: str, architecture: str = ARCHITE
 
 def load(weights: str | os.PathLike | None = None, engine: str = "auto", device: str = "auto",
          precision: str = "auto", threads: int | None = None, tile: int | None = None,
-         say: Callable[[str], None] | None = None, ensemble: bool = False) -> tuple[Any, WeightsInfo]:
+         say: Callable[[str], None] | None = None) -> tuple[Any, WeightsInfo]:
     """A ready engine for a weights file (default: the packaged ones) and what the file is.
-    The engine's `engine_reason` says why it was chosen; with `ensemble` it also runs every frame
-    transposed and averages the two (tiling.TiledEngine.ensemble)."""
+    The engine's `engine_reason` says why it was chosen."""
     info = read_info(weights)
     name, reason = choose(engine, device, precision, info.architecture)
     loaded = None  # (model, info) once torch has loaded the file
@@ -86,7 +85,7 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
                 name, reason = measured["choice"], _reason(measured)
         if name == "openvino":
             restorer = ovengine.OpenVINORestorer(models, precision=precision, threads=threads, tile=tile, say=say)
-            restorer.engine_reason, restorer.ensemble = reason, ensemble
+            restorer.engine_reason = reason
             return restorer, info
     import torch
 
@@ -97,7 +96,7 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
         torch.set_num_threads(threads)
     model, info = loaded or load_weights(info.path)
     torch_engine = Restorer(model, device=device, precision=precision, tile=tile)
-    torch_engine.engine_reason, torch_engine.ensemble = reason, ensemble
+    torch_engine.engine_reason = reason
     return torch_engine, info
 
 
