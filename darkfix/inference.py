@@ -256,7 +256,7 @@ class Restorer(TiledEngine):
     @torch.inference_mode()
     def __call__(self, packed: Any, sink: Callable[[torch.Tensor, Tile], None], by_columns: bool = False,
                  reverse: bool = False, band_start: Callable[[Tile], None] | None = None,
-                 band_done: Callable[[Tile], None] | None = None) -> None:
+                 band_done: Callable[[Tile], None] | None = None, ensemble: bool = False) -> None:
         """`TiledEngine.__call__`, without autograd; the sink gets float32 tensors on the device. With
         `whole_frames` (CUDA), a frame that fits in one tile runs whole: one transfer, one pass, the same
         result; if the device runs out of memory, in tiles."""
@@ -267,7 +267,7 @@ class Restorer(TiledEngine):
             try:
                 out = self.net(self._input(frame.region(0, frame.hp, 0, frame.wp)))[..., : 2 * frame.h,
                                                                                     : 2 * frame.w].float()
-                if self.ensemble:
+                if ensemble:
                     twin = PaddedFrame(TransposedFrame(packed))
                     other = self.net(self._input(twin.region(0, twin.hp, 0, twin.wp)))
                     out = average_transposed(out, other[..., : 2 * twin.h, : 2 * twin.w].float())
@@ -282,7 +282,7 @@ class Restorer(TiledEngine):
                     band_done(whole)
                 return
             self.on_out_of_memory()  # outside the handler, whose traceback held the pass's tensors
-        super().__call__(packed, sink, by_columns, reverse, band_start, band_done)
+        super().__call__(packed, sink, by_columns, reverse, band_start, band_done, ensemble)
 
     def display(self, packed, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
                 sink: Callable[[np.ndarray, Tile], None], **walk) -> None:

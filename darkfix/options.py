@@ -23,7 +23,7 @@ class RestoreOptions:
     # None = where a sensor profile measured it
     trust_black: bool | None = None
     # self-ensemble: the network also runs on the transposed mosaic and the two outputs are averaged, for twice
-    # the network's time (+0.1 dB; tiling.TiledEngine.ensemble)
+    # the network's time (+0.1 dB; tiling.TiledEngine's call)
     ensemble: bool = False
 
 

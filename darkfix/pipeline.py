@@ -37,7 +37,6 @@ class Restorer(Protocol):
     """What the pipeline needs of an engine (inference.Restorer for torch, ovengine.OpenVINORestorer)."""
 
     engine: str
-    ensemble: bool  # tiling.TiledEngine.ensemble
 
     def __call__(self, packed: Any, sink: Callable[[Any, Tile], None], **walk: Any) -> None: ...
 
@@ -100,8 +99,8 @@ def render_bands(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
                 q[sat] = np.iinfo(dtype).max
         band[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = q
 
-    restorer = through_guide(restorer, frame, info, opts.trust_black, opts.ensemble)
-    walk = dict(by_columns=bool(frame.flip & 4), band_start=band_start,
+    restorer = through_guide(restorer, frame, info, opts.trust_black)
+    walk = dict(by_columns=bool(frame.flip & 4), band_start=band_start, ensemble=opts.ensemble,
                 band_done=lambda _region: emit(orient(band, frame.flip)))
     walk["reverse"] = bool(frame.flip & (1 if walk["by_columns"] else 2))
     if info.output == "camera":
@@ -118,11 +117,8 @@ def wide_guide(frame: RawFrame, info: WeightsInfo, trust_black: bool | None = No
     return bool(trusted and info.guide_radius and info.output == "camera")
 
 
-def through_guide(restorer: Restorer, frame: RawFrame, info: WeightsInfo, trust_black: bool | None,
-                  ensemble: bool = False) -> Restorer:
-    """`restorer` set to run the self-ensemble or not (RestoreOptions.ensemble), through the wide pass where
-    `wide_guide` says so."""
-    restorer.ensemble = ensemble
+def through_guide(restorer: Restorer, frame: RawFrame, info: WeightsInfo, trust_black: bool | None) -> Restorer:
+    """`restorer`, through the wide pass where `wide_guide` says so."""
     if not wide_guide(frame, info, trust_black):
         return restorer
     from .wideguide import WideGuide  # torch: loaded only where used
@@ -168,7 +164,7 @@ def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
                  trust_black: bool | None = None, ensemble: bool = False) -> np.ndarray:
     """The network's linear camera RGB (white balance undone), as stored (not turned upright), cropped to
     the mosaic: (H, W, 3) float32 in [0, 1]. Photosites the sensor clipped are white, as in `to_display`.
-    `trust_black` and `ensemble` as in `through_guide`."""
+    `trust_black` as in `through_guide`; `ensemble` as the engine's call takes it (TiledEngine)."""
     top, left, height, width = prep.layout.top, prep.layout.left, prep.layout.height, prep.layout.width
     image = np.empty((height, width, 3), np.float32)
     rel = (prep.wb / prep.wb[1]) if prep.balanced else np.ones(3, np.float32)
@@ -184,7 +180,7 @@ def camera_image(frame: RawFrame, prep: Prepared, restorer: Restorer, info: Weig
             tile[sat] = white
         image[y0:y1, x0:x1] = tile
 
-    through_guide(restorer, frame, info, trust_black, ensemble)(prep.packed, sink)
+    through_guide(restorer, frame, info, trust_black)(prep.packed, sink, ensemble=ensemble)
     return image
 
 

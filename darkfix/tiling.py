@@ -214,8 +214,6 @@ class TiledEngine:
     margin: int
     large_frame_tile: int | None = None
     split_on_oom: bool = False
-    # self-ensemble: also run on the transposed frame (TransposedFrame) and average, for twice the time
-    ensemble: bool = False
     out_of_memory: tuple[type[BaseException], ...] = ()
 
     def set_tiling(self, tile: int | None, default: int, margin: int, large_frames: bool) -> None:
@@ -252,7 +250,7 @@ class TiledEngine:
 
     def __call__(self, packed: Any, sink: Sink, by_columns: bool = False, reverse: bool = False,
                  band_start: Callable[[Tile], None] | None = None,
-                 band_done: Callable[[Tile], None] | None = None) -> None:
+                 band_done: Callable[[Tile], None] | None = None, ensemble: bool = False) -> None:
         """Run on a (4, h, w) packed frame, passing each finished tile's output to `sink`.
 
         `packed` may also be a lazy view whose slices `[:, y0:y1, x0:x1]` give arrays (e.g. PackedFrame).
@@ -261,12 +259,15 @@ class TiledEngine:
         (see `bands` for the order); `band_start(band)` and `band_done(band)` get the region a band covers
         before its first tile and after its last. The result is the same as one pass over the whole frame
         padded to a multiple of ALIGN whenever the margin is at least FINE_REACH.
+
+        `ensemble` (the self-ensemble, RestoreOptions.ensemble) also runs the network on the transposed
+        frame (TransposedFrame), each tile on the same window of both, and averages: twice the time.
         """
         frame = PaddedFrame(packed)
         b = self._coarse(frame)
         self.release()
         twin = None
-        if self.ensemble:
+        if ensemble:
             twin_frame = PaddedFrame(TransposedFrame(packed))
             twin = (twin_frame, self._coarse(twin_frame))
             self.release()

@@ -40,13 +40,13 @@ class WideGuide:
 
     def __init__(self, inner: Any, radius: int = WIDE_RADIUS) -> None:
         self.inner, self.radius = inner, radius
-        self.engine, self.ensemble = inner.engine, inner.ensemble  # as the inner engine runs
+        self.engine = inner.engine  # as the inner engine runs
 
     @torch.inference_mode()
     def _restored(self, packed: Any, **walk: Any) -> list[tuple[str, Any, Tile]]:
-        """Run the engine over the whole frame (`walk`: its order, by_columns and reverse) and apply the wide
-        pass: its events in order, ("tile", output, tile) with the corrected (1, 3, 2h, 2w) float32 output,
-        or ("start"/"done", None, band)."""
+        """Run the engine over the whole frame (`walk`: by_columns, reverse and ensemble, as the engine's call
+        takes them) and apply the wide pass: its events in order, ("tile", output, tile) with the corrected
+        (1, 3, 2h, 2w) float32 output, or ("start"/"done", None, band)."""
         _, h, w = packed.shape
         events: list[tuple[str, Any, Tile]] = []
         mean: torch.Tensor | None = None

@@ -147,14 +147,14 @@ def packed_frame(channels: int, shape: tuple[int, int] = (1424, 2128)) -> np.nda
     return planes.astype(np.float32)
 
 
-def run_restorer(restorer, packed: np.ndarray) -> np.ndarray:
+def run_restorer(restorer, packed: np.ndarray, **walk) -> np.ndarray:
     """The engine's output for a whole packed frame, (3, 2h, 2w) float32, assembled from its tiles (torch
-    tensors on any device, or numpy arrays from OpenVINO)."""
+    tensors on any device, or numpy arrays from OpenVINO); `walk` as the engine's call takes it."""
     out = np.zeros((3, 2 * packed.shape[1], 2 * packed.shape[2]), np.float32)
 
     def sink(tile_out, t) -> None:
         tile = tile_out[0] if isinstance(tile_out, np.ndarray) else tile_out[0].float().cpu().numpy()
         out[:, 2 * t.y0 : 2 * t.y1, 2 * t.x0 : 2 * t.x1] = tile
 
-    restorer(packed, sink)
+    restorer(packed, sink, **walk)
     return out

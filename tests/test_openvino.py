@@ -75,10 +75,8 @@ def test_openvino_ensemble_agrees_with_torch(trained, packed, tile):
     """The transposed pass (`ensemble`) on OpenVINO: its second window shape, its numpy outputs."""
     model, models = trained
     torch_engine = Restorer(model, "cpu", "fp32", tile=4096)
-    torch_engine.ensemble = True
     ov = ovengine.OpenVINORestorer(models, "fp32", tile=tile)
-    ov.ensemble = True
-    ref, got = _run(torch_engine, packed), _run(ov, packed)
+    ref, got = _run(torch_engine, packed, ensemble=True), _run(ov, packed, ensemble=True)
     assert _psnr(got, ref) >= 50.0 and _psnr(ref, _run(Restorer(model, "cpu", "fp32", tile=4096), packed)) < 60.0
 
 

@@ -22,6 +22,7 @@ from darkfix.options import RestoreOptions
 from darkfix.packing import crop, prepare_frame
 from darkfix.pipeline import camera_image, infer_and_render, wide_guide
 from darkfix.rawio import read_raw
+from darkfix.tiling import TRANSPOSED_PLANES
 from darkfix.weights import load_weights
 from darkfix.wideguide import WIDE_RADIUS
 
@@ -40,11 +41,16 @@ def frame(make_dng):
     return read_raw(make_dng(size=(256, 320), level=6.0, seed=5))
 
 
-def whole_frame_pass(model, prep) -> torch.Tensor:
-    """The network run once on the whole frame, then the guide over WIDE_RADIUS on its output: (1, 3, H, W)."""
+def whole_frame_pass(model, prep, ensemble: bool = False) -> torch.Tensor:
+    """The network run once on the whole frame (with `ensemble`, averaged with its run on the transposed
+    frame, transposed back), then the guide over WIDE_RADIUS on its output: (1, 3, H, W)."""
     packed = torch.from_numpy(np.asarray(prep.packed))[None]
     with torch.inference_mode():
-        out = Restorer(model, "cpu", "fp32", tile=4096).run_tile(packed).float()
+        engine = Restorer(model, "cpu", "fp32", tile=4096)
+        out = engine.run_tile(packed).float()
+        if ensemble:
+            twin = packed[:, list(TRANSPOSED_PLANES[: packed.shape[1]])].transpose(2, 3)
+            out = (out + engine.run_tile(twin).float().transpose(2, 3)) / 2
         gain = guide_gain(F.avg_pool2d(out, 2), packed[:, :4], WIDE_RADIUS)
         return (out * gain.repeat_interleave(2, 2).repeat_interleave(2, 3)).clamp(0.0, 1.0)
 
@@ -72,6 +78,16 @@ def test_tiles_and_walks_give_the_whole_frame_pass(shipped, frame):
         want = orient(codes.transpose(1, 2, 0), flip)
         assert image.shape == want.shape and np.abs(image.astype(int) - want.astype(int)).max() <= 1, flip
 
+
+def test_the_wide_pass_follows_the_ensembles_output(shipped, frame):
+    """With `ensemble` the wide pass works on the averaged output of both views, in tiles as whole."""
+    model, info = shipped
+    prep = prepare_frame(frame, RestoreOptions(trust_black=True), info.input)
+    expected = whole_frame_pass(model, prep, ensemble=True)[0].numpy()
+    rel = prep.wb / prep.wb[1]
+    got = camera_image(frame, prep, Restorer(model, "cpu", "fp32", tile=32), info, True, ensemble=True) * rel
+    assert np.abs(got.transpose(2, 0, 1) - expected).max() < 1e-4
+    assert np.abs(expected - whole_frame_pass(model, prep)[0].numpy()).mean() > 1e-3
 
 def test_when_it_runs(shipped, frame, weights_file):
     """With the colour guide's weights: where `trust_black` says so, or (None) where a profile measured the
