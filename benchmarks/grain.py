@@ -2,10 +2,11 @@
 flattest windows of the ground truth.
 
     python benchmarks/grain.py BENCH_DIR NAME.dng --weights A.safetensors [--weights B.safetensors] [--bm3d]
+                               [--ensemble]
 
-For each weights file (and blind BM3D with `--bm3d`, `bm3d_baseline.py`'s), the frame is restored at its
-true ratio (the stages `darkfix restore` uses) and, in the FLAT_WINDOWS flattest 64 x 64 windows of the
-ground truth (least gradient energy, not overlapping):
+For each weights file (each also with the self-ensemble with `--ensemble`; and blind BM3D with `--bm3d`,
+`bm3d_baseline.py`'s), the frame is restored at its true ratio (the stages `darkfix restore` uses) and, in
+the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient energy, not overlapping):
 
 - grain: the power of the output's fine detail (the image less its 5 x 5 box mean, luminance) over the
   ground truth's in the same windows: 1 is as smooth as the truth, the goal is at most 2;
@@ -113,7 +114,8 @@ def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 @click.argument("name")
 @click.option("--weights", "weights", multiple=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--bm3d", is_flag=True, help="Also blind BM3D (noise estimated on the frame), for scale.")
-def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool) -> None:
+@click.option("--ensemble", is_flag=True, help="Also each weights file with the self-ensemble (restore --ensemble).")
+def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool, ensemble: bool) -> None:
     """Grain power and grid peak of NAME (a frame of BENCH) restored by each weights file."""
     case = next((c for c in benchmark_cases(bench) if name in (c.name, c.raw.name)), None)
     if case is None:
@@ -124,7 +126,10 @@ def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool) -> None:
     methods = []
     for w in weights:
         model, info = load_weights(w)
-        methods.append(NetworkMethod(w.name, Restorer(model, device="cpu", precision="fp32"), info))
+        restorer = Restorer(model, device="cpu", precision="fp32")
+        methods.append(NetworkMethod(w.name, restorer, info))
+        if ensemble:
+            methods.append(NetworkMethod(f"{w.name} --ensemble", restorer, info, ensemble=True))
     if bm3d:
         from bm3d_baseline import BM3DMethod
 
