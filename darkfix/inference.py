@@ -265,12 +265,9 @@ class Restorer(TiledEngine):
         if self.whole_frames and side <= self.tile_for(frame.h, frame.w):
             whole, out = Tile(0, frame.h, 0, frame.w), None
             try:
-                out = self.net(self._input(frame.region(0, frame.hp, 0, frame.wp)))[..., : 2 * frame.h,
-                                                                                    : 2 * frame.w].float()
+                out = self._whole(frame)
                 if ensemble:
-                    twin = PaddedFrame(TransposedFrame(packed))
-                    other = self.net(self._input(twin.region(0, twin.hp, 0, twin.wp)))
-                    out = average_transposed(out, other[..., : 2 * twin.h, : 2 * twin.w].float())
+                    out = average_transposed(out, self._whole(PaddedFrame(TransposedFrame(packed))))
             except self.out_of_memory:
                 # tiles of half the frame from now on, as a tile that runs out is split (TiledEngine)
                 self.tile = max(4 * ALIGN, min(self.tile, side) // 2 // ALIGN * ALIGN)
@@ -283,6 +280,10 @@ class Restorer(TiledEngine):
                 return
             self.on_out_of_memory()  # outside the handler, whose traceback held the pass's tensors
         super().__call__(packed, sink, by_columns, reverse, band_start, band_done, ensemble)
+
+    def _whole(self, frame: PaddedFrame) -> torch.Tensor:
+        """The network on a whole (padded) frame in one pass: (1, 3, 2h, 2w) float32 on the device."""
+        return self.net(self._input(frame.region(0, frame.hp, 0, frame.wp)))[..., : 2 * frame.h, : 2 * frame.w].float()
 
     def display(self, packed, wb: np.ndarray, rgb_cam: np.ndarray, bit_depth: int,
                 sink: Callable[[np.ndarray, Tile], None], **walk) -> None:
