@@ -12,7 +12,9 @@ the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient en
   ground truth's in the same windows: 1 is as smooth as the truth, the goal is at most 2;
 - grid: the largest peak of the error's (output less truth) luminance spectrum in those windows (mean of
   their power spectra) over the median of its ring of equal frequency (the lowest three rings left out):
-  residual noise is spread over a ring, a periodic pattern peaks in it; the goal is at most 5. (The
+  residual noise is spread over a ring, a periodic pattern peaks in it; the goal is at most 5. Also the
+  peak off the spectrum's two axes: on them lies banding (row noise left by the network), off them a
+  grid of the network's own. (The
   truth's own spectrum falls steeply in flat areas, so the output's spectrum alone would show that fall,
   not a grid.)
 
@@ -88,8 +90,10 @@ def dark_colour(out: np.ndarray, truth: np.ndarray, count: int = DARK_WINDOWS) -
     return so[[0, 2]] / max(float(so[1]), 1e-12), st[[0, 2]] / max(float(st[1]), 1e-12)
 
 
-def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(grain power ratio, spectral peak over median) of luminance images in the truth's flattest windows."""
+def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """(grain power ratio, spectral peak over median, the same peak off the two axes) of luminance images
+    in the truth's flattest windows. On the axes lie patterns constant along a row or a column (banding: the
+    sensor's row noise that the network leaves), off them a periodic grid of the network's own."""
     windows = flattest(truth)
     fine_out, fine_truth = out - box(out), truth - box(truth)
     grain = sum(float((fine_out[y : y + WINDOW, x : x + WINDOW] ** 2).mean()) for y, x in windows)
@@ -102,11 +106,14 @@ def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     f = np.fft.fftfreq(WINDOW)
     radius = np.hypot(f[:, None], f[None, :])
     ring = np.round(radius * WINDOW).astype(int)
-    peak = 0.0
+    off_axes = (f[:, None] != 0) & (f[None, :] != 0)
+    peak = off_peak = 0.0
     for k in range(3, WINDOW // 2):  # each ring of frequencies against its own median: the error's
-        values = spectrum[ring == k]  # spectrum falls with frequency, a grid stands out of its ring
-        peak = max(peak, float(values.max() / np.median(values)))
-    return grain / max(base, 1e-12), peak
+        on_ring = ring == k  # spectrum falls with frequency, a grid stands out of its ring
+        median = np.median(spectrum[on_ring])
+        peak = max(peak, float(spectrum[on_ring].max() / median))
+        off_peak = max(off_peak, float(spectrum[on_ring & off_axes].max() / median))
+    return grain / max(base, 1e-12), peak, off_peak
 
 
 @click.command()
@@ -136,10 +143,11 @@ def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool, ensemble
         methods.append(BM3DMethod(blind=True))
     for method in methods:
         out_rgb = as_float(method(case, frame, case.ratio))
-        grain, grid = grain_and_grid(luminance(out_rgb), truth)
+        grain, grid, off_axes = grain_and_grid(luminance(out_rgb), truth)
         got, want = dark_colour(out_rgb, truth_rgb)
         click.echo(f"{method.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median "
-                   f"(goal <= 5); dark colour R/G {got[0]:.2f}, B/G {got[1]:.2f} (truth {want[0]:.2f}, {want[1]:.2f})")
+                   f"(goal <= 5; off the axes, without banding: {off_axes:.1f}); dark colour R/G {got[0]:.2f}, "
+                   f"B/G {got[1]:.2f} (truth {want[0]:.2f}, {want[1]:.2f})")
 
 
 if __name__ == "__main__":
