@@ -1,14 +1,15 @@
 """End-to-end timing of `darkfix restore` against the authors' way (benchmarks/authors_way.py), in one run.
 
     python benchmarks/e2e.py [--raw RAW | --size 4256x2848] [--weights W] [--runs 5] [--json e2e.json]
-                             [--engines torch,openvino] [--darkfix-args "--tile 512 --compression 1"]
+                             [--engines torch,openvino] [--darkfix-args "--tile 512 --compression 1"] [--ensemble]
 
 Each command is a fresh process, timed from its start until it has exited with its file on disk; the
 two alternate (A B, B A, ...) after one untimed warm-up each, so drift on a busy machine hits both alike.
 Peak memory is each child's own maximum resident set (os.wait4's rusage). Also timed in the same run:
 a process that only imports torch and darkfix (the floor every command pays), and the network alone
 (`darkfix bench --no-reference` on the same raw), so that end-to-end time can be read against it.
-With several --engines, `darkfix restore --engine E` is timed for each, in the same rounds.
+With several --engines, `darkfix restore --engine E` is timed for each, in the same rounds; with
+`--ensemble`, `darkfix restore --engine E --ensemble` too (the network twice), in the same rounds.
 Without --weights it uses the packaged weights, or else writes a seeded random weights file (timings are
 the same; the images are noise).
 """
@@ -55,8 +56,9 @@ def run_child(cmd: list[str], output: Path | None) -> tuple[float, float]:
 @click.option("--darkfix-args", default="", help="Extra options for `darkfix restore` (and the network timing).")
 @click.option("--engines", default="torch,openvino", show_default=True,
               help="Comma-separated engines to time `darkfix restore --engine E` with (auto allowed).")
+@click.option("--ensemble", is_flag=True, help="Also time each engine with restore's --ensemble, in the same rounds.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False))
-def main(raw, size, weights, runs, darkfix_args, engines, json_path) -> None:
+def main(raw, size, weights, runs, darkfix_args, engines, ensemble, json_path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -78,6 +80,11 @@ def main(raw, size, weights, runs, darkfix_args, engines, json_path) -> None:
             commands[f"darkfix restore --engine {e}"] = (
                 [sys.executable, "-m", "darkfix", "restore", str(raw), "-o", str(tmp / f"darkfix-{e}.png"),
                  "--overwrite", "--weights", str(weights), "--engine", e, *extra], tmp / f"darkfix-{e}.png")
+            if ensemble:
+                out_e = tmp / f"darkfix-{e}-ensemble.png"
+                commands[f"darkfix restore --engine {e} --ensemble"] = (
+                    [sys.executable, "-m", "darkfix", "restore", str(raw), "-o", str(out_e), "--overwrite",
+                     "--weights", str(weights), "--engine", e, "--ensemble", *extra], out_e)
         commands["import torch + darkfix only"] = (
             [sys.executable, "-c", "import torch, rawpy, darkfix.cli, darkfix.pipeline"], None)
         results: dict[str, dict[str, list[float]]] = {k: {"wall_s": [], "peak_rss_mb": []} for k in commands}
@@ -118,6 +125,9 @@ def main(raw, size, weights, runs, darkfix_args, engines, json_path) -> None:
                                  "restore_s": d, "over_authors": d / a, "speedup_vs_authors": a / d,
                                  "network_alone_s": network_s, "restore_over_network": d / network_s,
                                  "restore_minus_torch_import_over_network": (d - floor) / network_s}
+        if ensemble:
+            summary["engines"][e]["ensemble_s"] = summary["results"][f"darkfix restore --engine {e} --ensemble"][
+                "median_wall_s"]
 
     table = Table(title=f"end to end, {bench['megapixels']:.1f} MP, median of {runs} (process start to file on disk)")
     for col in ("command", "median", "runs (s)", "peak RSS"):
@@ -131,6 +141,9 @@ def main(raw, size, weights, runs, darkfix_args, engines, json_path) -> None:
                       f"{r['over_authors']:.2f}x the authors' way ({r['speedup_vs_authors']:.2f}x faster); network "
                       f"alone {r['network_alone_s']:.3f} s (bench, same run), restore = "
                       f"{r['restore_over_network']:.1f}x the network")
+        if "ensemble_s" in r:
+            console.print(f"--engine {e} --ensemble: restore {r['ensemble_s']:.2f} s = "
+                          f"{r['ensemble_s'] / r['restore_s']:.2f}x the single pass (same rounds)")
     m = summary["machine"]
     console.print(f"weights: {weights_note}; machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}")
     if json_path:
