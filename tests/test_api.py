@@ -21,9 +21,10 @@ def test_restore_equals_the_cli_png(make_dng, weights_file, tmp_path, bit_depth,
     src = make_dng(size=(70, 98), cfa="GBRG", orientation=6)
     out = tmp_path / "cli.png"
     r = CliRunner().invoke(main, ["restore", str(src), "-o", str(out), "--weights", str(weights_file),
-                                  "--bit-depth", str(bit_depth), "-m", "+0.5ev", "--device", "cpu"]
+                                  "--bit-depth", str(bit_depth), "-m", "+0.5ev", "--device", "cpu", "-v"]
                            + ["--ensemble"] * ensemble)
     assert r.exit_code == 0, r.output
+    assert ("self-ensemble: the network also ran on the transposed mosaic" in r.output) == ensemble
     image = darkfix.restore(src, weights=weights_file, bit_depth=bit_depth, brightness=2**0.5, device="cpu",
                             ensemble=ensemble)
     png, depth = read_png(out)

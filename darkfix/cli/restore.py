@@ -96,6 +96,8 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
                 if res.wide_guide:
                     how = "--trust-black" if opts.trust_black else "the sensor profile measured it"
                     click.echo(f"{src}: dark colour from wide local means (black level exact: {how})")
+                if opts.ensemble:
+                    click.echo(f"{src}: self-ensemble: the network also ran on the transposed mosaic, outputs averaged")
             click.echo(str(res.output))
             done += 1
     except DarkfixError as e:
