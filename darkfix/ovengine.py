@@ -461,8 +461,9 @@ class OpenVINORestorer(TiledEngine):
             sink(q if bit_depth == 8 else q.astype(np.uint16), t)
 
         # each tile's network output is read once, by the colour part, and its codes once, by the sink,
-        # before the next tile: both may stay in OpenVINO's buffers (a 15 MB copy a tile saved)
-        self._shared = True
+        # before the next tile: both may stay in OpenVINO's buffers (a 15 MB copy a tile saved). Not with
+        # the ensemble: a tile's first output must outlive the fine part's second call, which would overwrite it
+        self._shared = not walk.get("ensemble", False)
         try:
             self(packed, codes, **walk)
         finally:

@@ -254,10 +254,13 @@ def test_restore_on_openvino_without_torch(make_dng, weights_file, tmp_path):
     assert _psnr(a, b, 65535.0) >= 50.0
 
 
-def test_tall_frame_many_strips_and_tiles_agree_with_torch(make_dng, weights_file, tmp_path, monkeypatch, fast_convert):
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_tall_frame_many_strips_and_tiles_agree_with_torch(make_dng, weights_file, tmp_path, monkeypatch, fast_convert,
+                                                           ensemble):
     """A frame tall enough for several strips of the first pass (of one shape) and several tiles: what
     OpenVINO writes is what torch writes (its outputs are read in place in `display`, the first pass's are
-    not: strips kept together would be overwritten)."""
+    not: strips kept together would be overwritten; nor, with the ensemble, the fine part's: its first view's
+    output would be overwritten by the second's, stripes all over the picture)."""
     from click.testing import CliRunner
 
     from darkfix.cli import main
@@ -267,7 +270,7 @@ def test_tall_frame_many_strips_and_tiles_agree_with_torch(make_dng, weights_fil
     for eng in ("openvino", "torch"):
         r = CliRunner().invoke(main, ["restore", str(src), "-o", str(tmp_path / f"{eng}.png"), "--engine", eng,
                                       "--weights", str(weights_file), "--precision", "fp32", "--bit-depth", "16",
-                                      "--tile", "256"])
+                                      "--tile", "256"] + ["--ensemble"] * ensemble)
         assert r.exit_code == 0, r.output
     a, b = read_png(tmp_path / "openvino.png")[0], read_png(tmp_path / "torch.png")[0]
     assert a.shape == b.shape == (2304, 96, 3)
