@@ -66,6 +66,8 @@ def main(raw, size, weights, runs, darkfix_args, engines, ensemble, json_path) -
 
     console = Console(width=160)
     extra = shlex.split(darkfix_args)
+    if ensemble and "--ensemble" in extra:
+        raise click.UsageError("--ensemble times both; leave it out of --darkfix-args")
     with tempfile.TemporaryDirectory(prefix="darkfix-e2e-") as tmp:
         tmp = Path(tmp)
         if raw is None:

@@ -106,13 +106,15 @@ def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float, fl
     f = np.fft.fftfreq(WINDOW)
     radius = np.hypot(f[:, None], f[None, :])
     ring = np.round(radius * WINDOW).astype(int)
-    off_axes = (f[:, None] != 0) & (f[None, :] != 0)
+    # the Hann window spreads a pattern constant along rows (or columns) over the two bins beside its axis
+    bins = np.abs(np.fft.fftfreq(WINDOW, 1.0 / WINDOW))
+    off_axes = (bins[:, None] > 2) & (bins[None, :] > 2)
     peak = off_peak = 0.0
     for k in range(3, WINDOW // 2):  # each ring of frequencies against its own median: the error's
         on_ring = ring == k  # spectrum falls with frequency, a grid stands out of its ring
         median = np.median(spectrum[on_ring])
         peak = max(peak, float(spectrum[on_ring].max() / median))
-        off_peak = max(off_peak, float(spectrum[on_ring & off_axes].max() / median))
+        off_peak = max(off_peak, float(spectrum[on_ring & off_axes].max(initial=0.0) / median))
     return grain / max(base, 1e-12), peak, off_peak
 
 

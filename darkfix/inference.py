@@ -258,8 +258,8 @@ class Restorer(TiledEngine):
                  reverse: bool = False, band_start: Callable[[Tile], None] | None = None,
                  band_done: Callable[[Tile], None] | None = None, ensemble: bool = False) -> None:
         """`TiledEngine.__call__`, without autograd; the sink gets float32 tensors on the device. With
-        `whole_frames` (CUDA), a frame that fits in one tile runs whole: one transfer, one pass, the same
-        result; if the device runs out of memory, in tiles."""
+        `whole_frames` (CUDA), a frame that fits in one tile runs whole: one transfer, one pass (two with
+        `ensemble`), the same result; if the device runs out of memory (in either pass), in tiles."""
         frame = PaddedFrame(packed)
         side = max(frame.h, frame.w)
         if self.whole_frames and side <= self.tile_for(frame.h, frame.w):
@@ -269,6 +269,7 @@ class Restorer(TiledEngine):
                 if ensemble:
                     out = average_transposed(out, self._whole(PaddedFrame(TransposedFrame(packed))))
             except self.out_of_memory:
+                out = None  # also where the first view fitted and the second did not: both views, in tiles
                 # tiles of half the frame from now on, as a tile that runs out is split (TiledEngine)
                 self.tile = max(4 * ALIGN, min(self.tile, side) // 2 // ALIGN * ALIGN)
             if out is not None:

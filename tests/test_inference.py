@@ -295,3 +295,16 @@ def test_ensemble_averages_the_frame_and_its_transpose(tile):
     assert np.abs(run_restorer(r, packed) - out).mean() > 1e-3  # the setting belongs to the call, not the engine
     r.whole_frames = True
     assert np.abs(run_restorer(r, packed, ensemble=True) - ref).max() < 1e-4
+    if tile < max(packed.shape[1:]):
+        return  # tiles only: no whole-frame pass to run out of memory
+    whole_pass, passes = r.net.forward, []
+
+    def second_view_runs_out(x):  # the first view fits on the device, the transposed one does not
+        passes.append(x.shape)
+        if len(passes) == 2:
+            raise torch.OutOfMemoryError("test")
+        return whole_pass(x)
+
+    r.net.forward = second_view_runs_out
+    out = run_restorer(r, packed, ensemble=True)  # both views again, in tiles: not the first view alone
+    assert len(passes) == 2 and r.tile < 100 and np.abs(out - ref).max() < 1e-4

@@ -89,6 +89,7 @@ def test_the_wide_pass_follows_the_ensembles_output(shipped, frame):
     assert np.abs(got.transpose(2, 0, 1) - expected).max() < 1e-4
     assert np.abs(expected - whole_frame_pass(model, prep)[0].numpy()).mean() > 1e-3
 
+
 def test_when_it_runs(shipped, frame, weights_file):
     """With the colour guide's weights: where `trust_black` says so, or (None) where a profile measured the
     black level; never for weights without the guide (the authors', darkfix's raw-input ones)."""

@@ -200,6 +200,9 @@ def _replay(restorer, sample) -> object:
         def _run_region(self, frame, b, t: Tile, sink, span=None, twin=None) -> None:
             sink(sample[..., : 2 * (t.y1 - t.y0), : 2 * (t.x1 - t.x0)], t)
 
+        def _whole(self, frame):  # CUDA's whole-frame path (inference.Restorer)
+            return sample[..., : 2 * frame.h, : 2 * frame.w]
+
     replay = Replay.__new__(Replay)
     replay.__dict__.update(restorer.__dict__)
     return replay
