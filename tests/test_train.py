@@ -173,6 +173,8 @@ def test_train_command(photos, tmp_path):
     assert "black-level error of the broad half bounded by 1 DN" in info.metadata["training"]
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--crop", "200"])
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
+    bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--half-crops", "0.5"])
+    assert bad.exit_code == 2 and "at least 384" in bad.output
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--fine-input", "signed"])
     assert bad.exit_code == 2 and "add --noise-aware" in bad.output
     for widths, why in (("24,48", "add --noise-aware"), ("24", "two channel counts"), ("0,8", "1 to 1024")):
@@ -289,6 +291,28 @@ def test_colour_patches_replace_a_share_of_crops_with_saturated_regions():
     assert all(2 <= c <= 200 for c in counts)
     state = g.get_state()
     assert torch.equal(synth.colour_patches(photos, g, 0.0), photos) and torch.equal(g.get_state(), state)
+
+
+def test_half_crops_bring_in_the_photos_smaller_than_a_crop(tmp_path):
+    """At --crop 384 a 200 px photo never trains; with half crops it fills the half-side steps (4 x the
+    batch of 192 px crops, about the share asked), and a share of 0 leaves every batch as it was."""
+    from darkfix.lab.train import BatchRecipe, PhotoPool
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(np.full((400, 420, 3), 40, np.uint8)).save(folder / "large.png")
+    Image.fromarray(np.full((200, 300, 3), 220, np.uint8)).save(folder / "small.png")
+    pool = PhotoPool(folder, 384)
+    assert len(pool.photos) == 1 and len(pool.everything) == 2
+    g = torch.Generator().manual_seed(0)
+    assert pool.batch(6, g).shape == (6, 3, 384, 384) and pool.batch(6, g).mean() < 0.2  # the large one alone
+    halves = torch.cat([pool.batch(8, g, half=True) for _ in range(8)])
+    assert halves.shape[2:] == (192, 192) and 0.2 < (halves.flatten(1).mean(1) > 0.5).float().mean() < 0.8
+    sizes = [BatchRecipe(pool, 2, 5, half_crops=0.5)(step).inputs.shape for step in range(12)]
+    assert {s[0] for s in sizes} == {2, 8} and {s[-1] for s in sizes} == {192, 96}
+    assert 3 <= sum(s[0] == 8 for s in sizes) <= 9
+    before = BatchRecipe(pool, 2, 5)(3).inputs
+    assert torch.equal(before, BatchRecipe(pool, 2, 5, half_crops=0.0)(3).inputs)
 
 
 def test_black_spread_bounds_only_the_broad_frames_black_error():

@@ -82,7 +82,8 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
 @click.option("--iterations", type=click.IntRange(1), default=20000, show_default=True)
 @click.option("--batch", "batch_size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--crop", type=click.IntRange(192), default=256, show_default=True,
-              help="Mosaic crop side (a multiple of 32; MS-SSIM needs more than 160).")
+              help="Mosaic crop side (a multiple of 32; MS-SSIM needs more than 160). Photos smaller than a "
+                   "crop are left out, but for --half-crops.")
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
@@ -131,9 +132,12 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
 @click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Processes that synthesise batches ahead (0: the training process itself). On a GPU host, "
                    "most of its cores: synthesis is what the GPU waits for.")
+@click.option("--half-crops", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of the steps whose batch is four times as many crops of half the side, drawn from every "
+                   "photo at least that large: at --crop 512, BSDS500's 300 photos (481 x 321) join only so.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
-          guide_radius, local_colour, colour_patches, black_spread, workers) -> None:
+          guide_radius, local_colour, colour_patches, black_spread, workers, half_crops) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -142,6 +146,9 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
 
     if crop % 32:
         raise click.BadParameter("must be a multiple of 32", param_hint="--crop")
+    if half_crops and (crop % 64 or crop < 384):
+        raise click.BadParameter(f"half crops need a --crop of at least 384 and a multiple of 64 (not {crop})",
+                                 param_hint="--half-crops")
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -163,7 +170,7 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
                       fine_signed=fine_input == "signed", fine_widths=fine_widths, fine_only=fine_only,
                       guide_radius=guide_radius, local_weight=local_colour, colour_patches=colour_patches,
-                      black_spread=black_spread, workers=workers)
+                      black_spread=black_spread, workers=workers, half_crops=half_crops)
     _run_training(training.train, cfg, resume, minutes)
 
 

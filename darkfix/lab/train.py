@@ -64,6 +64,7 @@ class TrainConfig:
     colour_patches: float = 0.0  # share of the crops replaced by scenes of saturated colour (synth.colour_patches)
     black_spread: float = synth.BLACK_SPREAD  # bound of the broad half's extra black-level error (synth.synthesise)
     workers: int = 0  # processes that synthesise batches ahead (0: the training process itself)
+    half_crops: float = 0.0  # share of the steps whose batch is 4 x as many crops of half the side
 
 
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
@@ -104,18 +105,23 @@ class PhotoPool:
     def __init__(self, folder: str | os.PathLike, crop: int) -> None:
         self.crop = crop
         paths = list_images(folder, "train")
-        self.photos = [p for p in (load_photo(path, crop) for path in paths) if min(p.shape[1:]) >= crop]
+        # photos at least half a crop on their short side serve the half-side batches (`batch(half=True)`)
+        self.everything = [p for p in (load_photo(path, crop) for path in paths) if min(p.shape[1:]) >= crop // 2]
+        self.photos = [p for p in self.everything if min(p.shape[1:]) >= crop]
         if not self.photos:
             raise ValueError(f"{folder}: no photo is at least {crop} px on its short side")
 
-    def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
+    def batch(self, n: int, g: torch.Generator, half: bool = False) -> torch.Tensor:
+        """n random crops of the crop's side from the photos that large, or with `half` of half the side from
+        every photo at least that large (at 512 px, BSDS500's 481 x 321 photos join only so)."""
+        photos, side = (self.everything, self.crop // 2) if half else (self.photos, self.crop)
         out = []
         for _ in range(n):
-            img = self.photos[int(torch.randint(len(self.photos), (1,), generator=g))]
+            img = photos[int(torch.randint(len(photos), (1,), generator=g))]
             _, h, w = img.shape
-            y = int(torch.randint(h - self.crop + 1, (1,), generator=g))
-            x = int(torch.randint(w - self.crop + 1, (1,), generator=g))
-            c = img[:, y : y + self.crop, x : x + self.crop]
+            y = int(torch.randint(h - side + 1, (1,), generator=g))
+            x = int(torch.randint(w - side + 1, (1,), generator=g))
+            c = img[:, y : y + side, x : x + side]
             t = torch.randint(8, (1,), generator=g).item()
             # flips and turns happen before mosaicing, so the CFA stays consistent
             if t & 1:
@@ -195,10 +201,13 @@ class BatchRecipe:
     own: synth.OwnSensor | None = None
     patches: float = 0.0  # synth.colour_patches' fraction (0: the photos alone, and the same draws as before it)
     black_spread: float = synth.BLACK_SPREAD
+    half_crops: float = 0.0  # share of the steps with 4 x batch crops of half the side (PhotoPool.batch(half=True))
 
     def __call__(self, step: int) -> Pair:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        photos, cpu = self.pool.batch(self.batch, g), torch.device("cpu")
+        # drawn only when asked for, so that runs without half crops keep their earlier batches
+        half = bool(self.half_crops) and float(torch.rand(1, generator=g)) < self.half_crops
+        photos, cpu = self.pool.batch(4 * self.batch if half else self.batch, g, half), torch.device("cpu")
         photos = synth.colour_patches(photos, g, self.patches)
         if self.own is not None:
             return own_sensor_pair(photos, g, cpu, self.own)
@@ -432,7 +441,9 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                              f"; {cfg.colour_patches:g} of the crops scenes of saturated colour (synth.colour_patches)"
                              if cfg.colour_patches else "") + (
                              f"; black-level error of the broad half bounded by {cfg.black_spread:g} DN"
-                             if cfg.black_spread != synth.BLACK_SPREAD else ""),
+                             if cfg.black_spread != synth.BLACK_SPREAD else "") + (
+                             f"; {cfg.half_crops:g} of the steps {4 * cfg.batch} x {cfg.crop // 2} px crops"
+                             " from every photo" if cfg.half_crops else ""),
                          "init": Path(cfg.init).name if cfg.init else None,
                          "seconds": round(time.time() - started), "device": cfg.device,
                          "precision": str(dtype).removeprefix("torch.")},
@@ -447,7 +458,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         export(vp, vs)
         if report:
             report({"step": 0, "loss": float("nan"), "lr": 0.0, "elapsed": 0.0, "val_psnr": vp, "val_ssim": vs})
-    recipe = BatchRecipe(pool, cfg.batch, cfg.seed, own, cfg.colour_patches, cfg.black_spread)
+    recipe = BatchRecipe(pool, cfg.batch, cfg.seed, own, cfg.colour_patches, cfg.black_spread, cfg.half_crops)
     with Batches(recipe, cfg.workers, cfg.iterations) as batches:
         while step < cfg.iterations:
             for group in opt.param_groups:
