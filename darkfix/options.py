@@ -25,6 +25,8 @@ class RestoreOptions:
     # self-ensemble: the network also runs on the transposed mosaic and the two outputs are averaged, for twice
     # the network's time (+0.1 dB; tiling.TiledEngine's call)
     ensemble: bool = False
+    # row noise and black level measured in the raw's masked margins where it has them (darkfix.rows)
+    masked_margin: bool = True
 
 
 def parse_brightness(value: float | int | str) -> float:

@@ -151,6 +151,7 @@ class Result:
     how: str  # what the amplification came from: "ratio", "auto" or "paper"
     noise: str | None = None  # the noise level noise-aware weights were given, and where it came from
     wide_guide: bool = False  # whether dark colour came from the colour guide's wide pass (`wide_guide`)
+    rows: str | None = None  # what darkfix.rows did with the row noise, where the raw has masked margins
 
 
 def saturated_pixels(prep: Prepared, t: Tile, oy: int, ox: int, h: int, w: int) -> np.ndarray | None:
@@ -212,7 +213,7 @@ def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, r
         raise _out_of_memory(source) from None
     return Result(source, output, prep.amplification, (w, h), prep.source,
                   prep.noise.describe() if prep.noise is not None else None,
-                  wide_guide(frame, info, opts.trust_black))
+                  wide_guide(frame, info, opts.trust_black), frame.rows.describe() if frame.rows else None)
 
 
 def check_camera_output(output: Path, info: WeightsInfo) -> None:
@@ -233,7 +234,7 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
     if opts.format == "dng":
         check_camera_output(output, info)
     with claim_output(output, opts.overwrite):  # before decoding: a second process on this name stops now
-        frame = read_frame(source, opts.profile)
+        frame = read_frame(source, opts.profile, opts.masked_margin)
         try:
             prep = prepare_frame(frame, opts, info.input)
         except MemoryError:

@@ -49,6 +49,7 @@ from .errors import ProfileError
 from .noise import NoiseLevel
 from .packing import estimate_frame_noise
 from .rawio import RawFrame, read_raw
+from .rows import correct as correct_rows
 
 FORMAT = "darkfix-sensor-profile"
 VERSION = 1
@@ -262,11 +263,14 @@ def _load(path: str, mtime_ns: int, size: int) -> SensorProfile:
     return profile
 
 
-def read_frame(path: str | os.PathLike, profile: str | os.PathLike | None = None) -> RawFrame:
-    """read_raw, then the sensor profile at `profile` applied where one is given (what every decode of a
-    shot goes through: restore, batch and Ray workers, the library)."""
+def read_frame(path: str | os.PathLike, profile: str | os.PathLike | None = None,
+               masked_margin: bool = True) -> RawFrame:
+    """read_raw, then the sensor profile at `profile` applied where one is given, then (unless
+    `masked_margin` is off) the row noise the sensor's masked margins measure taken out (darkfix.rows):
+    what every decode of a shot goes through (restore, batch and Ray workers, the library)."""
     frame = read_raw(path)
-    return frame if profile is None else load_profile(profile).apply(frame, path)
+    frame = frame if profile is None else load_profile(profile).apply(frame, path)
+    return correct_rows(frame) if masked_margin else frame
 
 
 # --- building one ---

@@ -114,6 +114,10 @@ def restore_options(f):
         click.option("--ensemble", is_flag=True,
                      help="Also run the network on the transposed frame and average the two: about 0.1 dB "
                           "better (finer grain, truer fine colour) for twice the network's time."),
+        click.option("--masked-margin/--no-masked-margin", default=True, show_default=True,
+                     help="Measure the row noise (banding) and the black level in the raw's optically masked "
+                          "margins, where it has them and they follow the picture's rows, and take the row "
+                          "noise out."),
     ]):
         f = option(f)
     return f
@@ -134,7 +138,7 @@ def load_restorer(weights, engine, device, precision, threads, tile):
 
 
 def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite, profile=None,
-                     trust_black=None, ensemble=False):
+                     trust_black=None, ensemble=False, masked_margin=True):
     from ..options import RestoreOptions
 
     if fmt == "jpeg" and bit_depth == "16":
@@ -150,7 +154,8 @@ def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, c
         profile = str(Path(profile).resolve())
     return RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=int(bit_depth),
                           compression=compression, overwrite=overwrite, format=fmt or "png", quality=quality,
-                          profile=profile, trust_black=trust_black, ensemble=ensemble)
+                          profile=profile, trust_black=trust_black, ensemble=ensemble,
+                          masked_margin=masked_margin)
 
 
 def raise_interrupt(signum, frame) -> None:

@@ -49,10 +49,17 @@ FINE_WIDTHS_TYPE = FineWidths()
 @click.option("--held-out", is_flag=True,
               help="Use only the photos training holds out of PHOTOS (every fourth Urban100 photo): a "
                    "detail-rich benchmark the network has not trained on.")
+@click.option("--masked-columns", type=click.IntRange(0, 1024), default=0, show_default=True,
+              help="Columns of optically masked photosites left of each frame (even; the DNG's MaskedAreas): "
+                   "black with the frame's read and row noise, as many sensors have.")
 @click.option("--overwrite", is_flag=True, help="Replace the benchmark OUT already holds.")
-def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held_out, overwrite) -> None:
+def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held_out, masked_columns,
+          overwrite) -> None:
     """Make a benchmark folder of dark DNGs and ground truth from clean PHOTOS."""
     make_benchmark = lab_module("benchset").make_benchmark
+
+    if masked_columns % 2:
+        raise click.BadParameter(f"must be even (whole CFA cells), not {masked_columns}", param_hint="--masked-columns")
 
     try:
         ratio_list = tuple(float(r) for r in ratios.split(","))
@@ -61,7 +68,8 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
     try:
         manifest = make_benchmark(photos, out, ratio_list, seed=seed, limit=limit, max_side=max_side, sensors=sensors,
                                   progress=lambda name: click.echo(f"wrote {out / name}", err=True),
-                                  black_error=black_error, part="held-out" if held_out else "all", overwrite=overwrite)
+                                  black_error=black_error, part="held-out" if held_out else "all", overwrite=overwrite,
+                                  masked=masked_columns)
     except ValueError as e:  # a ratio outside 1-10000, refused before anything is written
         raise click.BadParameter(str(e), param_hint="--ratios") from None
     except OSError as e:  # FileNotFoundError, FileExistsError among them
@@ -349,10 +357,14 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
               help="Restore as `darkfix restore --trust-black` does (the benchmark's black levels exact: dark "
                    "colour from wide local means); default: as without a sensor profile.")
 @click.option("--ensemble", is_flag=True, help="Restore as `darkfix restore --ensemble` does (every network).")
+@click.option("--masked-margin/--no-masked-margin", default=True, show_default=True,
+              help="Restore as `darkfix restore` does with (the default) or without --masked-margin (every "
+                   "network).")
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, stride,
-                 ratios, compare_paths, json_path, markdown_path, per_image, trust_black, ensemble, weights, engine,
+                 ratios, compare_paths, json_path, markdown_path, per_image, trust_black, ensemble, masked_margin,
+                 weights, engine,
                  device, precision, threads, tile, quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
@@ -382,7 +394,7 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
             restorer, info = load_restorer(path, engine, device, precision, threads, tile)
             name = ev.network_name(info, [m.name for m in methods],
                                    default="darkfix" if not methods else "baseline")
-            methods.append(ev.NetworkMethod(name, restorer, info, trust_black, ensemble))
+            methods.append(ev.NetworkMethod(name, restorer, info, trust_black, ensemble, masked_margin))
         if not no_libraw:
             methods.append(ev.LibRawMethod())
         report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio, exposure=exposure,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +36,7 @@ _PHASES = {(0, 0): "RGGB", (0, 1): "GRBG", (1, 0): "GBRG", (1, 1): "BGGR"}
 def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tuple[float, ...] = (100, 250, 300),
                    seed: int = 0, limit: int | None = None, max_side: int | None = None, sensors: str = "sony",
                    progress: Callable[[str], None] | None = None, black_error: bool = True,
-                   part: str = "all", overwrite: bool = False) -> dict:
+                   part: str = "all", overwrite: bool = False, masked: int = 0) -> dict:
     """Write the benchmark folder and return its manifest.
 
     `sensors`: "sony" (the Sony A7S II of SID: 14 bits, black 512, ELD noise) or "broad" (each photo its
@@ -43,9 +44,13 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
     `synth.ratio_limit`, so an 8-bit sensor's 300 becomes about 25, and the manifest holds the true one).
     `black_error=False`: no black-level error (manifest `black_bias` all 0). `part`: `train.list_images`'s
     selection ("held-out": the Urban100 photos training leaves out, for a detail-rich benchmark).
+    `masked`: that many (even) columns of optically masked photosites left of each frame (no light: black,
+    read and row noise, the same rows' offsets), which the DNG's ActiveArea and MaskedAreas declare.
     Refuses (FileExistsError) a folder that already holds a benchmark unless `overwrite`; ValueError for a
-    ratio outside 1-10000.
+    ratio outside 1-10000 or an odd `masked`.
     """
+    if masked < 0 or masked % 2:
+        raise ValueError(f"masked columns must be an even number, not {masked}")
     if sensors not in ("sony", "broad"):
         raise ValueError(f"unknown sensors {sensors!r} (expected sony or broad)")
     for r in ratios:
@@ -80,18 +85,20 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
         scale = (white - black) / synth.SONY_RANGE  # the ELD parameters in this sensor's DN
         for nominal in ratios:
             ratio = float(nominal) * (float(synth.ratio_limit(sensor)[0]) if broad else 1.0)
+            lit = replace(scene, linear=torch.nn.functional.pad(scene.linear, (masked, 0))) if masked else scene
             s = synth.synthesise(None, g, broad=broad, ratio=torch.tensor([ratio]), exposure=torch.ones(1),
-                                 scene=scene, black_error=black_error)
+                                 scene=lit, black_error=black_error)
             planes = s.raw[0].to(torch.int32).numpy()
             _, hh, ww = planes.shape
-            mosaic = planes.reshape(2, 2, hh, ww).transpose(2, 0, 3, 1).reshape(2 * hh, 2 * ww)[dy:, dx:]
+            full = planes.reshape(2, 2, hh, ww).transpose(2, 0, 3, 1).reshape(2 * hh, 2 * ww)[dy:]
+            mosaic = np.concatenate([full[:, :masked], full[:, masked + dx :]], axis=1)
             name = f"{path.stem}_x{int(nominal)}.dng"
             spec = DngSpec(cfa=cfa, black=black, white=int(white),
                            as_shot_neutral=tuple((1.0 / camera.wb[0]).tolist()),
                            color_matrix=camera.cam_xyz[0].numpy(),
                            model="synthetic A7S II noise" if not broad else
                            f"synthetic {int(round(np.log2(white + 1)))}-bit sensor",
-                           description=f"darkfix synth: {path.name} at 1/{ratio:g} exposure")
+                           description=f"darkfix synth: {path.name} at 1/{ratio:g} exposure", masked_left=masked)
             write_dng(out / name, np.ascontiguousarray(mosaic.astype(np.uint16)), spec)
             noise = s.noise
             entries.append({"raw": name, "gt": gt_name, "ratio": ratio, "level": float(nominal),
@@ -107,7 +114,7 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
             if progress:
                 progress(name)
     manifest = {"version": 2, "seed": seed, "ratios": list(ratios), "sensors": sensors,
-                "black_error": black_error, "photos": part,
+                "black_error": black_error, "photos": part, "masked_columns": masked,
                 "convention": "ground truth = clean linear camera RGB rendered with camera WB, "
                               "LibRaw's camera->sRGB matrix and the BT.709 curve (SID), 16-bit PNG",
                 "pairs": entries}

@@ -38,6 +38,7 @@ from ..inference import Restorer
 from ..pipeline import RestoreOptions, infer_and_render, prepare_frame
 from ..pngio import read_png as _read_png
 from ..rawio import RawFrame, read_raw
+from ..rows import correct as correct_rows
 from ..weights import WeightsInfo
 from .synth import BLACK, SONY_RANGE, WHITE
 
@@ -290,9 +291,9 @@ class NetworkMethod:
     """The network through `darkfix restore`'s stages (prepare_frame, infer_and_render), 16 bits in memory."""
 
     def __init__(self, name: str, restorer: Restorer, info: WeightsInfo, trust_black: bool | None = None,
-                 ensemble: bool = False) -> None:
+                 ensemble: bool = False, masked_margin: bool = True) -> None:
         self.name, self.restorer, self.info, self.trust_black = name, restorer, info, trust_black
-        self.ensemble = ensemble
+        self.ensemble, self.masked_margin = ensemble, masked_margin
         self.description = {"kind": "network", "weights": str(info.path), "format": info.format,
                             "output": info.output, "device": str(restorer.device),
                             "precision": restorer.precision, "engine": restorer.engine}
@@ -300,9 +301,14 @@ class NetworkMethod:
             self.description["trust_black"] = trust_black
         if ensemble:
             self.description["ensemble"] = True
+        if not masked_margin:
+            self.description["masked_margin"] = False
 
     def __call__(self, case: Case, frame: RawFrame, amplification: float) -> np.ndarray:
-        opts = RestoreOptions(ratio=amplification, bit_depth=16, trust_black=self.trust_black, ensemble=self.ensemble)
+        opts = RestoreOptions(ratio=amplification, bit_depth=16, trust_black=self.trust_black, ensemble=self.ensemble,
+                              masked_margin=self.masked_margin)
+        if self.masked_margin:  # what read_frame does for `darkfix restore`
+            frame = correct_rows(frame)
         prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
 

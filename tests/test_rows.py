@@ -1,0 +1,134 @@
+"""Row noise and black level from a raw's masked margins (darkfix.rows): measured where the margin is
+masked, left where it is not, and what `darkfix restore` makes of it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from darkfix import rows
+from darkfix.cli import main
+from darkfix.dng import DngSpec, write_dng
+from darkfix.profile import read_frame
+from darkfix.rawio import read_raw
+
+from _util import read_png
+
+H, W, LEFT = 512, 768, 32
+BLACK = 512.0
+
+
+def frame_dn(rng: np.random.Generator, row_sigma: float, scene: np.ndarray | None = None,
+             margin_scene: np.ndarray | None = None, cell: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mosaic with LEFT margin columns first, the rows' true offsets): Poisson light over read noise of
+    2 DN and row noise shared by the margin and the picture."""
+    yy, xx = np.mgrid[0:H, 0 : W - LEFT]
+    scene = 6.0 + 4.0 * (xx > (W - LEFT) // 2) if scene is None else scene
+    offsets = rng.normal(0.0, row_sigma, H)
+    picture = rng.poisson(scene) + rng.normal(0.0, 2.0, scene.shape)
+    margin = rng.normal(0.0, 2.0, (H, LEFT)) + (0.0 if margin_scene is None else rng.poisson(margin_scene))
+    full = np.concatenate([margin, picture], axis=1) + offsets[:, None] + BLACK
+    if cell is not None:  # a black level of each CFA position's own
+        full += np.tile(cell, (H // 2, W // 2))
+    return np.clip(np.round(full), 0, 16383).astype(np.uint16), offsets
+
+
+def test_a_masked_margin_measures_the_rows_and_the_black(tmp_path):
+    rng = np.random.default_rng(3)
+    mosaic, offsets = frame_dn(rng, 1.5)
+    write_dng(tmp_path / "m.dng", mosaic, DngSpec(masked_left=LEFT))
+    raw = read_raw(tmp_path / "m.dng")
+    assert raw.mosaic.shape == (H, W - LEFT) and raw.margin is not None and raw.margin.shape == (H, LEFT)
+    # LibRaw measures the black in the masked area itself, in whole DN
+    assert np.all(raw.black == np.round(raw.black)) and np.abs(raw.black - BLACK).max() <= 1.0
+    frame = read_frame(tmp_path / "m.dng")
+    fix = frame.rows
+    assert fix is not None and fix.columns == LEFT and fix.correlation > 0.9 and 0.85 < fix.gain <= 1.0
+    taken = (raw.mosaic.astype(np.float32) - frame.mosaic)[:, 1]
+    left = offsets - taken
+    # what stays is the margin's own noise (2 DN / sqrt(32) a row), against 1.5 DN before
+    assert (left - left.mean()).std() < 0.45 < 1.4 < offsets.std()
+    # the black level to a tenth of a DN (the rounding of codes: 0.5 down from the +0.5 of round())
+    assert np.abs(frame.black - (BLACK + offsets.mean())).max() < 0.15
+    assert fix.black_shift is not None and "taken out" in fix.describe()
+    # a sensor profile's measured black is kept (its dark frames know better)
+    kept = rows.correct(replace(raw, black_measured=True))
+    assert np.array_equal(kept.black, raw.black) and kept.rows.black_shift is None
+
+
+@pytest.mark.parametrize("case", ["no row noise", "margin of picture", "margin unrelated"])
+def test_a_margin_that_does_not_follow_the_rows_is_left(tmp_path, case):
+    rng = np.random.default_rng(4)
+    if case == "no row noise":
+        mosaic, _ = frame_dn(rng, 0.0)
+    elif case == "margin of picture":
+        # horizontal stripes of light over the margin and the left half only: the scene, not row noise
+        stripes = 20.0 * ((np.arange(H) // 24) % 2)[:, None]
+        scene = np.zeros((H, W - LEFT)) + 6.0
+        scene[:, : (W - LEFT) // 2] += stripes
+        mosaic, _ = frame_dn(rng, 0.0, scene, margin_scene=np.broadcast_to(stripes, (H, LEFT)))
+    else:
+        mosaic, _ = frame_dn(rng, 1.5)
+        mosaic[:, :LEFT] = rng.normal(BLACK, 3.0, (H, LEFT)).round().astype(np.uint16)
+    write_dng(tmp_path / "m.dng", mosaic, DngSpec(masked_left=LEFT))
+    raw, frame = read_raw(tmp_path / "m.dng"), read_frame(tmp_path / "m.dng")
+    assert frame.rows is not None and frame.rows.gain == 0.0 and frame.rows.correlation < rows.MIN_CORRELATION
+    assert frame.mosaic.dtype == np.uint16 and np.array_equal(frame.mosaic, raw.mosaic)
+    assert np.array_equal(frame.black, raw.black) and "left" in frame.rows.describe()
+
+
+def test_narrow_or_no_margins_change_nothing(tmp_path):
+    rng = np.random.default_rng(5)
+    mosaic, _ = frame_dn(rng, 1.5)
+    write_dng(tmp_path / "plain.dng", np.ascontiguousarray(mosaic[:, LEFT:]), DngSpec())
+    write_dng(tmp_path / "narrow.dng", np.ascontiguousarray(mosaic[:, LEFT - 6 :]), DngSpec(masked_left=6))
+    for name in ("plain.dng", "narrow.dng"):
+        frame = read_frame(tmp_path / name)
+        assert frame.margin is None and frame.rows is None and frame.mosaic.dtype == np.uint16
+
+
+def test_the_black_of_each_cfa_position(tmp_path):
+    """Each CFA position's black comes from the margin's photosites of that position (LibRaw states whole
+    DN), though the four differ by fractions of a DN."""
+    rng = np.random.default_rng(6)
+    cell = np.array([[0.0, 0.6], [0.3, 0.9]])
+    mosaic, offsets = frame_dn(rng, 1.5, cell=cell)
+    write_dng(tmp_path / "cell.dng", mosaic, DngSpec(masked_left=LEFT))
+    frame = read_frame(tmp_path / "cell.dng")
+    assert frame.rows is not None and frame.rows.gain > 0.8 and frame.rows.black_shift is not None
+    assert np.abs(frame.black - (BLACK + offsets.mean() + cell)).max() < 0.1, frame.black
+
+
+def test_restore_takes_the_row_noise_out(tmp_path):
+    """The picture's banding (the spread of row means over a flat area) falls by more than half with the
+    margin, the exposure stays, and -v says what was done; the same frame without its margin keeps it."""
+    rng = np.random.default_rng(7)
+    mosaic, offsets = frame_dn(rng, 1.5)
+    clean = (mosaic.astype(np.float64) - offsets[:, None]).round().astype(np.uint16)
+    write_dng(tmp_path / "masked.dng", mosaic, DngSpec(masked_left=LEFT))
+    write_dng(tmp_path / "plain.dng", np.ascontiguousarray(mosaic[:, LEFT:]), DngSpec())
+    write_dng(tmp_path / "clean.dng", np.ascontiguousarray(clean[:, LEFT:]), DngSpec())
+    banding, level = {}, {}
+    for name, extra in (("masked", []), ("plain", []), ("clean", []), ("off", ["--no-masked-margin"])):
+        source = tmp_path / f"{'masked' if name == 'off' else name}.dng"
+        r = CliRunner().invoke(main, ["restore", str(source), "-o", str(tmp_path / f"{name}.png"), "--ratio", "100",
+                                      "-v", "--engine", "torch", "--precision", "fp32", *extra])
+        assert r.exit_code == 0, r.output
+        assert ("row noise:" in r.output) == (name == "masked"), r.output
+        img = read_png(tmp_path / f"{name}.png")[0].astype(np.float64)
+        banding[name] = img[:, : (W - LEFT) // 2 - 16].mean(axis=(1, 2)).std()
+        level[name] = img.mean()
+    assert banding["clean"] < banding["masked"] < 0.6 * min(banding["plain"], banding["off"]), banding
+    assert abs(level["masked"] - level["clean"]) < 0.5, level
+    # the library is the command's twin
+    import darkfix
+
+    lib = darkfix.load(engine="torch", precision="fp32")
+    for on in (True, False):
+        img = lib.restore(tmp_path / "masked.dng", ratio=100, masked_margin=on)
+        assert np.array_equal(img, read_png(tmp_path / f"{'masked' if on else 'off'}.png")[0])
+    with pytest.raises(ValueError, match="masked_margin must be True or False"):
+        lib.restore(tmp_path / "masked.dng", masked_margin="yes")
