@@ -34,7 +34,8 @@ class DngSpec:
     datetime: str | None = None  # "YYYY:MM:DD HH:MM:SS"
     description: str = ""
     noise_profile: tuple[float, ...] | None = None  # DNG NoiseProfile: S, O pairs (variance S x + O)
-    masked_left: int = 0  # the mosaic's first columns are optically masked (ActiveArea and MaskedAreas say so)
+    masked_left: int = 0  # the mosaic's first columns lie outside the picture (ActiveArea says so)...
+    margin_masked: bool = True  # ...and are optically masked (MaskedAreas says so: LibRaw measures black there)
 
 
 def _srational(values: np.ndarray) -> list[int]:
@@ -84,7 +85,8 @@ def write_dng(path: str | os.PathLike, mosaic: np.ndarray, spec: DngSpec) -> Pat
     if spec.masked_left:
         h, w = mosaic.shape
         extratags.append((50829, "I", 4, (0, spec.masked_left, h, w), True))  # ActiveArea: top, left, bottom, right
-        extratags.append((50830, "I", 4, (0, 0, h, spec.masked_left), True))  # MaskedAreas
+        if spec.margin_masked:
+            extratags.append((50830, "I", 4, (0, 0, h, spec.masked_left), True))  # MaskedAreas
     if spec.noise_profile is not None:
         extratags.append((51041, "d", len(spec.noise_profile), tuple(spec.noise_profile), True))
     path = Path(path)

@@ -25,10 +25,10 @@ MIN_COLUMNS = 8  # narrower margins average too little read noise away to measur
 MIN_ROWS = 64  # fewer rows cannot show a correlation apart from chance
 MIN_CORRELATION = 0.2  # of high-passed row means: unrelated series of >= 64 rows stay below it (about 4 sigma)
 TREND_ROWS = 129  # the margins' slower changes (dark current, warming) are left: a moving mean over this many rows
-# LibRaw states a black level it measures in masked areas in whole DN (rounded down); the margin refines it
-# where it is that close, and leaves a stated level it disagrees with more (masked photosites may sit a
-# little off the picture's black on some sensors)
-MAX_BLACK_SHIFT = 1.0
+# LibRaw states a black level it measures in masked areas in whole DN (rounded down, and seen 1.001 DN
+# under the mean); the margin refines it where it is that close, and leaves a stated level it disagrees
+# with more (masked photosites may sit a little off the picture's black on some sensors)
+MAX_BLACK_SHIFT = 1.5
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,11 @@ class RowFix:
     black_shift: float | None = None  # largest change of a CFA position's black level, DN (None: kept)
 
     def describe(self) -> str:
+        black = ("" if self.black_shift is None else
+                 f"; black level measured there (moved up to {self.black_shift:.2f} DN)")
         if not self.gain:
             return (f"row noise left: the raw's {self.columns} margin columns do not follow the picture's rows "
-                    f"(correlation {self.correlation:.2f}): not masked, or no row noise")
-        black = ("" if self.black_shift is None else
-                 f"; black level from them (moved up to {self.black_shift:.2f} DN)")
+                    f"(correlation {self.correlation:.2f}): not masked, or no row noise{black}")
         return (f"row noise: {self.sigma_dn:.2f} DN a row taken out, measured in {self.columns} masked columns "
                 f"(correlation {self.correlation:.2f}, gain {self.gain:.2f}){black}")
 
@@ -86,10 +86,14 @@ def _trend(rows: np.ndarray) -> np.ndarray:
 
 def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
              margin: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, RowFix]:
-    """(mosaic, black, what was done): where the `margin` (H, columns; columns in phase with the mosaic's
-    CFA) follows the picture's rows, the mosaic as float32 with each row's offset taken out, and the black
-    level of each CFA position as the margin measures it (a fraction of a DN, where LibRaw states whole DN)
-    when that is within MAX_BLACK_SHIFT of the stated one; else (None, black, a RowFix of gain 0).
+    """(mosaic, black, what was done) for a frame whose raw data has the `margin` (H, columns; columns in
+    phase with the mosaic's CFA) beside it.
+
+    Where the margin's row means follow the picture's rows, the mosaic comes back as float32 with each
+    row's offset taken out (else None), and where the margin is masked, each CFA position's black level as
+    the margin measures it: a fraction of a DN, where LibRaw states a black it measured there in whole DN,
+    rounded down. The margin counts as masked where its rows follow the picture's (then a stated black up
+    to MAX_BLACK_SHIFT away is refined) or where the stated black is LibRaw's rounding of its means.
     Photosites at white stay there (their light is unknown; rendering looks for them at white)."""
     h, columns = mosaic.shape[0], margin.shape[1]
     if margin.shape[0] != h:
@@ -98,6 +102,10 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
         return None, black, RowFix(columns, 0.0, 0.0, 0.0)
     lo, hi = np.percentile(margin, (0.1, 99.9))  # hot photosites of the margin count as no more than these
     band = np.clip(margin, lo, hi).astype(np.float64)
+    measured = np.array([[band[i::2, j::2].mean() for j in (0, 1)] for i in (0, 1)], np.float32)
+    above = measured - black
+    shift = float(np.abs(above).max())
+    floored = bool(np.all((above > -0.02) & (above < 1.02)))  # LibRaw's whole DN, give or take its own area
     means = band.mean(axis=1)
     hm = _high_pass(means)
     hm -= hm.mean()
@@ -114,14 +122,13 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
         gain += 0.5 * float(hm @ hp) / var if var > 0 else 0.0
     gain = min(gain, 1.0)
     if corr < MIN_CORRELATION or gain <= 0:
-        return None, black, RowFix(columns, corr, 0.0, 0.0)
+        return None, measured if floored else black, RowFix(columns, corr, 0.0, 0.0, shift if floored else None)
     offsets = (gain * (means - _trend(means))).astype(np.float32)
     out = mosaic.astype(np.float32) - offsets[:, None]
     out[mosaic >= white] = white
-    measured = np.array([[band[i::2, j::2].mean() for j in (0, 1)] for i in (0, 1)], np.float32)
-    shift = float(np.abs(measured - black).max())
-    return out, measured if shift <= MAX_BLACK_SHIFT else black, RowFix(columns, corr, gain, float(offsets.std()),
-                                                                        shift if shift <= MAX_BLACK_SHIFT else None)
+    refine = shift <= MAX_BLACK_SHIFT
+    return out, measured if refine else black, RowFix(columns, corr, gain, float(offsets.std()),
+                                                      shift if refine else None)
 
 
 def correct(frame: RawFrame) -> RawFrame:

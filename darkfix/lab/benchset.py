@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +44,8 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
     `black_error=False`: no black-level error (manifest `black_bias` all 0). `part`: `train.list_images`'s
     selection ("held-out": the Urban100 photos training leaves out, for a detail-rich benchmark).
     `masked`: that many (even) columns of optically masked photosites left of each frame (no light: black,
-    read and row noise, the same rows' offsets), which the DNG's ActiveArea and MaskedAreas declare.
+    read and row noise, the same rows' offsets), which the DNG's ActiveArea and MaskedAreas declare; the
+    pictures are those of the same benchmark without them.
     Refuses (FileExistsError) a folder that already holds a benchmark unless `overwrite`; ValueError for a
     ratio outside 1-10000 or an odd `masked`.
     """
@@ -85,9 +85,11 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
         scale = (white - black) / synth.SONY_RANGE  # the ELD parameters in this sensor's DN
         for nominal in ratios:
             ratio = float(nominal) * (float(synth.ratio_limit(sensor)[0]) if broad else 1.0)
-            lit = replace(scene, linear=torch.nn.functional.pad(scene.linear, (masked, 0))) if masked else scene
+            # the masked columns' own draws come from a generator of their own: the picture is the one a
+            # benchmark without them holds
+            masked_g = torch.Generator().manual_seed(seed * 100_003 + i + 7_919 * int(nominal)) if masked else None
             s = synth.synthesise(None, g, broad=broad, ratio=torch.tensor([ratio]), exposure=torch.ones(1),
-                                 scene=lit, black_error=black_error)
+                                 scene=scene, black_error=black_error, masked=masked // 2, masked_g=masked_g)
             planes = s.raw[0].to(torch.int32).numpy()
             _, hh, ww = planes.shape
             full = planes.reshape(2, 2, hh, ww).transpose(2, 0, 3, 1).reshape(2 * hh, 2 * ww)[dy:]

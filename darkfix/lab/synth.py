@@ -200,11 +200,33 @@ def _tukey(u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return torch.where(lam.abs() < 1e-6, torch.log(u / (1.0 - u)), general)
 
 
+def _read_noise(shape: tuple[int, ...], p: NoiseParams, scale: torch.Tensor, g: torch.Generator,
+                dev: torch.device) -> torch.Tensor:
+    """Read noise of the frames' shapes (Tukey lambda, or Gaussian where lambda is NaN), in DN."""
+    n = shape[0]
+    u = torch.rand(shape, generator=g, device=dev).clamp(1e-6, 1.0 - 1e-6)
+    lam = p.read_lambda.to(dev).view(n, 1, 1, 1)
+    gaussian = torch.randn(shape, generator=g, device=dev)
+    read = torch.where(torch.isnan(lam), gaussian, _tukey(u, torch.nan_to_num(lam)))
+    return read * p.read_sigma.to(dev).view(n, 1, 1, 1) * scale
+
+
+def _column_noise(n: int, w: int, p: NoiseParams, scale: torch.Tensor, g: torch.Generator,
+                  dev: torch.device) -> torch.Tensor:
+    """(N, 4, 1, w): mosaic columns 2j and 2j+1 hold channels (R, G2) and (G1, B)."""
+    assert p.col_sigma is not None
+    cols = torch.randn(n, 2, w, generator=g, device=dev) * (p.col_sigma.to(dev).view(n, 1, 1) * scale.view(n, 1, 1))
+    return cols[:, [0, 1, 0, 1], None, :]
+
+
 def noisy_dn(clean: torch.Tensor, ratio: torch.Tensor, p: NoiseParams, g: torch.Generator,
-             sensor: Sensor | None = None) -> torch.Tensor:
+             sensor: Sensor | None = None, masked: int = 0, masked_g: torch.Generator | None = None) -> torch.Tensor:
     """Packed clean linear signal (N, 4, h, w) in [0, 1] of white -> the dark exposure 1/ratio gives, in
     the sensor's DN above black, before the ADC rounds and clips it (`to_raw`). The ELD parameters are
-    calibrated in the Sony's DN; a sensor with another range has them scaled to its own."""
+    calibrated in the Sony's DN; a sensor with another range has them scaled to its own.
+
+    `masked` > 0 puts that many packed columns of optically masked photosites first: no light, read noise
+    drawn from `masked_g` (the frame's own draws from `g` stay as without them), the frame's row noise."""
     n, _, h, w = clean.shape
     dev = clean.device
     sensor = sensor or sony_sensor(n)
@@ -213,18 +235,20 @@ def noisy_dn(clean: torch.Tensor, ratio: torch.Tensor, p: NoiseParams, g: torch.
     signal = clean * col(sensor.range) / col(ratio)
     k = col(p.K) * scale
     shot = k * torch.poisson(signal / k, generator=g if dev.type == "cpu" else None)
-    u = torch.rand(clean.shape, generator=g, device=dev).clamp(1e-6, 1.0 - 1e-6)
-    lam = col(p.read_lambda)
-    gaussian = torch.randn(clean.shape, generator=g, device=dev)
-    read = torch.where(torch.isnan(lam), gaussian, _tukey(u, torch.nan_to_num(lam)))
-    read = read * col(p.read_sigma) * scale
+    read = _read_noise(tuple(clean.shape), p, scale, g, dev)
     rows = torch.randn(n, 2, h, generator=g, device=dev) * (col(p.row_sigma) * scale).view(n, 1, 1)
     # mosaic rows 2i and 2i+1 hold channels (R, G1) and (G2, B): each row's offset is shared along it
     row_noise = rows[:, [0, 0, 1, 1], :, None]
-    if p.col_sigma is not None:  # mosaic columns 2j and 2j+1 hold channels (R, G2) and (G1, B)
-        cols = torch.randn(n, 2, w, generator=g, device=dev) * (col(p.col_sigma) * scale).view(n, 1, 1)
-        row_noise = row_noise + cols[:, [0, 1, 0, 1], None, :]
-    return shot + read + row_noise + p.bias.to(dev)[:, :, None, None] * scale
+    bias = p.bias.to(dev)[:, :, None, None] * scale
+    lines = row_noise + _column_noise(n, w, p, scale, g, dev) if p.col_sigma is not None else row_noise
+    out = shot + read + lines + bias
+    if not masked:
+        return out
+    mg = masked_g if masked_g is not None else g
+    dark = _read_noise((n, 4, h, masked), p, scale, mg, dev) + row_noise + bias
+    if p.col_sigma is not None:
+        dark = dark + _column_noise(n, masked, p, scale, mg, dev)
+    return torch.cat([dark, out], dim=-1)
 
 
 def to_raw(dn: torch.Tensor, sensor: Sensor) -> torch.Tensor:
@@ -446,7 +470,8 @@ BLACK_SPREAD = 3.0
 def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = True,
                ratio: torch.Tensor | None = None, exposure: torch.Tensor | None = None,
                scene: Scene | None = None, own: OwnSensor | None = None, black_error: bool = True,
-               black_spread: float = BLACK_SPREAD) -> Synthetic:
+               black_spread: float = BLACK_SPREAD, masked: int = 0, masked_g: torch.Generator | None = None
+               ) -> Synthetic:
     """The one synthetic-pair recipe (training, validation and `darkfix synth`): sRGB photos (N, 3, H, W)
     -> `make_scene` (or a given `scene`) -> exposure -> mosaic -> ELD noise (25 % virtual-camera gains
     when `broad`) -> ADC.
@@ -456,7 +481,8 @@ def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = T
     its noise by one measured sensor's. `black_error=False` zeroes the per-channel black-level error after it
     is drawn (every other draw unchanged): denoising measured apart from that robustness. `black_spread`
     bounds the extra black-level error of `broad` frames (its standard deviation is drawn from 0 to it, DN
-    of 14 bits; the same draws for any value).
+    of 14 bits; the same draws for any value). `masked`, `masked_g`: `noisy_dn`'s (the raw then holds
+    that many packed columns of masked photosites first; the rest as without them).
     """
     scene = scene or make_scene(srgb, g, broad)
     camera, sensor = scene.camera, scene.sensor
@@ -475,5 +501,5 @@ def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = T
     if not black_error:
         noise.bias = torch.zeros_like(noise.bias)
     linear = scene.linear * exposure.to(scene.linear.device).view(n, 1, 1, 1)
-    raw = to_raw(noisy_dn(mosaic(linear), ratio.float(), noise, g, sensor), sensor)
+    raw = to_raw(noisy_dn(mosaic(linear), ratio.float(), noise, g, sensor, masked, masked_g), sensor)
     return Synthetic(raw, sensor, camera, noise, ratio.float(), linear)
