@@ -36,6 +36,7 @@ class DngSpec:
     noise_profile: tuple[float, ...] | None = None  # DNG NoiseProfile: S, O pairs (variance S x + O)
     masked_left: int = 0  # the mosaic's first columns lie outside the picture (ActiveArea says so)...
     margin_masked: bool = True  # ...and are optically masked (MaskedAreas says so: LibRaw measures black there)
+    margin_right: int = 0  # the mosaic's last columns lie outside the picture too (not declared masked)
 
 
 def _srational(values: np.ndarray) -> list[int]:
@@ -82,10 +83,11 @@ def write_dng(path: str | os.PathLike, mosaic: np.ndarray, spec: DngSpec) -> Pat
         extratags.append((34855, "H", 1, int(spec.iso), True))
     if spec.datetime is not None:
         extratags.append((306, "s", 0, spec.datetime, True))
-    if spec.masked_left:
+    if spec.masked_left or spec.margin_right:
         h, w = mosaic.shape
-        extratags.append((50829, "I", 4, (0, spec.masked_left, h, w), True))  # ActiveArea: top, left, bottom, right
-        if spec.margin_masked:
+        # ActiveArea: top, left, bottom, right
+        extratags.append((50829, "I", 4, (0, spec.masked_left, h, w - spec.margin_right), True))
+        if spec.margin_masked and spec.masked_left:
             extratags.append((50830, "I", 4, (0, 0, h, spec.masked_left), True))  # MaskedAreas
     if spec.noise_profile is not None:
         extratags.append((51041, "d", len(spec.noise_profile), tuple(spec.noise_profile), True))

@@ -45,10 +45,10 @@ class RawFrame:
     # whether `black` was measured (a sensor profile's dark frames) rather than only stated by the file
     black_measured: bool = False
     # the raw data's margins beside the visible rows (LibRaw's left and right margins: optically masked
-    # photosites on many sensors), (H, columns), each side cut to whole CFA cells in phase with the mosaic's
-    # columns; None where narrower than rows.MIN_COLUMNS. darkfix.rows measures row noise and the black level
-    # in it where it is masked (`rows` says what it did)
-    margin: np.ndarray | None = None
+    # photosites on many sensors), each (H, columns), cut to whole CFA cells in phase with the mosaic's
+    # columns; a side narrower than rows.MIN_COLUMNS is left out. darkfix.rows measures row noise and the
+    # black level in them where they are masked (`rows` says what it did)
+    margins: tuple[np.ndarray, ...] = ()
     rows: RowFix | None = None
 
 
@@ -166,19 +166,18 @@ def _frame_from(raw: rawpy.RawPy, p: Path) -> RawFrame:
         cam_xyz=cam_xyz,
         capture=capture,
         noise=from_dng_profile(capture.noise_profile) if capture.noise_profile else None,
-        margin=_margin(raw),
+        margins=_margins(raw),
     )
 
 
-def _margin(raw: rawpy.RawPy) -> np.ndarray | None:
-    """The raw data's left and right margins beside the visible rows, side by side (a copy), each cut to
-    whole CFA cells in phase with the visible columns; None where narrower than rows.MIN_COLUMNS."""
+def _margins(raw: rawpy.RawPy) -> tuple[np.ndarray, ...]:
+    """The raw data's left and right margins beside the visible rows (copies), each cut to whole CFA cells
+    in phase with the visible columns; sides narrower than rows.MIN_COLUMNS left out."""
     s = raw.sizes
     rows = raw.raw_image[s.top_margin : s.top_margin + s.height]
+    if rows.shape[0] != s.height:
+        return ()
     left, right = s.left_margin, s.left_margin + s.width + s.width % 2
     # the left margin's last even count of columns before the picture, the right's first
-    bands = [b for b in (rows[:, left % 2 : left], rows[:, right : right + max(rows.shape[1] - right, 0) // 2 * 2])
-             if b.shape[1] >= MIN_COLUMNS]
-    if not bands or rows.shape[0] != s.height:
-        return None
-    return np.concatenate(bands, axis=1)
+    sides = (rows[:, left % 2 : left], rows[:, right : right + max(rows.shape[1] - right, 0) // 2 * 2])
+    return tuple(side.copy() for side in sides if side.shape[1] >= MIN_COLUMNS)

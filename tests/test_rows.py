@@ -41,7 +41,7 @@ def test_a_masked_margin_measures_the_rows_and_the_black(tmp_path):
     mosaic, offsets = frame_dn(rng, 1.5)
     write_dng(tmp_path / "m.dng", mosaic, DngSpec(masked_left=LEFT))
     raw = read_raw(tmp_path / "m.dng")
-    assert raw.mosaic.shape == (H, W - LEFT) and raw.margin is not None and raw.margin.shape == (H, LEFT)
+    assert raw.mosaic.shape == (H, W - LEFT) and [m.shape for m in raw.margins] == [(H, LEFT)]
     # LibRaw measures the black in the masked area itself, in whole DN
     assert np.all(raw.black == np.round(raw.black)) and np.abs(raw.black - BLACK).max() <= 1.0
     frame = read_frame(tmp_path / "m.dng")
@@ -53,10 +53,11 @@ def test_a_masked_margin_measures_the_rows_and_the_black(tmp_path):
     assert (left - left.mean()).std() < 0.45 < 1.4 < offsets.std()
     # the black level to a tenth of a DN (the rounding of codes: 0.5 down from the +0.5 of round())
     assert np.abs(frame.black - (BLACK + offsets.mean())).max() < 0.15
-    assert fix.black_shift is not None and "taken out" in fix.describe()
-    # a sensor profile's measured black is kept (its dark frames know better)
-    kept = rows.correct(replace(raw, black_measured=True))
-    assert np.array_equal(kept.black, raw.black) and kept.rows.black_shift is None
+    assert fix.black_shift is not None and fix.used == LEFT and "taken out" in fix.describe()
+    # with a sensor profile applied, nothing: its dark frames measured the black, and its master dark took
+    # the picture's fixed row pattern but not the margin's
+    profiled = replace(raw, black_measured=True)
+    assert rows.correct(profiled) is profiled
 
 
 @pytest.mark.parametrize("case", ["no row noise", "margin of picture", "margin unrelated"])
@@ -84,7 +85,7 @@ def test_a_margin_that_does_not_follow_the_rows_is_left(tmp_path, case):
     assert "row noise left" in frame.rows.describe()
     if masked:
         assert np.all(raw.black == np.round(raw.black)) and np.abs(frame.black - BLACK).max() < 0.1
-        assert frame.rows.black_shift is not None and "black level measured" in frame.rows.describe()
+        assert frame.rows.black_shift is not None and "black level from 32 masked" in frame.rows.describe()
     elif case == "margin unrelated":
         assert np.all(raw.black == BLACK) and np.abs(frame.black - BLACK).max() < 0.1
     else:
@@ -98,7 +99,7 @@ def test_narrow_or_no_margins_change_nothing(tmp_path):
     write_dng(tmp_path / "narrow.dng", np.ascontiguousarray(mosaic[:, LEFT - 6 :]), DngSpec(masked_left=6))
     for name in ("plain.dng", "narrow.dng"):
         frame = read_frame(tmp_path / name)
-        assert frame.margin is None and frame.rows is None and frame.mosaic.dtype == np.uint16
+        assert frame.margins == () and frame.rows is None and frame.mosaic.dtype == np.uint16
 
 
 def test_the_black_of_each_cfa_position(tmp_path):
@@ -111,6 +112,85 @@ def test_the_black_of_each_cfa_position(tmp_path):
     frame = read_frame(tmp_path / "cell.dng")
     assert frame.rows is not None and frame.rows.gain > 0.8 and frame.rows.black_shift is not None
     assert np.abs(frame.black - (BLACK + offsets.mean() + cell)).max() < 0.1, frame.black
+
+
+def test_a_junk_margin_beside_a_masked_one_does_not_dilute_it(tmp_path):
+    """Each side on its own: a right margin of zeros, or of picture, leaves the left one's measure whole."""
+    rng = np.random.default_rng(8)
+    mosaic, offsets = frame_dn(rng, 1.5)
+    residual = {}
+    for junk in ("none", "zeros", "picture"):
+        right = {"none": np.zeros((H, 0)), "zeros": np.zeros((H, 16)),
+                 "picture": rng.poisson(30.0, (H, 16)) + BLACK + rng.normal(0, 2, (H, 16))}[junk]
+        full = np.concatenate([mosaic, np.round(right)], axis=1).astype(np.uint16)
+        write_dng(tmp_path / f"{junk}.dng", full, DngSpec(masked_left=LEFT, margin_right=right.shape[1]))
+        raw, frame = read_raw(tmp_path / f"{junk}.dng"), read_frame(tmp_path / f"{junk}.dng")
+        assert len(raw.margins) == (1 if junk == "none" else 2) and frame.rows.used == LEFT
+        left = offsets - (raw.mosaic.astype(np.float32) - frame.mosaic)[:, 1]
+        residual[junk] = (left - left.mean()).std()
+    assert max(residual.values()) < 1.02 * residual["none"] < 0.45, residual
+
+
+def test_picture_columns_in_a_margin_are_left_out(tmp_path):
+    """Two columns of the margin see light that changes from row to row (LibRaw's margin may take a
+    column or two of picture): left out, they add no banding; the row noise still comes out."""
+    rng = np.random.default_rng(9)
+    mosaic, offsets = frame_dn(rng, 1.5)
+    light = 40.0 * (1 + np.sin(np.arange(H) / 3.0))
+    mosaic[:, LEFT - 2 : LEFT] = np.round(mosaic[:, LEFT - 2 : LEFT] + rng.poisson(light[:, None], (H, 2)))
+    write_dng(tmp_path / "leak.dng", mosaic, DngSpec(masked_left=LEFT, margin_masked=False))
+    raw, frame = read_raw(tmp_path / "leak.dng"), read_frame(tmp_path / "leak.dng")
+    assert frame.rows is not None and frame.rows.gain > 0.8 and frame.rows.used == LEFT - 2
+    left = offsets - (raw.mosaic.astype(np.float32) - frame.mosaic)[:, 1]
+    assert (left - left.mean()).std() < 0.45 < 1.4 < offsets.std()
+
+
+def test_nothing_goes_past_white(tmp_path):
+    rng = np.random.default_rng(10)
+    mosaic, _ = frame_dn(rng, 1.5)
+    mosaic[::7, LEFT + 5 :: 9] = 16382  # near white: a negative offset must not lift it past white
+    mosaic[3::11, LEFT + 2 :: 13] = 16383
+    write_dng(tmp_path / "white.dng", mosaic, DngSpec(masked_left=LEFT))
+    raw, frame = read_raw(tmp_path / "white.dng"), read_frame(tmp_path / "white.dng")
+    assert frame.rows.gain > 0.8 and frame.mosaic.max() <= raw.white
+    assert np.all(frame.mosaic[raw.mosaic >= raw.white] == raw.white)
+
+
+def test_synth_masked_columns_are_in_the_pictures_cfa_phase(tmp_path):
+    """`darkfix synth --masked-columns`: the pictures are those of the benchmark without them, and each
+    CFA position of the margin carries that position's black-level error (every CFA phase)."""
+    from darkfix.lab.benchset import make_benchmark
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        img = np.clip(rng_img(i), 0, 255).astype(np.uint8)
+        from PIL import Image
+
+        Image.fromarray(img).save(photos / f"p{i}.png")
+    plain = make_benchmark(photos, tmp_path / "plain", ratios=(100,), seed=3)
+    masked = make_benchmark(photos, tmp_path / "masked", ratios=(100,), seed=3, masked=32)
+    channel = {"R": 0, "B": 3}
+    phases, right, swapped = set(), [], []
+    for a, b in zip(plain["pairs"], masked["pairs"]):
+        pa, pb = read_raw(tmp_path / "plain" / a["raw"]), read_raw(tmp_path / "masked" / b["raw"])
+        assert np.array_equal(pa.mosaic, pb.mosaic) and [m.shape[1] for m in pb.margins] == [32]
+        cfa, bias = b["cfa"], b["noise"]["black_bias"]
+        phases.add(cfa)
+        # packed channels R, G1 (the red row's green), G2, B
+        red_row = cfa.index("R") // 2
+        expected = np.array([[bias[channel.get(cfa[2 * i + j], 1 if i == red_row else 2)] for j in (0, 1)]
+                             for i in (0, 1)]) + b["black"]
+        margin = pb.margins[0].astype(np.float64)
+        measured = np.array([[margin[i::2, j::2].mean() for j in (0, 1)] for i in (0, 1)])
+        right.append(np.abs(measured - expected).max())
+        swapped.append(np.abs(measured[:, ::-1] - expected).max())
+    assert len(phases) >= 2 and max(right) < 0.2 and np.mean(right) < 0.5 * np.mean(swapped), (right, swapped)
+
+
+def rng_img(i: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:320, 0:400]
+    return np.stack([(xx * (i + 1)) % 256, (yy * 2) % 256, (xx + yy) % 256], -1).astype(np.float64)
 
 
 def test_restore_takes_the_row_noise_out(tmp_path):

@@ -31,7 +31,7 @@ from ..model import LambaNet
 from ..packing import pad_to_multiple
 from ..pipeline import RestoreOptions, infer_and_render, prepare_frame
 from ..pngio import encode_png, write_atomic
-from ..rawio import read_raw
+from ..profile import read_frame
 from ..weights import WeightsInfo, load_weights, save_weights
 
 STAGES = ("decode", "pack+amplify", "network", "colour", "encode")
@@ -276,7 +276,7 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
                 sample.append(out.copy() if isinstance(out, np.ndarray) else out.clone())
 
         say("warming up")
-        frame = read_raw(source)
+        frame = read_frame(source)
         prep = prepare_frame(frame, opts, info.input)
         packed = np.asarray(prep.packed)
         restorer(packed, keep_first)
@@ -287,7 +287,7 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
         png_bytes = 0
         for i in range(runs):
             say(f"run {i + 1} of {runs}")
-            frame = timer("decode", lambda: read_raw(source))
+            frame = timer("decode", lambda: read_frame(source))  # as restore decodes: margins included
             # restore normalises tile by tile inside the network stage; here the whole frame is made once
             # so that the network is timed alone
             def pack() -> tuple:

@@ -83,17 +83,20 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
         write_atomic(out / gt_name, encode_png(truth, 6), overwrite=True)
         black, white = float(sensor.black[0]), float(sensor.white[0])
         scale = (white - black) / synth.SONY_RANGE  # the ELD parameters in this sensor's DN
-        for nominal in ratios:
+        for k, nominal in enumerate(ratios):
             ratio = float(nominal) * (float(synth.ratio_limit(sensor)[0]) if broad else 1.0)
             # the masked columns' own draws come from a generator of their own: the picture is the one a
             # benchmark without them holds
-            masked_g = torch.Generator().manual_seed(seed * 100_003 + i + 7_919 * int(nominal)) if masked else None
+            masked_g = torch.Generator().manual_seed((seed * 100_003 + i) * 1_009 + k) if masked else None
+            # one cell more than asked: the CFA phase's crop below takes a column from the picture's side
+            cells = masked // 2 + 1 if masked else 0
             s = synth.synthesise(None, g, broad=broad, ratio=torch.tensor([ratio]), exposure=torch.ones(1),
-                                 scene=scene, black_error=black_error, masked=masked // 2, masked_g=masked_g)
+                                 scene=scene, black_error=black_error, masked=cells, masked_g=masked_g)
             planes = s.raw[0].to(torch.int32).numpy()
             _, hh, ww = planes.shape
             full = planes.reshape(2, 2, hh, ww).transpose(2, 0, 3, 1).reshape(2 * hh, 2 * ww)[dy:]
-            mosaic = np.concatenate([full[:, :masked], full[:, masked + dx :]], axis=1)
+            # the masked columns in the picture's CFA phase: both cropped by dx
+            mosaic = np.concatenate([full[:, dx : dx + masked], full[:, 2 * cells + dx :]], axis=1)
             name = f"{path.stem}_x{int(nominal)}.dng"
             spec = DngSpec(cfa=cfa, black=black, white=int(white),
                            as_shot_neutral=tuple((1.0 / camera.wb[0]).tolist()),

@@ -436,7 +436,11 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
     truth_cache: tuple[Path, np.ndarray] | None = None  # SID pairs share long exposures
     for i, case in enumerate(cases, 1):
         frame = read_raw(case.raw)
-        amp = (auto_amplification(frame, exposure) if auto_amp else case.ratio) * brightness
+        if auto_amp and any(getattr(m, "masked_margin", False) for m in methods):
+            # the estimate `darkfix restore` makes, on the frame its margins corrected
+            amp = auto_amplification(correct_rows(frame), exposure) * brightness
+        else:
+            amp = (auto_amplification(frame, exposure) if auto_amp else case.ratio) * brightness
         if truth_cache is None or truth_cache[0] != case.truth:
             truth_cache = (case.truth, as_float(load_truth(case)))
         truth = truth_cache[1]
