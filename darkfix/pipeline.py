@@ -37,6 +37,8 @@ class Restorer(Protocol):
     """What the pipeline needs of an engine (inference.Restorer for torch, ovengine.OpenVINORestorer)."""
 
     engine: str
+    device: Any  # torch.device, or OpenVINO's stand-in with the same `.type`
+    precision: str
 
     def __call__(self, packed: Any, sink: Callable[[Any, Tile], None], **walk: Any) -> None: ...
 

@@ -41,6 +41,7 @@ class WideGuide:
     def __init__(self, inner: Any, radius: int = WIDE_RADIUS) -> None:
         self.inner, self.radius = inner, radius
         self.engine = inner.engine  # as the inner engine runs
+        self.device, self.precision = inner.device, inner.precision
 
     @torch.inference_mode()
     def _restored(self, packed: Any, **walk: Any) -> list[tuple[str, Any, Tile]]:
