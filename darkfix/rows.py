@@ -107,7 +107,8 @@ def _dark_columns(margin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     centre, typical = float(np.median(mean)), float(np.median(spread))
     # a column's mean wanders by spread / sqrt(rows) by chance, and black differs a little per CFA column
     off = 4.0 * 1.4826 * float(np.median(np.abs(mean - centre))) + 4.0 * typical / np.sqrt(len(band)) + 0.25
-    keep = (np.abs(mean - centre) <= off) & (spread <= 1.5 * typical) & (spread > 0)
+    # + 0.3: a sensor of little read noise has margins of one code, a stray code apart
+    keep = (np.abs(mean - centre) <= off) & (spread <= 1.5 * typical + 0.3)
     return band, keep
 
 
@@ -153,6 +154,8 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
 
     sides, best = [], 0.0
     for margin in margins:
+        if np.count_nonzero(margin <= 0) > 0.01 * margin.size:
+            continue  # clipped at 0 (a black level of 0): its means sit above the black, its rows' flattened
         band, keep = _dark_columns(margin)
         if keep.sum() < MIN_COLUMNS:
             continue
@@ -163,7 +166,8 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
     if not passing:
         for band, keep, _, _ in sides:  # LibRaw's black from this margin, in whole DN?
             cell = _cell_means(band, keep)
-            if cell is not None and bool(np.all((cell >= black) & (cell < black + 1.0))):
+            # (a hundredth of a DN either way: LibRaw's sums run over its own area, unclipped)
+            if cell is not None and bool(np.all((cell > black - 0.01) & (cell < black + 1.01))):
                 return None, cell, RowFix(columns, best, 0.0, 0.0, float(np.abs(cell - black).max()),
                                           int(keep.sum()))
         return None, black, RowFix(columns, best, 0.0, 0.0)

@@ -193,6 +193,33 @@ def rng_img(i: int) -> np.ndarray:
     return np.stack([(xx * (i + 1)) % 256, (yy * 2) % 256, (xx + yy) % 256], -1).astype(np.float64)
 
 
+@pytest.mark.parametrize("stray", [(41, 26), (26, 41)])
+def test_a_margin_of_one_code_gives_the_black(tmp_path, stray):
+    """An 8-bit sensor of little read noise: the margin is one code with stray codes either side, so that
+    LibRaw's rounding down states the black 1 DN low or right; darkfix's is right either way."""
+    rng = np.random.default_rng(11)
+    mosaic = np.full((H, W), 9, np.uint16)
+    mosaic[:, LEFT:] += rng.poisson(3.0, (H, W - LEFT)).astype(np.uint16)
+    flat = mosaic[:, :LEFT].reshape(-1)
+    spots = rng.choice(flat.size, sum(stray), replace=False)
+    flat[spots[: stray[0]]] = 8
+    flat[spots[stray[0] :]] = 10
+    write_dng(tmp_path / "b8.dng", mosaic, DngSpec(black=9.0, white=255, masked_left=LEFT))
+    raw, frame = read_raw(tmp_path / "b8.dng"), read_frame(tmp_path / "b8.dng")
+    assert np.abs(frame.black - 9.0).max() < 0.01, (raw.black, frame.black)
+
+
+def test_a_margin_clipped_at_zero_is_left(tmp_path):
+    """A black level of 0: the sensor clips the margin's noise at 0, so its means sit above the black."""
+    rng = np.random.default_rng(12)
+    mosaic, _ = frame_dn(rng, 1.5)
+    mosaic = np.clip(mosaic.astype(np.int32) - int(BLACK), 0, None).astype(np.uint16)
+    write_dng(tmp_path / "b0.dng", mosaic, DngSpec(black=0.0, white=4095, masked_left=LEFT, margin_masked=False))
+    raw, frame = read_raw(tmp_path / "b0.dng"), read_frame(tmp_path / "b0.dng")
+    assert frame.rows.used == 0 and frame.rows.gain == 0.0 and frame.rows.black_shift is None
+    assert np.array_equal(frame.mosaic, raw.mosaic) and np.all(frame.black == 0.0)
+
+
 def test_restore_takes_the_row_noise_out(tmp_path):
     """The picture's banding (the spread of row means over a flat area) falls by more than half with the
     margin, the exposure stays, and -v says what was done; the same frame without its margin keeps it."""
