@@ -315,6 +315,36 @@ def test_half_crops_bring_in_the_photos_smaller_than_a_crop(tmp_path):
     assert torch.equal(before, BatchRecipe(pool, 2, 5, half_crops=0.0)(3).inputs)
 
 
+def test_distillation_target_is_what_restore_ensemble_runs(photos, tmp_path):
+    """`train --teacher`: the teacher's self-ensemble in training is the engine's `ensemble` output (the
+    packed frame and its transpose, greens and their noise planes swapped); a short run with it trains and
+    says so in the metadata; a teacher of another architecture is one line."""
+    from _util import packed_frame, run_restorer
+
+    from darkfix.inference import Restorer
+    from darkfix.lab.train import ensemble_of
+
+    model = load_weights()[0].eval()
+    packed = packed_frame(model.in_channels, (64, 96))
+    with torch.no_grad():
+        taught = ensemble_of(model, torch.from_numpy(packed)[None])[0].numpy()
+    engine = run_restorer(Restorer(model, device="cpu", precision="fp32", tile=4096), packed, ensemble=True)
+    assert np.abs(taught - engine).max() < 1e-4
+    out = tmp_path / "d.safetensors"
+    r = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "2",
+                                  "--batch", "2", "--crop", "192", "--threads", "1", "--device", "cpu",
+                                  "--noise-aware", "--fine-widths", "24,48",
+                                  "--init", "darkfix-lamba2021-v12.safetensors",
+                                  "--teacher", "darkfix-lamba2021-v12.safetensors", "--teacher-weight", "0.3",
+                                  "--msssim-from", "1.0"])
+    assert r.exit_code == 0, r.output
+    assert "0.3 x the same towards darkfix-lamba2021-v12.safetensors's self-ensemble" in \
+        load_weights(out)[1].metadata["training"]
+    bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "1",
+                                    "--crop", "192", "--teacher", "darkfix-lamba2021-v12.safetensors"])
+    assert bad.exit_code == 2 and "teacher for a lamba2021 network" in bad.output and "Traceback" not in bad.output
+
+
 def test_black_spread_bounds_only_the_broad_frames_black_error():
     """`black_spread` scales the broad frames' extra black-level error and changes no other draw: 0 leaves
     ELD's 0.5 DN, the default (the CLI's too) reaches a few DN; Sony frames have no extra error."""

@@ -143,9 +143,16 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
 @click.option("--half-crops", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Share of the steps whose batch is four times as many crops of half the side, drawn from every "
                    "photo at least that large: at --crop 512, BSDS500's 300 photos (481 x 321) join only so.")
+@click.option("--teacher", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Distil: the self-ensemble of these weights (what `restore --ensemble` runs: twice the "
+                   "network) is a second target beside the ground truth; same architecture. A name of "
+                   "weights darkfix ships will do.")
+@click.option("--teacher-weight", type=click.FloatRange(0.0), default=0.5, show_default=True,
+              help="Weight of the loss towards --teacher's self-ensemble.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
-          guide_radius, local_colour, colour_patches, black_spread, workers, half_crops) -> None:
+          guide_radius, local_colour, colour_patches, black_spread, workers, half_crops, teacher,
+          teacher_weight) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -178,7 +185,8 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       init=str(init_weights) if init_weights else None, plus=plus, noise_aware=noise_aware,
                       fine_signed=fine_input == "signed", fine_widths=fine_widths, fine_only=fine_only,
                       guide_radius=guide_radius, local_weight=local_colour, colour_patches=colour_patches,
-                      black_spread=black_spread, workers=workers, half_crops=half_crops)
+                      black_spread=black_spread, workers=workers, half_crops=half_crops,
+                      teacher=str(teacher) if teacher else None, teacher_weight=teacher_weight)
     _run_training(training.train, cfg, resume, minutes)
 
 

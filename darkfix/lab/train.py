@@ -28,6 +28,7 @@ from . import synth
 from .evaluate import psnr
 from ..colour import bt709, render
 from ..model import GUIDE_RADIUS, LambaNet
+from ..tiling import TRANSPOSED_PLANES
 from ..pipeline import IMAGE_SUFFIXES, RAW_SUFFIXES
 from ..weights import ARCHITECTURE_NA, FINE_WIDTHS, INPUT_NOISE, save_weights
 
@@ -65,6 +66,8 @@ class TrainConfig:
     black_spread: float = synth.BLACK_SPREAD  # bound of the broad half's extra black-level error (synth.synthesise)
     workers: int = 0  # processes that synthesise batches ahead (0: the training process itself)
     half_crops: float = 0.0  # share of the steps whose batch is 4 x as many crops of half the side
+    teacher: str | None = None  # weights whose self-ensemble (`ensemble_of`) is a second target
+    teacher_weight: float = 0.5  # of the loss towards the teacher's self-ensemble
 
 
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
@@ -288,6 +291,14 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True,
     return loss
 
 
+def ensemble_of(model: LambaNet, inputs: torch.Tensor) -> torch.Tensor:
+    """The self-ensemble `darkfix restore --ensemble` runs: the network on the packed input and on its
+    transpose (an exact packed frame with its greens swapped: tiling.TRANSPOSED_PLANES), averaged."""
+    planes = list(TRANSPOSED_PLANES[: inputs.shape[1]])
+    other = model(inputs[:, planes].transpose(-1, -2)).transpose(-1, -2)
+    return 0.5 * (model(inputs) + other)
+
+
 def validation_pairs(folders: list[str], count: int, crop: int = 512,
                      own: synth.OwnSensor | None = None) -> list[Pair]:
     """A fixed set of validation crops at ratios 100, 250 and 300 (same seed every run), `count` from each
@@ -414,6 +425,14 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         opt.load_state_dict(state["optimizer"])
         step, best, history, seconds = state["step"], state["best"], state["history"], state["seconds"]
     val_pairs = validation_pairs(cfg.val, cfg.val_crops, own=own) if cfg.val else []
+    teacher = None
+    if cfg.teacher:
+        from ..weights import load_weights
+
+        teacher = load_weights(cfg.teacher)[0].to(device).eval()
+        if teacher.architecture != model.architecture:
+            raise ValueError(f"{cfg.teacher}: a {teacher.architecture} teacher for a {model.architecture} network")
+        teacher.requires_grad_(False)
     started, last_loss = time.time() - seconds, float("nan")
     call_started = time.time()
 
@@ -436,7 +455,9 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                          "loss": f"L1 on the sRGB rendering + {CAMERA_WEIGHT} L1 on the balanced camera RGB" + (
                              f" + {cfg.local_weight:g} L1 on its {LOCAL_SIZE} x {LOCAL_SIZE} block means"
                              if cfg.local_weight else "") + (
-                             f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else ""),
+                             f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else "") + (
+                             f"; + {cfg.teacher_weight:g} x the same towards {Path(cfg.teacher).name}'s self-ensemble"
+                             if cfg.teacher else ""),
                          "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name + (
                              f"; {cfg.colour_patches:g} of the crops scenes of saturated colour (synth.colour_patches)"
                              if cfg.colour_patches else "") + (
@@ -467,6 +488,11 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 pred = model(pair.inputs)
             loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step, local_weight=cfg.local_weight)
+            if teacher is not None:  # distillation: the teacher's self-ensemble, twice its network, in one pass
+                with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    taught = ensemble_of(teacher, pair.inputs).float().clamp(0.0, 1.0)
+                loss = loss + cfg.teacher_weight * loss_fn(pred.float(), Pair(pair.inputs, taught, pair.rgb_cam,
+                                                                              pair.ratio), with_msssim=False)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
