@@ -138,6 +138,15 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
     columns = sum(m.shape[1] for m in margins)
     if h < MIN_ROWS or mosaic.shape[1] < 2 * MIN_COLUMNS or any(m.shape[0] != h for m in margins):
         return None, black, RowFix(columns, 0.0, 0.0, 0.0)
+    candidates = []
+    for margin in margins:
+        if np.count_nonzero(margin <= 0) > 0.01 * margin.size:
+            continue  # clipped at 0 (a black level of 0): its means sit above the black, its rows' flattened
+        band, keep = _dark_columns(margin)
+        if keep.sum() >= MIN_COLUMNS:
+            candidates.append((band, keep))
+    if not candidates:  # the picture's rows (a pass over the frame) only where a margin may use them
+        return None, black, RowFix(columns, 0.0, 0.0, 0.0)
     half = mosaic.shape[1] // 4 * 2
     # each half of the picture on its own: row noise spans the width, the scene's horizontal edges (which a
     # margin of picture would follow) seldom the same way in both
@@ -152,16 +161,8 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
         corr = min(float(hm @ hp) / max(float(np.sqrt(var * float(hp @ hp))), 1e-300) for hp in halves)
         return corr, min(sum(float(hm @ hp) / var for hp in halves) / 2, 1.0)
 
-    sides, best = [], 0.0
-    for margin in margins:
-        if np.count_nonzero(margin <= 0) > 0.01 * margin.size:
-            continue  # clipped at 0 (a black level of 0): its means sit above the black, its rows' flattened
-        band, keep = _dark_columns(margin)
-        if keep.sum() < MIN_COLUMNS:
-            continue
-        corr, gain = follow(band[:, keep].mean(axis=1))
-        best = max(best, corr) if sides else corr
-        sides.append((band, keep, corr, gain))
+    sides = [(band, keep, *follow(band[:, keep].mean(axis=1))) for band, keep in candidates]
+    best = max(corr for _, _, corr, _ in sides)
     passing = [(b, k) for b, k, corr, gain in sides if corr >= MIN_CORRELATION and gain > 0]
     if not passing:
         for band, keep, _, _ in sides:  # LibRaw's black from this margin, in whole DN?
