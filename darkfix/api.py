@@ -50,7 +50,7 @@ class Darkfix:
                 brightness: float | str = 1.0, exposure: str = "auto", wb: str = "camera",
                 bit_depth: int | str = 8, profile: str | os.PathLike | None = None,
                 trust_black: bool | None = None, ensemble: bool = False,
-                masked_margin: bool = True) -> np.ndarray:
+                masked_margin: bool = True, picture_rows: bool = True) -> np.ndarray:
         """Restore one raw file into an upright sRGB (H, W, 3) array: uint8, or uint16 with bit_depth=16.
 
         `ratio` amplifies by a known exposure ratio; otherwise `exposure` picks the estimate ("auto": a
@@ -62,7 +62,7 @@ class Darkfix:
         local means (darkfix.wideguide); None: where a profile measured it. `ensemble` also runs the network
         on the transposed frame and averages the two (about 0.1 dB better, twice the network's time).
         `masked_margin` measures row noise and the black level in the raw's masked margins where it has
-        them (darkfix.rows).
+        them (darkfix.rows), `picture_rows` the row noise that alternates between rows in the picture's greens.
         """
         from .packing import EXPOSURES, prepare_frame
         from .pipeline import infer_and_render
@@ -75,7 +75,7 @@ class Darkfix:
             raise ValueError(f"wb must be 'camera' or 'daylight', not {wb!r}")
         if trust_black is not None and not isinstance(trust_black, bool):
             raise ValueError(f"trust_black must be True, False or None, not {trust_black!r}")
-        for name, flag in (("ensemble", ensemble), ("masked_margin", masked_margin)):
+        for name, flag in (("ensemble", ensemble), ("masked_margin", masked_margin), ("picture_rows", picture_rows)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, not {flag!r}")
         if exposure not in EXPOSURES:
@@ -83,8 +83,9 @@ class Darkfix:
         brightness, ratio = parse_brightness(brightness), parse_ratio(ratio)
         opts = RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=bit_depth,
                               profile=None if profile is None else str(Path(profile).resolve()),
-                              trust_black=trust_black, ensemble=ensemble, masked_margin=masked_margin)
-        frame = read_frame(Path(source), opts.profile, masked_margin)
+                              trust_black=trust_black, ensemble=ensemble, masked_margin=masked_margin,
+                              picture_rows=picture_rows)
+        frame = read_frame(Path(source), opts.profile, masked_margin, picture_rows)
         prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
 
@@ -101,8 +102,10 @@ def restore(source: str | os.PathLike, *, ratio: float | str | None = None, brig
             exposure: str = "auto", wb: str = "camera", bit_depth: int | str = 8,
             weights: str | os.PathLike | None = None, device: str = "auto", engine: str = "auto",
             profile: str | os.PathLike | None = None, trust_black: bool | None = None,
-            threads: int | None = None, ensemble: bool = False, masked_margin: bool = True) -> np.ndarray:
+            threads: int | None = None, ensemble: bool = False, masked_margin: bool = True,
+            picture_rows: bool = True) -> np.ndarray:
     """Restore one raw file with freshly loaded weights; see `Darkfix.restore`."""
     model = load(weights, device=device, engine=engine, threads=threads)
     return model.restore(source, ratio=ratio, brightness=brightness, exposure=exposure, wb=wb, bit_depth=bit_depth,
-                         profile=profile, trust_black=trust_black, ensemble=ensemble, masked_margin=masked_margin)
+                         profile=profile, trust_black=trust_black, ensemble=ensemble, masked_margin=masked_margin,
+                         picture_rows=picture_rows)

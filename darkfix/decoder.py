@@ -25,7 +25,7 @@ STARTUP_TIMEOUT = 120.0  # seconds for a new worker to start (its imports) befor
 
 def decode(path: str, opts: RestoreOptions, convention: str) -> tuple[RawFrame, Prepared]:
     """Read and prepare one file (what the worker runs)."""
-    frame = read_frame(path, opts.profile, opts.masked_margin)
+    frame = read_frame(path, opts.profile, opts.masked_margin, opts.picture_rows)
     # prep refers to frame.mosaic: one pickle sends the mosaic once for both
     return frame, prepare_frame(frame, opts, convention)
 

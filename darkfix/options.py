@@ -27,6 +27,8 @@ class RestoreOptions:
     ensemble: bool = False
     # row noise and black level measured in the raw's masked margins where it has them (darkfix.rows)
     masked_margin: bool = True
+    # the row noise the picture's greens show (the part that alternates between rows) taken out (darkfix.rows)
+    picture_rows: bool = True
 
 
 def parse_brightness(value: float | int | str) -> float:

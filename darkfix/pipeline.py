@@ -153,7 +153,7 @@ class Result:
     how: str  # what the amplification came from: "ratio", "auto" or "paper"
     noise: str | None = None  # the noise level noise-aware weights were given, and where it came from
     wide_guide: bool = False  # whether dark colour came from the colour guide's wide pass (`wide_guide`)
-    rows: str | None = None  # what darkfix.rows did with the row noise, where the raw has masked margins
+    rows: str | None = None  # what darkfix.rows did with the row noise (masked margins, the picture's greens)
 
 
 def saturated_pixels(prep: Prepared, t: Tile, oy: int, ox: int, h: int, w: int) -> np.ndarray | None:
@@ -236,7 +236,7 @@ def restore_file(source: Path, output: Path, restorer: Restorer, info: WeightsIn
     if opts.format == "dng":
         check_camera_output(output, info)
     with claim_output(output, opts.overwrite):  # before decoding: a second process on this name stops now
-        frame = read_frame(source, opts.profile, opts.masked_margin)
+        frame = read_frame(source, opts.profile, opts.masked_margin, opts.picture_rows)
         try:
             prep = prepare_frame(frame, opts, info.input)
         except MemoryError:

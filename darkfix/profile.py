@@ -264,13 +264,14 @@ def _load(path: str, mtime_ns: int, size: int) -> SensorProfile:
 
 
 def read_frame(path: str | os.PathLike, profile: str | os.PathLike | None = None,
-               masked_margin: bool = True) -> RawFrame:
+               masked_margin: bool = True, picture_rows: bool = True) -> RawFrame:
     """read_raw, then the sensor profile at `profile` applied where one is given, then (unless
-    `masked_margin` is off) the row noise the sensor's masked margins measure taken out (darkfix.rows):
+    `masked_margin` is off) the row noise the sensor's masked margins measure taken out, and (unless
+    `picture_rows` is off) what of it the picture's greens still show (darkfix.rows):
     what every decode of a shot goes through (restore, batch and Ray workers, the library)."""
     frame = read_raw(path)
     frame = frame if profile is None else load_profile(profile).apply(frame, path)
-    return correct_rows(frame) if masked_margin else frame
+    return correct_rows(frame, masked_margin, picture_rows)
 
 
 # --- building one ---

@@ -1,4 +1,5 @@
-"""Row noise measured in the sensor's optically masked columns, and taken out of the mosaic.
+"""Row noise measured in the sensor's optically masked columns and in the picture's greens, and taken out
+of the mosaic.
 
 Each read-out row of a CMOS sensor carries one offset of its own (row noise: the banding of deep shadows).
 From the picture alone it cannot be told apart from a horizontal change of the scene at periods over
@@ -16,6 +17,15 @@ it rounded down to whole DN (0.5 DN low on average: at x300 a shadow cast). Wher
 rows, or the stated level is that rounding of a margin's means, each CFA position's black is the margin's
 mean there. Not with a sensor profile: its dark frames measured the black, and its master dark took the
 picture's fixed row pattern but not the margin's.
+
+Without a margin, the picture still shows the part of the row noise that alternates from row to row: a
+Bayer frame's two greens lie on neighbouring rows, so each row's greens against the greens of the rows
+above and below (their second difference, edges clipped) measure a row's offset against its neighbours'.
+The scene's own rows change slowly, so its share falls at the highest vertical frequencies, where row noise
+has most: the row noise's size is measured there (the two halves of the frame against each other: the
+scene differs between them, the row noise does not) and each row's offset recovered by a Wiener filter;
+rows where an edge spans the frame are left out. `picture_offsets`; it applies with a sensor profile too
+(its master dark takes the fixed pattern, not each frame's).
 """
 
 from __future__ import annotations
@@ -36,6 +46,10 @@ TREND_ROWS = 129  # the margins' slower changes (dark current, warming) are left
 # DN, and its own choice of area); masked photosites may sit further off the picture's black on some sensors
 MAX_BLACK_SHIFT = 1.5
 _BAND = 256  # rows at a time: the float copies stay small beside the frame
+# where the picture's estimate measures the row noise's size (cycles per row): the scene's rows hold least
+# there, and the smallest of the three is taken, as a scene adds to it in one band more than in another
+PICTURE_BANDS = ((0.15, 0.25), (0.25, 0.35), (0.35, 0.51))
+SPIKE = 4.0  # robust sigmas: a row whose second difference stands out this far holds an edge across the frame
 
 
 @dataclass(frozen=True)
@@ -50,15 +64,24 @@ class RowFix:
     sigma_dn: float  # standard deviation of the offsets subtracted, DN
     black_shift: float | None = None  # largest change of a CFA position's black level, DN (None: kept)
     used: int = 0  # margin columns the offsets and the black came from
+    picture_sigma: float = 0.0  # the row noise the picture's greens show, DN (0: none measured)
+    picture_dn: float = 0.0  # standard deviation of the offsets their estimate took out, DN
 
     def describe(self) -> str:
-        black = ("" if self.black_shift is None else
-                 f"; black level from {self.used} masked columns (moved up to {self.black_shift:.2f} DN)")
-        if not self.gain:
-            return (f"row noise left: the raw's {self.columns} margin columns do not follow the picture's rows "
-                    f"(correlation {self.correlation:.2f}; not masked, or no row noise){black}")
-        return (f"row noise: {self.sigma_dn:.2f} DN a row taken out, measured in {self.used} masked columns "
-                f"(correlation {self.correlation:.2f}, gain {self.gain:.2f}){black}")
+        parts = []
+        if self.columns:
+            black = ("" if self.black_shift is None else
+                     f"; black level from {self.used} masked columns (moved up to {self.black_shift:.2f} DN)")
+            if not self.gain:
+                parts.append(f"row noise left: the raw's {self.columns} margin columns do not follow the picture's "
+                             f"rows (correlation {self.correlation:.2f}; not masked, or no row noise){black}")
+            else:
+                parts.append(f"row noise: {self.sigma_dn:.2f} DN a row taken out, measured in {self.used} masked "
+                             f"columns (correlation {self.correlation:.2f}, gain {self.gain:.2f}){black}")
+        if self.picture_sigma:
+            parts.append(f"row noise from the picture's greens: {self.picture_sigma:.2f} DN a row, "
+                         f"{self.picture_dn:.2f} DN taken out (the part that alternates between rows)")
+        return "; ".join(parts)
 
 
 def _high_pass(rows: np.ndarray) -> np.ndarray:
@@ -176,12 +199,7 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
     used = int(sum(k.sum() for _, k in passing))
     corr, gain = follow(means)
     offsets = (gain * (means - _trend(means))).astype(np.float32)
-    out = np.empty(mosaic.shape, np.float32)
-    for r in range(0, h, _BAND):
-        raw = mosaic[r : r + _BAND]
-        part = np.subtract(raw, offsets[r : r + _BAND, None], dtype=np.float32)
-        np.minimum(part, white, out=part)
-        out[r : r + _BAND] = np.where(raw >= white, np.float32(white), part)
+    out = subtract_rows(mosaic, offsets, white)
     # each margin is whole CFA cells wide (rawio), so joined they keep their columns' phase
     cell = _cell_means(np.concatenate([b for b, _ in passing], axis=1), np.concatenate([k for _, k in passing]))
     shift = None if cell is None else float(np.abs(cell - black).max())
@@ -190,11 +208,112 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
                                                                        shift if refine else None, used)
 
 
-def correct(frame: RawFrame) -> RawFrame:
-    """The frame with its row noise taken out and its black level refined where its margins say
-    (`fix_rows`); `frame.rows` says what was done. Frames without margins, or with a sensor profile
-    applied (`black_measured`), come back as they are."""
-    if not frame.margins or frame.black_measured:
+def subtract_rows(mosaic: np.ndarray, offsets: np.ndarray, white: float) -> np.ndarray:
+    """float32 mosaic less each row's offset (H,); photosites at white stay there, none goes past it."""
+    out = np.empty(mosaic.shape, np.float32)
+    for r in range(0, mosaic.shape[0], _BAND):
+        raw = mosaic[r : r + _BAND]
+        part = np.subtract(raw, offsets[r : r + _BAND, None], dtype=np.float32)
+        np.minimum(part, white, out=part)
+        out[r : r + _BAND] = np.where(raw >= white, np.float32(white), part)
+    return out
+
+
+def _green_rows(mosaic: np.ndarray, cfa: str, black: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For rows 1 to h - 2 (h the even row count), over the left and the right half of the frame, each (2,
+    h - 2): the mean of each green less the mean of its four diagonal neighbours (greens of the rows above
+    and below) clipped at 3 robust sigmas, and the mean of the greens; None where the CFA has no green on
+    each row parity."""
+    greens = [i for i, c in enumerate(cfa) if c == "G"]
+    if len(greens) != 2 or greens[0] // 2 == greens[1] // 2:
+        return None
+    col = {i // 2: i % 2 for i in greens}  # each row parity's green column
+    h, w = mosaic.shape[0] // 2 * 2, mosaic.shape[1] // 2 * 2
+    planes = [mosaic[p:h:2, col[p]:w:2].astype(np.float32) - black[p, col[p]] for p in (0, 1)]
+    n = planes[0].shape[1]
+    j = np.arange(1, n - 1)
+    half = n // 2
+    out, level = np.empty((2, h - 2)), np.empty((2, h - 2))
+
+    def second(centre: np.ndarray, up: np.ndarray, down: np.ndarray, c: int) -> np.ndarray:
+        # a green at column c + 2j has its diagonal neighbours at indices j + c - 1 and j + c of the other rows
+        s = c - 1
+        return centre[:, j] - 0.25 * (up[:, j + s] + up[:, j + s + 1] + down[:, j + s] + down[:, j + s + 1])
+
+    even, odd = planes
+    rows = np.unique(np.linspace(1, h // 2 - 1, 32).astype(int))
+    probe = second(even[rows], odd[rows - 1], odd[rows], col[0])
+    bound = 3.0 * max(1.4826 * float(np.median(np.abs(probe - np.median(probe)))), 0.5)
+    for m in range(0, h // 2 - 1, _BAND // 2):
+        stop = min(m + _BAND // 2, h // 2 - 1)
+        # row 2k (k >= 1) between odd rows k - 1 and k; row 2k + 1 between even rows k and k + 1
+        d_even = second(even[m + 1 : stop + 1], odd[m:stop], odd[m + 1 : stop + 1], col[0])
+        d_odd = second(odd[m:stop], even[m:stop], even[m + 1 : stop + 1], col[1])
+        centres = (odd[m:stop, j], even[m + 1 : stop + 1, j])
+        for d, c, first in ((d_odd, centres[0], 2 * m), (d_even, centres[1], 2 * m + 1)):  # row 2m + 1: [.., 2m]
+            np.clip(d, -bound, bound, out=d)
+            out[0, first : 2 * stop : 2] = d[:, : half - 1].mean(axis=1)
+            out[1, first : 2 * stop : 2] = d[:, half - 1 :].mean(axis=1)
+            level[0, first : 2 * stop : 2] = c[:, : half - 1].mean(axis=1)
+            level[1, first : 2 * stop : 2] = c[:, half - 1 :].mean(axis=1)
+    return out, level
+
+
+def picture_offsets(mosaic: np.ndarray, cfa: str, black: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """(each row's offset (H,) in DN, the row noise's standard deviation in DN) as the picture's greens show
+    it, or None where they show none (or the frame is too small, or its CFA not Bayer)."""
+    h = mosaic.shape[0]
+    if h < MIN_ROWS or mosaic.shape[1] < 4 * MIN_ROWS:
+        return None
+    found = _green_rows(mosaic, cfa, black)
+    if found is None:
+        return None
+    a, level = found
+    n = a.shape[1]
+    # a difference between the two greens' black levels, or their responses (Gr/Gb imbalance: a share of
+    # the light), alternates from row to row too: fitted (to each half) and taken out first, then rows
+    # where an edge spans the frame are left out, and the fit made again without them
+    sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    edge = np.zeros(n, bool)
+    raw = a.copy()
+    for _ in range(2):
+        for i in (0, 1):
+            x = np.stack([np.ones(n), sign, sign * level[i]], axis=1)
+            fit = np.linalg.lstsq(x[~edge], raw[i, ~edge], rcond=None)[0]
+            a[i] = raw[i] - x @ fit
+        spread = 1.4826 * np.median(np.abs(a[:, ~edge]), axis=1, keepdims=True)
+        edge = np.any(np.abs(a) > SPIKE * spread, axis=0)
+        edge[1:] |= edge[:-1].copy()
+        edge[:-1] |= edge[1:].copy()
+    a[:, edge] = 0.0
+    f = np.fft.rfftfreq(n)
+    response = 1.0 - np.cos(2.0 * np.pi * f)  # of a row's offset less the mean of its two neighbours'
+    left, right = np.fft.rfft(a, axis=1)
+    shared = (left * right.conj()).real / n  # the halves' own noise does not correlate: the row noise's power
+    own = float((np.abs(left - right) ** 2)[f >= 0.1].mean()) / (4 * n)  # the noise of the halves' mean
+    var = min(float(shared[(f >= lo) & (f < hi)].mean() / (response[(f >= lo) & (f < hi)] ** 2).mean())
+              for lo, hi in PICTURE_BANDS)
+    if not var > 0.0:
+        return None
+    wiener = response * var / (response**2 * var + max(own, 1e-9))
+    offsets = np.zeros(h, np.float32)
+    offsets[1 : n + 1] = np.fft.irfft(wiener * 0.5 * (left + right), n)
+    return offsets, float(np.sqrt(var))
+
+
+def correct(frame: RawFrame, margins: bool = True, picture: bool = True) -> RawFrame:
+    """The frame with its row noise taken out: measured in its `margins` where they are masked, with its
+    black level refined there (`fix_rows`; not after a sensor profile, `black_measured`), then what of it the
+    `picture`'s greens still show (`picture_offsets`). `frame.rows` says what was done."""
+    mosaic, black, fix = frame.mosaic, frame.black, None
+    if margins and frame.margins and not frame.black_measured:
+        fixed, black, fix = fix_rows(mosaic, black, frame.white, frame.margins)
+        mosaic = mosaic if fixed is None else fixed
+    found = picture_offsets(mosaic, frame.cfa, black) if picture else None
+    if found is not None:
+        offsets, sigma = found
+        mosaic = subtract_rows(mosaic, offsets, frame.white)
+        fix = replace(fix or RowFix(0, 0.0, 0.0, 0.0), picture_sigma=sigma, picture_dn=float(offsets.std()))
+    if fix is None:
         return frame
-    fixed, black, fix = fix_rows(frame.mosaic, frame.black, frame.white, frame.margins)
-    return replace(frame, mosaic=frame.mosaic if fixed is None else fixed, black=black, rows=fix)
+    return replace(frame, mosaic=mosaic, black=black, rows=fix)

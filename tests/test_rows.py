@@ -54,10 +54,13 @@ def test_a_masked_margin_measures_the_rows_and_the_black(tmp_path):
     # the black level to a tenth of a DN (the rounding of codes: 0.5 down from the +0.5 of round())
     assert np.abs(frame.black - (BLACK + offsets.mean())).max() < 0.15
     assert fix.black_shift is not None and fix.used == LEFT and "taken out" in fix.describe()
-    # with a sensor profile applied, nothing: its dark frames measured the black, and its master dark took
-    # the picture's fixed row pattern but not the margin's
+    # with a sensor profile applied, not the margins: its dark frames measured the black, and its master dark
+    # took the picture's fixed row pattern but not the margin's; the picture's own estimate still applies
     profiled = replace(raw, black_measured=True)
-    assert rows.correct(profiled) is profiled
+    assert rows.correct(profiled, picture=False) is profiled
+    alone = rows.correct(profiled)
+    assert alone.rows is not None and alone.rows.columns == 0 and np.array_equal(alone.black, raw.black)
+    assert alone.rows.describe().startswith("row noise from the picture's greens")
 
 
 @pytest.mark.parametrize("case", ["no row noise", "margin of picture", "margin unrelated"])
@@ -79,7 +82,7 @@ def test_a_margin_that_does_not_follow_the_rows_is_left(tmp_path, case):
         mosaic[:, :LEFT] = rng.normal(BLACK, 3.0, (H, LEFT)).round().astype(np.uint16)
     masked = case == "no row noise"
     write_dng(tmp_path / "m.dng", mosaic, DngSpec(masked_left=LEFT, margin_masked=masked))
-    raw, frame = read_raw(tmp_path / "m.dng"), read_frame(tmp_path / "m.dng")
+    raw, frame = read_raw(tmp_path / "m.dng"), read_frame(tmp_path / "m.dng", picture_rows=False)
     assert frame.rows is not None and frame.rows.gain == 0.0 and frame.rows.correlation < rows.MIN_CORRELATION
     assert frame.mosaic.dtype == np.uint16 and np.array_equal(frame.mosaic, raw.mosaic)
     assert "row noise left" in frame.rows.describe()
@@ -93,13 +96,16 @@ def test_a_margin_that_does_not_follow_the_rows_is_left(tmp_path, case):
 
 
 def test_narrow_or_no_margins_change_nothing(tmp_path):
+    """(Here the picture's own estimate is off; with it, the frame's rows come from it alone.)"""
     rng = np.random.default_rng(5)
     mosaic, _ = frame_dn(rng, 1.5)
     write_dng(tmp_path / "plain.dng", np.ascontiguousarray(mosaic[:, LEFT:]), DngSpec())
     write_dng(tmp_path / "narrow.dng", np.ascontiguousarray(mosaic[:, LEFT - 6 :]), DngSpec(masked_left=6))
     for name in ("plain.dng", "narrow.dng"):
-        frame = read_frame(tmp_path / name)
+        frame = read_frame(tmp_path / name, picture_rows=False)
         assert frame.margins == () and frame.rows is None and frame.mosaic.dtype == np.uint16
+        frame = read_frame(tmp_path / name)
+        assert frame.rows.columns == 0 and frame.rows.picture_sigma > 1.0
 
 
 def test_the_black_of_each_cfa_position(tmp_path):
@@ -215,7 +221,7 @@ def test_a_margin_clipped_at_zero_is_left(tmp_path):
     mosaic, _ = frame_dn(rng, 1.5)
     mosaic = np.clip(mosaic.astype(np.int32) - int(BLACK), 0, None).astype(np.uint16)
     write_dng(tmp_path / "b0.dng", mosaic, DngSpec(black=0.0, white=4095, masked_left=LEFT, margin_masked=False))
-    raw, frame = read_raw(tmp_path / "b0.dng"), read_frame(tmp_path / "b0.dng")
+    raw, frame = read_raw(tmp_path / "b0.dng"), read_frame(tmp_path / "b0.dng", picture_rows=False)
     assert frame.rows.used == 0 and frame.rows.gain == 0.0 and frame.rows.black_shift is None
     assert np.array_equal(frame.mosaic, raw.mosaic) and np.all(frame.black == 0.0)
 

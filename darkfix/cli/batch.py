@@ -83,8 +83,8 @@ def failure_line(src: Path, reason: str) -> str:
 @restore_options
 @network_options
 def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, ray_gpus, brightness, exposure, ratio,
-          wb, fmt, bit_depth, quality, compression, overwrite, profile, trust_black, ensemble, masked_margin, weights,
-          engine, device, precision, threads, tile) -> None:
+          wb, fmt, bit_depth, quality, compression, overwrite, profile, trust_black, ensemble, masked_margin,
+          picture_rows, weights, engine, device, precision, threads, tile) -> None:
     """Restore every raw file in FOLDER; files already restored are skipped, so a rerun resumes."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -96,7 +96,7 @@ def batch(folder, outdir, recursive, pattern, use_ray, ray_address, ray_actors, 
     if not folder.is_dir():
         fail(f"{folder}: not a directory")
     opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
-                            profile, trust_black, ensemble, masked_margin)
+                            profile, trust_black, ensemble, masked_margin, picture_rows)
     files = list(find_raws(folder, recursive, pattern))
     if not files:
         click.echo(f"{folder}: no raw files found" + ("" if recursive else " (use --recursive for sub-folders)"))

@@ -118,6 +118,9 @@ def restore_options(f):
                      help="Measure the row noise (banding) and the black level in the raw's optically masked "
                           "margins, where it has them and they follow the picture's rows, and take the row "
                           "noise out."),
+        click.option("--picture-rows/--no-picture-rows", default=True, show_default=True,
+                     help="Measure the row noise that alternates between rows in the picture's own greens "
+                          "(where no margin took it out) and take it out."),
     ]):
         f = option(f)
     return f
@@ -138,7 +141,8 @@ def load_restorer(weights, engine, device, precision, threads, tile):
 
 
 def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite, profile=None,
-                     trust_black=None, ensemble=False, masked_margin=True):
+                     trust_black=None, ensemble=False, masked_margin=True,
+                     picture_rows=True):
     from ..options import RestoreOptions
 
     if fmt == "jpeg" and bit_depth == "16":
@@ -155,7 +159,7 @@ def restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, c
     return RestoreOptions(brightness=brightness, ratio=ratio, exposure=exposure, wb=wb, bit_depth=int(bit_depth),
                           compression=compression, overwrite=overwrite, format=fmt or "png", quality=quality,
                           profile=profile, trust_black=trust_black, ensemble=ensemble,
-                          masked_margin=masked_margin)
+                          masked_margin=masked_margin, picture_rows=picture_rows)
 
 
 def raise_interrupt(signum, frame) -> None:

@@ -368,11 +368,14 @@ def bench(size, input_path, runs, json_path, compression, no_reference, weights,
 @click.option("--masked-margin/--no-masked-margin", default=True, show_default=True,
               help="Restore as `darkfix restore` does with (the default) or without --masked-margin (every "
                    "network).")
+@click.option("--picture-rows/--no-picture-rows", default=True, show_default=True,
+              help="Restore as `darkfix restore` does with (the default) or without --picture-rows (every "
+                   "network).")
 @network_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_weights, no_libraw, limit, stride,
                  ratios, compare_paths, json_path, markdown_path, per_image, trust_black, ensemble, masked_margin,
-                 weights, engine,
+                 picture_rows, weights, engine,
                  device, precision, threads, tile, quiet) -> None:
     """Score restorations of a benchmark folder (from darkfix synth) against its ground truth.
 
@@ -402,7 +405,8 @@ def eval_command(benchmark, sid_dir, use_ratio, exposure, brightness, baseline_w
             restorer, info = load_restorer(path, engine, device, precision, threads, tile)
             name = ev.network_name(info, [m.name for m in methods],
                                    default="darkfix" if not methods else "baseline")
-            methods.append(ev.NetworkMethod(name, restorer, info, trust_black, ensemble, masked_margin))
+            methods.append(ev.NetworkMethod(name, restorer, info, trust_black, ensemble, masked_margin,
+                                            picture_rows))
         if not no_libraw:
             methods.append(ev.LibRawMethod())
         report = ev.evaluate(source, methods, sid=sid_dir is not None, auto_amp=not use_ratio, exposure=exposure,

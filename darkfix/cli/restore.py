@@ -22,8 +22,8 @@ from .common import fail, load_restorer, network_options, restore_options, resto
 @network_options
 @click.option("-v", "--verbose", is_flag=True, help="Print the amplification used and timings.")
 def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
-            profile, trust_black, ensemble, masked_margin, weights, engine, device, precision, threads, tile,
-            verbose) -> None:
+            profile, trust_black, ensemble, masked_margin, picture_rows, weights, engine, device, precision, threads,
+            tile, verbose) -> None:
     """Restore each raw FILE into a picture (PNG unless --format or the -o suffix says otherwise)."""
     from ..imagefile import format_of
     from ..pipeline import check_output, claim_outputs, clash_message, default_output, make_output_dir, restore_file
@@ -40,7 +40,7 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
     except DarkfixError as e:
         fail(str(e), e.exit_code)
     opts = restore_settings(brightness, exposure, ratio, wb, fmt, bit_depth, quality, compression, overwrite,
-                            profile, trust_black, ensemble, masked_margin)
+                            profile, trust_black, ensemble, masked_margin, picture_rows)
     if as_dir and out.exists() and not out.is_dir():
         fail(f"{out}: -o names a directory here (several files, or a trailing /), but it is a file")
     try:

@@ -291,9 +291,9 @@ class NetworkMethod:
     """The network through `darkfix restore`'s stages (prepare_frame, infer_and_render), 16 bits in memory."""
 
     def __init__(self, name: str, restorer: Restorer, info: WeightsInfo, trust_black: bool | None = None,
-                 ensemble: bool = False, masked_margin: bool = True) -> None:
+                 ensemble: bool = False, masked_margin: bool = True, picture_rows: bool = True) -> None:
         self.name, self.restorer, self.info, self.trust_black = name, restorer, info, trust_black
-        self.ensemble, self.masked_margin = ensemble, masked_margin
+        self.ensemble, self.masked_margin, self.picture_rows = ensemble, masked_margin, picture_rows
         self.description = {"kind": "network", "weights": str(info.path), "format": info.format,
                             "output": info.output, "device": str(restorer.device),
                             "precision": restorer.precision, "engine": restorer.engine}
@@ -303,12 +303,17 @@ class NetworkMethod:
             self.description["ensemble"] = True
         if not masked_margin:
             self.description["masked_margin"] = False
+        if not picture_rows:
+            self.description["picture_rows"] = False
+
+    def rows(self, frame: RawFrame) -> RawFrame:
+        """The frame with its row noise taken out as read_frame does for `darkfix restore`."""
+        return correct_rows(frame, self.masked_margin, self.picture_rows)
 
     def __call__(self, case: Case, frame: RawFrame, amplification: float) -> np.ndarray:
         opts = RestoreOptions(ratio=amplification, bit_depth=16, trust_black=self.trust_black, ensemble=self.ensemble,
-                              masked_margin=self.masked_margin)
-        if self.masked_margin:  # what read_frame does for `darkfix restore`
-            frame = correct_rows(frame)
+                              masked_margin=self.masked_margin, picture_rows=self.picture_rows)
+        frame = self.rows(frame)
         prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
 
@@ -436,11 +441,11 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
     truth_cache: tuple[Path, np.ndarray] | None = None  # SID pairs share long exposures
     for i, case in enumerate(cases, 1):
         frame = read_raw(case.raw)
-        if auto_amp and any(getattr(m, "masked_margin", False) for m in methods):
-            # the estimate `darkfix restore` makes, on the frame its margins corrected
-            amp = auto_amplification(correct_rows(frame), exposure) * brightness
+        network = next((m for m in methods if isinstance(m, NetworkMethod)), None)
+        if auto_amp:  # the estimate `darkfix restore` makes, on the frame with its row noise taken out
+            amp = auto_amplification(network.rows(frame) if network else frame, exposure) * brightness
         else:
-            amp = (auto_amplification(frame, exposure) if auto_amp else case.ratio) * brightness
+            amp = case.ratio * brightness
         if truth_cache is None or truth_cache[0] != case.truth:
             truth_cache = (case.truth, as_float(load_truth(case)))
         truth = truth_cache[1]
