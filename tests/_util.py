@@ -109,6 +109,21 @@ def read_png(path: Path) -> tuple[np.ndarray, int]:
     return arr, info["bitdepth"]
 
 
+def assert_library_twin(source: Path, option: str, outputs: dict[bool, Path], ratio: float = 100) -> None:
+    """The library restores `source` with `option` on and off as the CLI wrote `outputs[True]` and
+    `outputs[False]` (torch, fp32), and refuses a value of it that is not a bool."""
+    import pytest
+
+    import darkfix
+
+    lib = darkfix.load(engine="torch", precision="fp32")
+    for on in (True, False):
+        img = lib.restore(source, ratio=ratio, **{option: on})
+        assert np.array_equal(img, read_png(outputs[on])[0]), (option, on)
+    with pytest.raises(ValueError, match=f"{option} must be True or False"):
+        lib.restore(source, **{option: 1})
+
+
 def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, peak: float = 1.0) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)

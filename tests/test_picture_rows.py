@@ -13,7 +13,7 @@ from darkfix import rows
 from darkfix.cli import main
 from darkfix.dng import DngSpec, write_dng
 
-from _util import CFA_PHASES, read_png
+from _util import CFA_PHASES, assert_library_twin, read_png
 
 H, W = 512, 768
 
@@ -131,11 +131,4 @@ def test_restore_takes_the_alternating_rows_out(tmp_path):
         level[name] = img.mean()
     assert banding["on"] < 0.67 * banding["off"], banding
     assert abs(level["on"] - level["off"]) < 0.5, level
-    import darkfix
-
-    lib = darkfix.load(engine="torch", precision="fp32")
-    for on in (True, False):
-        img = lib.restore(tmp_path / "f.dng", ratio=100, picture_rows=on)
-        assert np.array_equal(img, read_png(tmp_path / f"{'on' if on else 'off'}.png")[0])
-    with pytest.raises(ValueError, match="picture_rows must be True or False"):
-        lib.restore(tmp_path / "f.dng", picture_rows=1)
+    assert_library_twin(tmp_path / "f.dng", "picture_rows", {True: tmp_path / "on.png", False: tmp_path / "off.png"})

@@ -15,7 +15,7 @@ from darkfix.dng import DngSpec, write_dng
 from darkfix.profile import read_frame
 from darkfix.rawio import read_raw
 
-from _util import read_png
+from _util import assert_library_twin, read_png
 
 H, W, LEFT = 512, 768, 32
 BLACK = 512.0
@@ -247,12 +247,5 @@ def test_restore_takes_the_row_noise_out(tmp_path):
         level[name] = img.mean()
     assert banding["clean"] < banding["masked"] < 0.6 * min(banding["plain"], banding["off"]), banding
     assert abs(level["masked"] - level["clean"]) < 0.5, level
-    # the library is the command's twin
-    import darkfix
-
-    lib = darkfix.load(engine="torch", precision="fp32")
-    for on in (True, False):
-        img = lib.restore(tmp_path / "masked.dng", ratio=100, masked_margin=on)
-        assert np.array_equal(img, read_png(tmp_path / f"{'masked' if on else 'off'}.png")[0])
-    with pytest.raises(ValueError, match="masked_margin must be True or False"):
-        lib.restore(tmp_path / "masked.dng", masked_margin="yes")
+    assert_library_twin(tmp_path / "masked.dng", "masked_margin",
+                        {True: tmp_path / "masked.png", False: tmp_path / "off.png"})
