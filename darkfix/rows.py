@@ -24,8 +24,9 @@ above and below (their second difference, edges clipped) measure a row's offset 
 The scene's own rows change slowly, so its share falls at the highest vertical frequencies, where row noise
 has most: the row noise's size is measured there (the two halves of the frame against each other: the
 scene differs between them, the row noise does not) and each row's offset recovered by a Wiener filter;
-rows where an edge spans the frame are left out. `picture_offsets`; it applies with a sensor profile too
-(its master dark takes the fixed pattern, not each frame's).
+rows where an edge spans the frame (or either half of it) are left out, and what the two halves share
+beyond white row noise (a periodic pattern of the scene) counts as noise. `picture_offsets`; it applies
+with a sensor profile too (its master dark takes the fixed pattern, not each frame's).
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ _BAND = 256  # rows at a time: the float copies stay small beside the frame
 # where the picture's estimate measures the row noise's size (cycles per row): the scene's rows hold least
 # there, and the smallest of the three is taken, as a scene adds to it in one band more than in another
 PICTURE_BANDS = ((0.15, 0.25), (0.25, 0.35), (0.35, 0.51))
-SPIKE = 4.0  # robust sigmas: a row whose second difference stands out this far holds an edge across the frame
+SPIKE = 4.0  # robust sigmas: a row whose second difference stands out this far (in either half) holds an edge
+MIN_PICTURE_SIGMA = 0.02  # DN: less row noise than this the picture's estimate leaves alone
+# cycles per row: slower banding is the scene's as much as the rows' (and the second difference barely sees it)
+MIN_PICTURE_FREQUENCY = 0.05
 
 
 @dataclass(frozen=True)
@@ -222,8 +226,8 @@ def subtract_rows(mosaic: np.ndarray, offsets: np.ndarray, white: float) -> np.n
 def _green_rows(mosaic: np.ndarray, cfa: str, black: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """For rows 1 to h - 2 (h the even row count), over the left and the right half of the frame, each (2,
     h - 2): the mean of each green less the mean of its four diagonal neighbours (greens of the rows above
-    and below) clipped at 3 robust sigmas, and the mean of the greens; None where the CFA has no green on
-    each row parity."""
+    and below) clipped at 3 robust sigmas about its row parity's median, and the mean of the greens; None
+    where the CFA has no green on each row parity."""
     greens = [i for i, c in enumerate(cfa) if c == "G"]
     if len(greens) != 2 or greens[0] // 2 == greens[1] // 2:
         return None
@@ -242,16 +246,20 @@ def _green_rows(mosaic: np.ndarray, cfa: str, black: np.ndarray) -> tuple[np.nda
 
     even, odd = planes
     rows = np.unique(np.linspace(1, h // 2 - 1, 32).astype(int))
-    probe = second(even[rows], odd[rows - 1], odd[rows], col[0])
-    bound = 3.0 * max(1.4826 * float(np.median(np.abs(probe - np.median(probe)))), 0.5)
+    # clipped about each row parity's own median: the two greens' black levels may differ by more than the noise
+    probes = (second(odd[rows - 1], even[rows - 1], even[rows], col[1]),
+              second(even[rows], odd[rows - 1], odd[rows], col[0]))
+    centre = [float(np.median(p)) for p in probes]
+    bound = 3.0 * max(1.4826 * float(np.median(np.abs(probes[1] - centre[1]))), 0.5)
     for m in range(0, h // 2 - 1, _BAND // 2):
         stop = min(m + _BAND // 2, h // 2 - 1)
         # row 2k (k >= 1) between odd rows k - 1 and k; row 2k + 1 between even rows k and k + 1
         d_even = second(even[m + 1 : stop + 1], odd[m:stop], odd[m + 1 : stop + 1], col[0])
         d_odd = second(odd[m:stop], even[m:stop], even[m + 1 : stop + 1], col[1])
         centres = (odd[m:stop, j], even[m + 1 : stop + 1, j])
-        for d, c, first in ((d_odd, centres[0], 2 * m), (d_even, centres[1], 2 * m + 1)):  # row 2m + 1: [.., 2m]
-            np.clip(d, -bound, bound, out=d)
+        for d, c, mid, first in ((d_odd, centres[0], centre[0], 2 * m),  # row 2m + 1 is [.., 2m]
+                                 (d_even, centres[1], centre[1], 2 * m + 1)):
+            np.clip(d, mid - bound, mid + bound, out=d)
             out[0, first : 2 * stop : 2] = d[:, : half - 1].mean(axis=1)
             out[1, first : 2 * stop : 2] = d[:, half - 1 :].mean(axis=1)
             level[0, first : 2 * stop : 2] = c[:, : half - 1].mean(axis=1)
@@ -293,11 +301,18 @@ def picture_offsets(mosaic: np.ndarray, cfa: str, black: np.ndarray) -> tuple[np
     own = float((np.abs(left - right) ** 2)[f >= 0.1].mean()) / (4 * n)  # the noise of the halves' mean
     var = min(float(shared[(f >= lo) & (f < hi)].mean() / (response[(f >= lo) & (f < hi)] ** 2).mean())
               for lo, hi in PICTURE_BANDS)
-    if not var > 0.0:
+    if not var > MIN_PICTURE_SIGMA**2:
         return None
-    wiener = response * var / (response**2 * var + max(own, 1e-9))
+    # what the halves share beyond white row noise is scene (stripes across the frame: blinds, courses of
+    # brick): the Wiener filter counts it as noise, so that a periodic pattern of the scene stays
+    smooth = np.convolve(np.pad(shared, 4, mode="edge"), np.ones(9) / 9, mode="valid")
+    scene = np.maximum(smooth - var * response**2, 0.0)
+    wiener = response * var / (response**2 * var + scene + max(own, 1e-3 * var))
+    wiener[f < MIN_PICTURE_FREQUENCY] = 0.0
     offsets = np.zeros(h, np.float32)
     offsets[1 : n + 1] = np.fft.irfft(wiener * 0.5 * (left + right), n)
+    if not offsets.std() > MIN_PICTURE_SIGMA / 2:
+        return None
     return offsets, float(np.sqrt(var))
 
 

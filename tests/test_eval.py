@@ -241,6 +241,19 @@ def test_cli_eval_json(bench, weights, tmp_path):
     assert "overall" in result.output and "darkfix" in result.output
 
 
+def test_cli_eval_row_noise_flags_reach_the_network(bench, weights, tmp_path):
+    """--no-masked-margin and --no-picture-rows restore as `darkfix restore` does with them, and the report
+    says so (the default says nothing)."""
+    for flags, said in (([], {}), (["--no-masked-margin", "--no-picture-rows"],
+                                   {"masked_margin": False, "picture_rows": False})):
+        out = tmp_path / f"r{len(flags)}.json"
+        result = CliRunner().invoke(main, ["eval", bench, "--weights", weights, "--device", "cpu", "--limit", "1",
+                                           "--no-libraw", "--json", str(out), "-q", *flags])
+        assert result.exit_code == 0, result.output
+        description = json.loads(out.read_text())["methods"]["darkfix"]
+        assert {k: description[k] for k in ("masked_margin", "picture_rows") if k in description} == said
+
+
 def test_cli_eval_stride_and_compare(bench, weights, tmp_path):
     """--stride selects what bm3d_baseline.py --stride scored; --compare joins an earlier report's methods."""
     cases = ev.benchmark_cases(bench, stride=2)

@@ -120,7 +120,7 @@ def restore_options(f):
                           "noise out."),
         click.option("--picture-rows/--no-picture-rows", default=True, show_default=True,
                      help="Measure the row noise that alternates between rows in the picture's own greens "
-                          "(where no margin took it out) and take it out."),
+                          "(after --masked-margin's correction) and take it out."),
     ]):
         f = option(f)
     return f

@@ -287,7 +287,7 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
         png_bytes = 0
         for i in range(runs):
             say(f"run {i + 1} of {runs}")
-            frame = timer("decode", lambda: read_frame(source))  # as restore decodes: margins included
+            frame = timer("decode", lambda: read_frame(source))  # as restore decodes: row noise taken out
             # restore normalises tile by tile inside the network stage; here the whole frame is made once
             # so that the network is timed alone
             def pack() -> tuple:
