@@ -439,9 +439,9 @@ def evaluate_cases(cases: list[Case], methods: list[Method], auto_amp: bool = Fa
         raise ValueError(f"method names must be unique: {names}")
     rows = []
     truth_cache: tuple[Path, np.ndarray] | None = None  # SID pairs share long exposures
+    network = next((m for m in methods if isinstance(m, NetworkMethod)), None)
     for i, case in enumerate(cases, 1):
         frame = read_raw(case.raw)
-        network = next((m for m in methods if isinstance(m, NetworkMethod)), None)
         if auto_amp:  # the estimate `darkfix restore` makes, on the frame with its row noise taken out
             amp = auto_amplification(network.rows(frame) if network else frame, exposure) * brightness
         else:
