@@ -18,6 +18,11 @@ the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient en
   truth's own spectrum falls steeply in flat areas, so the output's spectrum alone would show that fall,
   not a grid.)
 
+- position bias: in the same windows, each colour's mean error on even rows less that on odd rows (and even
+  columns less odd ones), in units of 1e-4 of the rendered range: a bias between the network's 2 x 2 output positions
+  (frame-dependent, the same without row noise; the on-axis peak's cause), for which the grid measure sees
+  only a peak;
+
 and, in the DARK_WINDOWS darkest windows of the ground truth that hold any light, the dark colour: R/G
 and B/G of the output's linear-light sums beside the truth's (the README example's dark grass: the truth
 green, the network greyer).
@@ -118,6 +123,17 @@ def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float, fl
     return grain / max(base, 1e-12), peak, off_peak
 
 
+def position_bias(out: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns): per colour, the mean error of even rows less odd rows (columns) in the truth's
+    flattest windows (luminance's), rendered RGB images (H, W, 3) in [0, 1]."""
+    rows, cols = [], []
+    for y, x in flattest(luminance(truth)):
+        e = out[y : y + WINDOW, x : x + WINDOW] - truth[y : y + WINDOW, x : x + WINDOW]
+        rows.append(e[0::2].mean(axis=(0, 1)) - e[1::2].mean(axis=(0, 1)))
+        cols.append(e[:, 0::2].mean(axis=(0, 1)) - e[:, 1::2].mean(axis=(0, 1)))
+    return np.mean(rows, axis=0), np.mean(cols, axis=0)
+
+
 @click.command()
 @click.argument("bench", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("name")
@@ -147,9 +163,11 @@ def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool, ensemble
         out_rgb = as_float(method(case, frame, case.ratio))
         grain, grid, off_axes = grain_and_grid(luminance(out_rgb), truth)
         got, want = dark_colour(out_rgb, truth_rgb)
+        by_rows, by_cols = (" ".join(f"{1e4 * c:+.1f}" for c in v) for v in position_bias(out_rgb, truth_rgb))
         click.echo(f"{method.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median "
                    f"(goal <= 5; off the axes, without banding: {off_axes:.1f}); dark colour R/G {got[0]:.2f}, "
-                   f"B/G {got[1]:.2f} (truth {want[0]:.2f}, {want[1]:.2f})")
+                   f"B/G {got[1]:.2f} (truth {want[0]:.2f}, {want[1]:.2f}); 2 x 2 position bias (1e-4, R G B) rows "
+                   f"{by_rows}, columns {by_cols}")
 
 
 if __name__ == "__main__":

@@ -408,12 +408,23 @@ def test_cli_synth_held_out_without_black_error(tmp_path):
 # ------------------------------------------------------------------------------ blind BM3D's noise estimate
 
 
-def _bm3d_baseline():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bm3d_baseline.py"
-    spec = importlib.util.spec_from_file_location("bm3d_baseline", path)
+def _benchmark(name: str = "bm3d_baseline"):
+    """A script of benchmarks/ as a module."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_grain_position_bias():
+    """grain.py's 2 x 2 position bias finds an even-row excess of one colour, and nothing in columns."""
+    rng = np.random.default_rng(0)
+    truth = np.clip(0.3 + 0.02 * rng.standard_normal((256, 256, 3)).cumsum(0).cumsum(1) / 256, 0, 1)
+    out = truth.copy()
+    out[0::2, :, 0] += 0.001
+    rows, cols = _benchmark("grain").position_bias(out, truth)
+    assert np.allclose(rows, [0.001, 0, 0], atol=1e-9) and np.allclose(cols, 0, atol=1e-9)
 
 
 def test_blind_bm3d_noise_from_the_frame(tmp_path):
@@ -426,7 +437,7 @@ def test_blind_bm3d_noise_from_the_frame(tmp_path):
     dark = k * rng.poisson(signal / k) + rng.normal(0.0, read, signal.shape) + black
     spec = DngSpec(cfa="GRBG", black=black, white=white, as_shot_neutral=(0.5, 1.0, 0.6), color_matrix=SONY_XYZ)
     write_dng(tmp_path / "flat.dng", np.clip(np.round(dark), 0, white).astype(np.uint16), spec)
-    noise = _bm3d_baseline().blind_noise(read_raw(tmp_path / "flat.dng"))
+    noise = _benchmark().blind_noise(read_raw(tmp_path / "flat.dng"))
     assert noise["K"] == pytest.approx(k, rel=0.2)
     assert noise["s2"] == pytest.approx(read**2 + 1.0 / 12.0, rel=0.3)
 
@@ -437,7 +448,7 @@ def test_bm3d_without_shot_noise_runs_gaussian():
     rng = np.random.default_rng(8)
     clean = np.broadcast_to(np.linspace(5.0, 20.0, 32)[None, None, :], (4, 32, 32))
     noisy = clean + rng.normal(0.0, 2.0, clean.shape)
-    method = _bm3d_baseline().BM3DMethod(blind=True, threads=1)
+    method = _benchmark().BM3DMethod(blind=True, threads=1)
     out = method.denoise(noisy, 0.0, 4.0, {})
     assert method.last["vst"].startswith("none") and out.shape == clean.shape
     assert np.sqrt(np.mean((out - clean) ** 2)) < 0.5 * np.sqrt(np.mean((noisy - clean) ** 2))
