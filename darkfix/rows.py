@@ -212,9 +212,11 @@ def fix_rows(mosaic: np.ndarray, black: np.ndarray, white: float,
                                                                        shift if refine else None, used)
 
 
-def subtract_rows(mosaic: np.ndarray, offsets: np.ndarray, white: float) -> np.ndarray:
-    """float32 mosaic less each row's offset (H,); photosites at white stay there, none goes past it."""
-    out = np.empty(mosaic.shape, np.float32)
+def subtract_rows(mosaic: np.ndarray, offsets: np.ndarray, white: float,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """float32 mosaic less each row's offset (H,); photosites at white stay there, none goes past it. `out`
+    (float32, the mosaic's shape; may be the mosaic itself) takes the result instead of a new array."""
+    out = np.empty(mosaic.shape, np.float32) if out is None else out
     for r in range(0, mosaic.shape[0], _BAND):
         raw = mosaic[r : r + _BAND]
         part = np.subtract(raw, offsets[r : r + _BAND, None], dtype=np.float32)
@@ -327,7 +329,8 @@ def correct(frame: RawFrame, margins: bool = True, picture: bool = True) -> RawF
     found = picture_offsets(mosaic, frame.cfa, black) if picture else None
     if found is not None:
         offsets, sigma = found
-        mosaic = subtract_rows(mosaic, offsets, frame.white)
+        # in place where the margins' correction already made the mosaic a float copy of its own
+        mosaic = subtract_rows(mosaic, offsets, frame.white, out=None if mosaic is frame.mosaic else mosaic)
         fix = replace(fix or RowFix(0, 0.0, 0.0, 0.0), picture_sigma=sigma, picture_dn=float(offsets.std()))
     if fix is None:
         return frame
