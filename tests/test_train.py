@@ -336,10 +336,11 @@ def test_distillation_target_is_what_restore_ensemble_runs(photos, tmp_path):
                                   "--noise-aware", "--fine-widths", "24,48",
                                   "--init", "darkfix-lamba2021-v12.safetensors",
                                   "--teacher", "darkfix-lamba2021-v12.safetensors", "--teacher-weight", "0.3",
-                                  "--msssim-from", "1.0"])
+                                  "--msssim-from", "1.0", "--position-bias", "100"])
     assert r.exit_code == 0, r.output
-    assert "0.3 x the same towards darkfix-lamba2021-v12.safetensors's self-ensemble" in \
-        load_weights(out)[1].metadata["training"]
+    training = load_weights(out)[1].metadata["training"]
+    assert "0.3 x the same towards darkfix-lamba2021-v12.safetensors's self-ensemble" in training
+    assert "+ 100 x the mean square of its output positions' bias (4 px period, 32 px blocks)" in training
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "1",
                                     "--crop", "192", "--teacher", "darkfix-lamba2021-v12.safetensors"])
     assert bad.exit_code == 2 and "teacher for a lamba2021 network" in bad.output and "Traceback" not in bad.output
@@ -395,6 +396,32 @@ def test_local_colour_term_sees_a_dark_colour_bias_that_noise_hides():
     local = [loss_fn(x, pair, with_msssim=False, local_weight=1.0).item() - p for x, p in zip((noisy, brown), plain)]
     assert plain[0] > plain[1]  # per pixel, the biased smooth output wins
     assert local[1] > 3 * local[0]  # by block means it loses
+
+
+def test_position_term_sees_a_grid_that_noise_hides():
+    """A flat grey with a faint 2 x 2 grid (what v12 leaves over flat areas) against the same grey with
+    noise: per pixel the noisy one costs more; the output-position term ranks them the other way round, and
+    `position_bias` gives the grid back exactly, whatever the block's level."""
+    from darkfix.colour import bt709
+    from darkfix.lab.train import POSITION_PERIOD, Pair, loss_fn, position_bias
+
+    g = torch.Generator().manual_seed(4)
+    level = torch.tensor([0.05, 0.08, 0.04]).view(1, 3, 1, 1)
+    target = level.expand(1, 3, 128, 128).contiguous()
+    grid = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(64, 64)
+    gridded = target + 0.002 * grid
+    noisy = target + 0.01 * torch.randn(1, 3, 128, 128, generator=g)
+    pair = Pair(torch.zeros(1, 8, 64, 64), target, torch.eye(3)[None], torch.ones(1))
+    plain = [loss_fn(x, pair, with_msssim=False).item() for x in (gridded, noisy)]
+    term = [loss_fn(x, pair, with_msssim=False, position_weight=100.0).item() - p for x, p in zip((gridded, noisy),
+                                                                                                   plain)]
+    assert plain[1] > 3 * plain[0]
+    assert term[0] > 2 * term[1]
+    bias = position_bias(gridded - target + torch.rand(1, 3, 1, 1, generator=g))
+    assert bias.shape == (1, 3, 4, POSITION_PERIOD, 4, POSITION_PERIOD)
+    assert torch.allclose(bias, 0.002 * grid[:4, :4].view(1, 1, 1, 4, 1, 4), atol=1e-6)
+    curved = position_bias(bt709(gridded) - bt709(target))
+    assert torch.all(curved[..., 0, :, 0] > 0.002)  # the curve is steep in the dark: the grid grows there
 
 
 def test_synthetic_pairs_cover_real_sensors_and_highlights():

@@ -149,10 +149,14 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
                    "weights darkfix ships will do.")
 @click.option("--teacher-weight", type=click.FloatRange(0.0), default=0.5, show_default=True,
               help="Weight of the loss towards --teacher's self-ensemble.")
+@click.option("--position-bias", "position_weight", type=click.FloatRange(0.0), default=0.0, show_default=True,
+              help="Weight of a loss term, the mean square of the bias between the output's positions (a 4 px period, "
+                   "averaged over 32 px blocks): the faint periodic grid over flat areas that per pixel the noise "
+                   "hides. About 100 makes it matter.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
           guide_radius, local_colour, colour_patches, black_spread, workers, half_crops, teacher,
-          teacher_weight) -> None:
+          teacher_weight, position_weight) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -186,7 +190,8 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       fine_signed=fine_input == "signed", fine_widths=fine_widths, fine_only=fine_only,
                       guide_radius=guide_radius, local_weight=local_colour, colour_patches=colour_patches,
                       black_spread=black_spread, workers=workers, half_crops=half_crops,
-                      teacher=str(teacher) if teacher else None, teacher_weight=teacher_weight)
+                      teacher=str(teacher) if teacher else None, teacher_weight=teacher_weight,
+                      position_weight=position_weight)
     _run_training(training.train, cfg, resume, minutes)
 
 

@@ -68,6 +68,7 @@ class TrainConfig:
     half_crops: float = 0.0  # share of the steps whose batch is 4 x as many crops of half the side
     teacher: str | None = None  # weights whose self-ensemble (`ensemble_of`) is a second target
     teacher_weight: float = 0.5  # of the loss towards the teacher's self-ensemble
+    position_weight: float = 0.0  # of the output-position term in `loss_fn` (0: the loss v12 trained with)
 
 
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
@@ -265,10 +266,25 @@ class Batches:
 
 CAMERA_WEIGHT = 0.5  # of the camera-RGB term in `loss_fn`
 LOCAL_SIZE = 8  # px: the local-colour term compares means over LOCAL_SIZE x LOCAL_SIZE blocks
+# The output-position term: the last layer's pixel shuffle gives each of the 2 x 2 output positions its own
+# weights, fine_up's gives 4 x 4 ones at the next scale; a period of 4 px holds both.
+POSITION_PERIOD = 4
+POSITION_BLOCK = 32  # px: each position's error is averaged over such blocks (64 pixels of it per block)
+
+
+def position_bias(error: torch.Tensor) -> torch.Tensor:
+    """Per POSITION_BLOCK block, each of the POSITION_PERIOD x POSITION_PERIOD output positions' mean error less
+    the block's mean error: (N, C, H / B, P, W / B, P). What repeats with the period (a grid over flat areas) and
+    nearly nothing of the noise, which 64 pixels per mean average away."""
+    n, c, h, w = error.shape
+    b, p = POSITION_BLOCK, POSITION_PERIOD
+    h, w = h // b * b, w // b * b
+    means = error[..., :h, :w].reshape(n, c, h // b, b // p, p, w // b, b // p, p).mean((3, 6))
+    return means - means.mean((3, 5), keepdim=True)
 
 
 def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True,
-            local_weight: float = 0.0) -> torch.Tensor:
+            local_weight: float = 0.0, position_weight: float = 0.0) -> torch.Tensor:
     """L1 + 0.2 (1 - MS-SSIM) on the final sRGB rendering (the paper's loss, moved after colour), plus L1 on
     the balanced camera RGB under the same curve: the rendering clips colours outside sRGB, which leaves
     the network free to turn a magenta light red where both render alike.
@@ -276,6 +292,12 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True,
     With `local_weight`, also L1 between 8 x 8 block means of the camera RGB (same curve): per pixel, a
     dark area's noise outweighs a bias in its colour (dark green grass rendered brown costs little), while
     block means are nearly noise-free, so the bias is what this term sees.
+
+    With `position_weight`, also the mean square of `position_bias` of the camera RGB's error (same curve): a
+    bias between the output's positions that changes with the frame is a faint periodic grid over flat areas,
+    which per pixel the noise outweighs. Squared, not L1: its gradient's expectation is the bias itself however
+    noisy the block means (L1's would be their median's sign), and an L1 loss under noise of a skew that differs
+    between positions (Bayer sites, clipping at black) is what leaves such a bias.
 
     MS-SSIM costs twice the network on a CPU, so the early part of a run may use L1 alone.
     """
@@ -286,6 +308,8 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True,
     if local_weight:
         loss = loss + local_weight * F.l1_loss(bt709(F.avg_pool2d(camera, LOCAL_SIZE)),
                                                bt709(F.avg_pool2d(pair.target_linear, LOCAL_SIZE)))
+    if position_weight:
+        loss = loss + position_weight * position_bias(bt709(camera) - bt709(pair.target_linear)).square().mean()
     if with_msssim:
         loss = loss + 0.2 * (1.0 - ms_ssim(pred, target, data_range=1.0))
     return loss
@@ -455,6 +479,9 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                          "loss": f"L1 on the sRGB rendering + {CAMERA_WEIGHT} L1 on the balanced camera RGB" + (
                              f" + {cfg.local_weight:g} L1 on its {LOCAL_SIZE} x {LOCAL_SIZE} block means"
                              if cfg.local_weight else "") + (
+                             f" + {cfg.position_weight:g} x the mean square of its output positions' bias "
+                             f"({POSITION_PERIOD} px period, {POSITION_BLOCK} px blocks)"
+                             if cfg.position_weight else "") + (
                              f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else "") + (
                              f"; + {cfg.teacher_weight:g} x the same towards {Path(cfg.teacher).name}'s self-ensemble"
                              if cfg.teacher else ""),
@@ -487,7 +514,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
             pair = batches.get(step).to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 pred = model(pair.inputs)
-            loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step, local_weight=cfg.local_weight)
+            loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step, local_weight=cfg.local_weight,
+                           position_weight=cfg.position_weight)
             if teacher is not None:  # distillation: the teacher's self-ensemble, twice its network, in one pass
                 with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     taught = ensemble_of(teacher, pair.inputs).float().clamp(0.0, 1.0)
