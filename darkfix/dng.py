@@ -34,7 +34,7 @@ class DngSpec:
     datetime: str | None = None  # "YYYY:MM:DD HH:MM:SS"
     description: str = ""
     noise_profile: tuple[float, ...] | None = None  # DNG NoiseProfile: S, O pairs (variance S x + O)
-    masked_left: int = 0  # the mosaic's first columns lie outside the picture (ActiveArea says so)...
+    margin_left: int = 0  # the mosaic's first columns lie outside the picture (ActiveArea says so)...
     margin_masked: bool = True  # ...and are optically masked (MaskedAreas says so: LibRaw measures black there)
     margin_right: int = 0  # the mosaic's last columns lie outside the picture too (not declared masked)
 
@@ -83,12 +83,12 @@ def write_dng(path: str | os.PathLike, mosaic: np.ndarray, spec: DngSpec) -> Pat
         extratags.append((34855, "H", 1, int(spec.iso), True))
     if spec.datetime is not None:
         extratags.append((306, "s", 0, spec.datetime, True))
-    if spec.masked_left or spec.margin_right:
+    if spec.margin_left or spec.margin_right:
         h, w = mosaic.shape
         # ActiveArea: top, left, bottom, right
-        extratags.append((50829, "I", 4, (0, spec.masked_left, h, w - spec.margin_right), True))
-        if spec.margin_masked and spec.masked_left:
-            extratags.append((50830, "I", 4, (0, 0, h, spec.masked_left), True))  # MaskedAreas
+        extratags.append((50829, "I", 4, (0, spec.margin_left, h, w - spec.margin_right), True))
+        if spec.margin_masked and spec.margin_left:
+            extratags.append((50830, "I", 4, (0, 0, h, spec.margin_left), True))  # MaskedAreas
     if spec.noise_profile is not None:
         extratags.append((51041, "d", len(spec.noise_profile), tuple(spec.noise_profile), True))
     path = Path(path)

@@ -54,6 +54,7 @@ SPIKE = 4.0  # robust sigmas: a row whose second difference stands out this far 
 MIN_PICTURE_SIGMA = 0.02  # DN: less row noise than this the picture's estimate leaves alone
 # cycles per row: slower banding is the scene's as much as the rows' (and the second difference barely sees it)
 MIN_PICTURE_FREQUENCY = 0.05
+MIN_PICTURE_COLUMNS = 256  # fewer leave each half's row means too noisy for the halves' cross-spectrum
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,12 @@ def _green_rows(mosaic: np.ndarray, cfa: str, black: np.ndarray) -> tuple[np.nda
         return None
     col = {i // 2: i % 2 for i in greens}  # each row parity's green column
     h, w = mosaic.shape[0] // 2 * 2, mosaic.shape[1] // 2 * 2
-    planes = [mosaic[p:h:2, col[p]:w:2].astype(np.float32) - black[p, col[p]] for p in (0, 1)]
-    n = planes[0].shape[1]
+    views = [mosaic[p:h:2, col[p]:w:2] for p in (0, 1)]  # float copies of them are made a band at a time
+
+    def plane(p: int, rows: slice | np.ndarray) -> np.ndarray:
+        return views[p][rows].astype(np.float32) - black[p, col[p]]
+
+    n = views[0].shape[1]
     j = np.arange(1, n - 1)
     half = n // 2
     out, level = np.empty((2, h - 2)), np.empty((2, h - 2))
@@ -246,19 +251,19 @@ def _green_rows(mosaic: np.ndarray, cfa: str, black: np.ndarray) -> tuple[np.nda
         s = c - 1
         return centre[:, j] - 0.25 * (up[:, j + s] + up[:, j + s + 1] + down[:, j + s] + down[:, j + s + 1])
 
-    even, odd = planes
     rows = np.unique(np.linspace(1, h // 2 - 1, 32).astype(int))
     # clipped about each row parity's own median: the two greens' black levels may differ by more than the noise
-    probes = (second(odd[rows - 1], even[rows - 1], even[rows], col[1]),
-              second(even[rows], odd[rows - 1], odd[rows], col[0]))
+    probes = (second(plane(1, rows - 1), plane(0, rows - 1), plane(0, rows), col[1]),
+              second(plane(0, rows), plane(1, rows - 1), plane(1, rows), col[0]))
     centre = [float(np.median(p)) for p in probes]
     bound = 3.0 * max(1.4826 * float(np.median(np.abs(probes[1] - centre[1]))), 0.5)
     for m in range(0, h // 2 - 1, _BAND // 2):
         stop = min(m + _BAND // 2, h // 2 - 1)
+        even, odd = plane(0, slice(m, stop + 1)), plane(1, slice(m, stop + 1))  # rows m to stop of each
         # row 2k (k >= 1) between odd rows k - 1 and k; row 2k + 1 between even rows k and k + 1
-        d_even = second(even[m + 1 : stop + 1], odd[m:stop], odd[m + 1 : stop + 1], col[0])
-        d_odd = second(odd[m:stop], even[m:stop], even[m + 1 : stop + 1], col[1])
-        centres = (odd[m:stop, j], even[m + 1 : stop + 1, j])
+        d_even = second(even[1:], odd[:-1], odd[1:], col[0])
+        d_odd = second(odd[:-1], even[:-1], even[1:], col[1])
+        centres = (odd[:-1, j], even[1:, j])
         for d, c, mid, first in ((d_odd, centres[0], centre[0], 2 * m),  # row 2m + 1 is [.., 2m]
                                  (d_even, centres[1], centre[1], 2 * m + 1)):
             np.clip(d, mid - bound, mid + bound, out=d)
@@ -273,7 +278,7 @@ def picture_offsets(mosaic: np.ndarray, cfa: str, black: np.ndarray) -> tuple[np
     """(each row's offset (H,) in DN, the row noise's standard deviation in DN) as the picture's greens show
     it, or None where they show none (or the frame is too small, or its CFA not Bayer)."""
     h = mosaic.shape[0]
-    if h < MIN_ROWS or mosaic.shape[1] < 4 * MIN_ROWS:
+    if h < MIN_ROWS or mosaic.shape[1] < MIN_PICTURE_COLUMNS:
         return None
     found = _green_rows(mosaic, cfa, black)
     if found is None:

@@ -39,7 +39,7 @@ def frame_dn(rng: np.random.Generator, row_sigma: float, scene: np.ndarray | Non
 def test_a_masked_margin_measures_the_rows_and_the_black(tmp_path):
     rng = np.random.default_rng(3)
     mosaic, offsets = frame_dn(rng, 1.5)
-    write_dng(tmp_path / "m.dng", mosaic, DngSpec(masked_left=LEFT))
+    write_dng(tmp_path / "m.dng", mosaic, DngSpec(margin_left=LEFT))
     raw = read_raw(tmp_path / "m.dng")
     assert raw.mosaic.shape == (H, W - LEFT) and [m.shape for m in raw.margins] == [(H, LEFT)]
     # LibRaw measures the black in the masked area itself, in whole DN
@@ -81,7 +81,7 @@ def test_a_margin_that_does_not_follow_the_rows_is_left(tmp_path, case):
         mosaic, _ = frame_dn(rng, 1.5)
         mosaic[:, :LEFT] = rng.normal(BLACK, 3.0, (H, LEFT)).round().astype(np.uint16)
     masked = case == "no row noise"
-    write_dng(tmp_path / "m.dng", mosaic, DngSpec(masked_left=LEFT, margin_masked=masked))
+    write_dng(tmp_path / "m.dng", mosaic, DngSpec(margin_left=LEFT, margin_masked=masked))
     raw, frame = read_raw(tmp_path / "m.dng"), read_frame(tmp_path / "m.dng", picture_rows=False)
     assert frame.rows is not None and frame.rows.gain == 0.0 and frame.rows.correlation < rows.MIN_CORRELATION
     assert frame.mosaic.dtype == np.uint16 and np.array_equal(frame.mosaic, raw.mosaic)
@@ -100,7 +100,7 @@ def test_narrow_or_no_margins_change_nothing(tmp_path):
     rng = np.random.default_rng(5)
     mosaic, _ = frame_dn(rng, 1.5)
     write_dng(tmp_path / "plain.dng", np.ascontiguousarray(mosaic[:, LEFT:]), DngSpec())
-    write_dng(tmp_path / "narrow.dng", np.ascontiguousarray(mosaic[:, LEFT - 6 :]), DngSpec(masked_left=6))
+    write_dng(tmp_path / "narrow.dng", np.ascontiguousarray(mosaic[:, LEFT - 6 :]), DngSpec(margin_left=6))
     for name in ("plain.dng", "narrow.dng"):
         frame = read_frame(tmp_path / name, picture_rows=False)
         assert frame.margins == () and frame.rows is None and frame.mosaic.dtype == np.uint16
@@ -114,7 +114,7 @@ def test_the_black_of_each_cfa_position(tmp_path):
     rng = np.random.default_rng(6)
     cell = np.array([[0.0, 0.6], [0.3, 0.9]])
     mosaic, offsets = frame_dn(rng, 1.5, cell=cell)
-    write_dng(tmp_path / "cell.dng", mosaic, DngSpec(masked_left=LEFT))
+    write_dng(tmp_path / "cell.dng", mosaic, DngSpec(margin_left=LEFT))
     frame = read_frame(tmp_path / "cell.dng")
     assert frame.rows is not None and frame.rows.gain > 0.8 and frame.rows.black_shift is not None
     assert np.abs(frame.black - (BLACK + offsets.mean() + cell)).max() < 0.1, frame.black
@@ -129,7 +129,7 @@ def test_a_junk_margin_beside_a_masked_one_does_not_dilute_it(tmp_path):
         right = {"none": np.zeros((H, 0)), "zeros": np.zeros((H, 16)),
                  "picture": rng.poisson(30.0, (H, 16)) + BLACK + rng.normal(0, 2, (H, 16))}[junk]
         full = np.concatenate([mosaic, np.round(right)], axis=1).astype(np.uint16)
-        write_dng(tmp_path / f"{junk}.dng", full, DngSpec(masked_left=LEFT, margin_right=right.shape[1]))
+        write_dng(tmp_path / f"{junk}.dng", full, DngSpec(margin_left=LEFT, margin_right=right.shape[1]))
         raw, frame = read_raw(tmp_path / f"{junk}.dng"), read_frame(tmp_path / f"{junk}.dng")
         assert len(raw.margins) == (1 if junk == "none" else 2) and frame.rows.used == LEFT
         left = offsets - (raw.mosaic.astype(np.float32) - frame.mosaic)[:, 1]
@@ -144,7 +144,7 @@ def test_picture_columns_in_a_margin_are_left_out(tmp_path):
     mosaic, offsets = frame_dn(rng, 1.5)
     light = 40.0 * (1 + np.sin(np.arange(H) / 3.0))
     mosaic[:, LEFT - 2 : LEFT] = np.round(mosaic[:, LEFT - 2 : LEFT] + rng.poisson(light[:, None], (H, 2)))
-    write_dng(tmp_path / "leak.dng", mosaic, DngSpec(masked_left=LEFT, margin_masked=False))
+    write_dng(tmp_path / "leak.dng", mosaic, DngSpec(margin_left=LEFT, margin_masked=False))
     raw, frame = read_raw(tmp_path / "leak.dng"), read_frame(tmp_path / "leak.dng")
     assert frame.rows is not None and frame.rows.gain > 0.8 and frame.rows.used == LEFT - 2
     left = offsets - (raw.mosaic.astype(np.float32) - frame.mosaic)[:, 1]
@@ -156,7 +156,7 @@ def test_nothing_goes_past_white(tmp_path):
     mosaic, _ = frame_dn(rng, 1.5)
     mosaic[::7, LEFT + 5 :: 9] = 16382  # near white: a negative offset must not lift it past white
     mosaic[3::11, LEFT + 2 :: 13] = 16383
-    write_dng(tmp_path / "white.dng", mosaic, DngSpec(masked_left=LEFT))
+    write_dng(tmp_path / "white.dng", mosaic, DngSpec(margin_left=LEFT))
     raw, frame = read_raw(tmp_path / "white.dng"), read_frame(tmp_path / "white.dng")
     assert frame.rows.gain > 0.8 and frame.mosaic.max() <= raw.white
     assert np.all(frame.mosaic[raw.mosaic >= raw.white] == raw.white)
@@ -210,7 +210,7 @@ def test_a_margin_of_one_code_gives_the_black(tmp_path, stray):
     spots = rng.choice(flat.size, sum(stray), replace=False)
     flat[spots[: stray[0]]] = 8
     flat[spots[stray[0] :]] = 10
-    write_dng(tmp_path / "b8.dng", mosaic, DngSpec(black=9.0, white=255, masked_left=LEFT))
+    write_dng(tmp_path / "b8.dng", mosaic, DngSpec(black=9.0, white=255, margin_left=LEFT))
     raw, frame = read_raw(tmp_path / "b8.dng"), read_frame(tmp_path / "b8.dng")
     assert np.abs(frame.black - 9.0).max() < 0.01, (raw.black, frame.black)
 
@@ -220,7 +220,7 @@ def test_a_margin_clipped_at_zero_is_left(tmp_path):
     rng = np.random.default_rng(12)
     mosaic, _ = frame_dn(rng, 1.5)
     mosaic = np.clip(mosaic.astype(np.int32) - int(BLACK), 0, None).astype(np.uint16)
-    write_dng(tmp_path / "b0.dng", mosaic, DngSpec(black=0.0, white=4095, masked_left=LEFT, margin_masked=False))
+    write_dng(tmp_path / "b0.dng", mosaic, DngSpec(black=0.0, white=4095, margin_left=LEFT, margin_masked=False))
     raw, frame = read_raw(tmp_path / "b0.dng"), read_frame(tmp_path / "b0.dng", picture_rows=False)
     assert frame.rows.used == 0 and frame.rows.gain == 0.0 and frame.rows.black_shift is None
     assert np.array_equal(frame.mosaic, raw.mosaic) and np.all(frame.black == 0.0)
@@ -232,7 +232,7 @@ def test_restore_takes_the_row_noise_out(tmp_path):
     rng = np.random.default_rng(7)
     mosaic, offsets = frame_dn(rng, 1.5)
     clean = (mosaic.astype(np.float64) - offsets[:, None]).round().astype(np.uint16)
-    write_dng(tmp_path / "masked.dng", mosaic, DngSpec(masked_left=LEFT))
+    write_dng(tmp_path / "masked.dng", mosaic, DngSpec(margin_left=LEFT))
     write_dng(tmp_path / "plain.dng", np.ascontiguousarray(mosaic[:, LEFT:]), DngSpec())
     write_dng(tmp_path / "clean.dng", np.ascontiguousarray(clean[:, LEFT:]), DngSpec())
     banding, level = {}, {}

@@ -103,7 +103,7 @@ def make_benchmark(photos: str | os.PathLike, out: str | os.PathLike, ratios: tu
                            color_matrix=camera.cam_xyz[0].numpy(),
                            model="synthetic A7S II noise" if not broad else
                            f"synthetic {int(round(np.log2(white + 1)))}-bit sensor",
-                           description=f"darkfix synth: {path.name} at 1/{ratio:g} exposure", masked_left=masked)
+                           description=f"darkfix synth: {path.name} at 1/{ratio:g} exposure", margin_left=masked)
             write_dng(out / name, np.ascontiguousarray(mosaic.astype(np.uint16)), spec)
             noise = s.noise
             entries.append({"raw": name, "gt": gt_name, "ratio": ratio, "level": float(nominal),
