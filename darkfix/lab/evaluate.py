@@ -311,8 +311,8 @@ class NetworkMethod:
         return correct_rows(frame, self.masked_margin, self.picture_rows)
 
     def __call__(self, case: Case, frame: RawFrame, amplification: float) -> np.ndarray:
-        opts = RestoreOptions(ratio=amplification, bit_depth=16, trust_black=self.trust_black, ensemble=self.ensemble,
-                              masked_margin=self.masked_margin, picture_rows=self.picture_rows)
+        # the row flags are read_frame's, which `rows` stands in for: the stages below do not read them
+        opts = RestoreOptions(ratio=amplification, bit_depth=16, trust_black=self.trust_black, ensemble=self.ensemble)
         frame = self.rows(frame)
         prep = prepare_frame(frame, opts, self.info.input)
         return infer_and_render(frame, prep, self.restorer, self.info, opts)
