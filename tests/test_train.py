@@ -339,7 +339,7 @@ def test_distillation_target_is_what_restore_ensemble_runs(photos, tmp_path):
                                   "--msssim-from", "1.0", "--position-bias", "100"])
     assert r.exit_code == 0, r.output
     training = load_weights(out)[1].metadata["training"]
-    assert "0.3 x the same towards darkfix-lamba2021-v12.safetensors's self-ensemble" in training
+    assert "0.3 x the L1 terms towards darkfix-lamba2021-v12.safetensors's self-ensemble" in training
     assert "+ 100 x the mean square of its output positions' bias (4 px period, 32 px blocks)" in training
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "1",
                                     "--crop", "192", "--teacher", "darkfix-lamba2021-v12.safetensors"])
@@ -400,8 +400,9 @@ def test_local_colour_term_sees_a_dark_colour_bias_that_noise_hides():
 
 def test_position_term_sees_a_grid_that_noise_hides():
     """A flat grey with a faint 2 x 2 grid (what v12 leaves over flat areas) against the same grey with
-    noise: per pixel the noisy one costs more; the output-position term ranks them the other way round, and
-    `position_bias` gives the grid back exactly, whatever the block's level."""
+    noise: per pixel the noisy one costs more; the output-position term ranks them the other way round, pulls
+    the output towards the grid's removal, and `position_bias` gives a 4 px grid back exactly, whatever the
+    block's level, ragged edges left out."""
     from darkfix.colour import bt709
     from darkfix.lab.train import POSITION_PERIOD, Pair, loss_fn, position_bias
 
@@ -417,11 +418,20 @@ def test_position_term_sees_a_grid_that_noise_hides():
                                                                                                    plain)]
     assert plain[1] > 3 * plain[0]
     assert term[0] > 2 * term[1]
-    bias = position_bias(gridded - target + torch.rand(1, 3, 1, 1, generator=g))
-    assert bias.shape == (1, 3, 4, POSITION_PERIOD, 4, POSITION_PERIOD)
-    assert torch.allclose(bias, 0.002 * grid[:4, :4].view(1, 1, 1, 4, 1, 4), atol=1e-6)
+    pred = gridded.clone().requires_grad_(True)
+    loss_fn(pred, pair, with_msssim=False, position_weight=100.0).backward()
+    assert pred.grad is not None and float((pred.grad * grid).sum()) > 0  # descent takes the grid away
     curved = position_bias(bt709(gridded) - bt709(target))
     assert torch.all(curved[..., 0, :, 0] > 0.002)  # the curve is steep in the dark: the grid grows there
+
+    wide = torch.randn(4, 4, generator=g)
+    wide -= wide.mean()
+    ragged = wide.repeat(33, 25)[:130, :100] + torch.rand(2, 3, 1, 1, generator=g)
+    bias = position_bias(ragged)
+    assert bias.shape == (2, 3, 4, POSITION_PERIOD, 3, POSITION_PERIOD)
+    assert torch.allclose(bias, wide.view(1, 1, 1, 4, 1, 4).expand_as(bias), atol=1e-5)
+    with pytest.raises(ValueError, match="at least 32 x 32"):
+        position_bias(ragged[..., :31])
 
 
 def test_synthetic_pairs_cover_real_sensors_and_highlights():

@@ -267,17 +267,20 @@ class Batches:
 CAMERA_WEIGHT = 0.5  # of the camera-RGB term in `loss_fn`
 LOCAL_SIZE = 8  # px: the local-colour term compares means over LOCAL_SIZE x LOCAL_SIZE blocks
 # The output-position term: the last layer's pixel shuffle gives each of the 2 x 2 output positions its own
-# weights, fine_up's gives 4 x 4 ones at the next scale; a period of 4 px holds both.
+# weights, fine_up's 4 x 4 ones at the next scale; a period of 4 px holds both (the 1/8 branch's shuffle
+# into packed resolution repeats every 8 px, which this period sees only in part: it is smoother there).
 POSITION_PERIOD = 4
 POSITION_BLOCK = 32  # px: each position's error is averaged over such blocks (64 pixels of it per block)
 
 
 def position_bias(error: torch.Tensor) -> torch.Tensor:
     """Per POSITION_BLOCK block, each of the POSITION_PERIOD x POSITION_PERIOD output positions' mean error less
-    the block's mean error: (N, C, H / B, P, W / B, P). What repeats with the period (a grid over flat areas) and
-    nearly nothing of the noise, which 64 pixels per mean average away."""
+    the block's mean error: (N, C, H // B, P, W // B, P), ragged edges left out. What repeats with the period (a
+    grid over flat areas) and nearly nothing of the noise, which 64 pixels per mean average away."""
     n, c, h, w = error.shape
     b, p = POSITION_BLOCK, POSITION_PERIOD
+    if h < b or w < b:
+        raise ValueError(f"the output-position term needs crops of at least {b} x {b} px (not {h} x {w})")
     h, w = h // b * b, w // b * b
     means = error[..., :h, :w].reshape(n, c, h // b, b // p, p, w // b, b // p, p).mean((3, 6))
     return means - means.mean((3, 5), keepdim=True)
@@ -483,7 +486,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                              f"({POSITION_PERIOD} px period, {POSITION_BLOCK} px blocks)"
                              if cfg.position_weight else "") + (
                              f"; + 0.2 (1 - MS-SSIM) from step {msssim_step}" if step > msssim_step else "") + (
-                             f"; + {cfg.teacher_weight:g} x the same towards {Path(cfg.teacher).name}'s self-ensemble"
+                             f"; + {cfg.teacher_weight:g} x the L1 terms towards "
+                             f"{Path(cfg.teacher).name}'s self-ensemble"
                              if cfg.teacher else ""),
                          "data": "synthetic (unprocess + ELD noise, broad sensors) from " + Path(cfg.images).name + (
                              f"; {cfg.colour_patches:g} of the crops scenes of saturated colour (synth.colour_patches)"
