@@ -3,6 +3,10 @@ flattest windows of the ground truth.
 
     python benchmarks/grain.py BENCH_DIR NAME.dng --weights A.safetensors [--weights B.safetensors] [--bm3d]
                                [--ensemble]
+    python benchmarks/grain.py BENCH_DIR --every 3 --weights A.safetensors [--weights B.safetensors]
+
+With `--every N` instead of a NAME, every N-th frame of the benchmark, each printed, then per method the
+medians of grain and grid, and the means of the position biases' absolute values and of PSNR.
 
 For each weights file (each also with the self-ensemble with `--ensemble`; and blind BM3D with `--bm3d`,
 `bm3d_baseline.py`'s), the frame is restored at its true ratio (the stages `darkfix restore` uses) and, in
@@ -19,9 +23,9 @@ the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient en
   not a grid.)
 
 - position bias: in the same windows, each colour's mean error on even rows less that on odd rows (and even
-  columns less odd ones), in units of 1e-4 of the rendered range: a bias between the network's 2 x 2 output positions
-  (frame-dependent, the same without row noise; the on-axis peak's cause), for which the grid measure sees
-  only a peak;
+  columns less odd ones), in units of 1e-4 of the rendered range: a bias between the network's 2 x 2 output
+  positions (frame-dependent; its mean over the windows barely moves without row noise, but the on-axis peak
+  does: that peak is the row noise left, which varies from window to window; twenty-second session);
 
 and, in the DARK_WINDOWS darkest windows of the ground truth that hold any light, the dark colour: R/G
 and B/G of the output's linear-light sums beside the truth's (the README example's dark grass: the truth
@@ -136,18 +140,24 @@ def position_bias(out: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nd
 
 @click.command()
 @click.argument("bench", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--weights", "weights", multiple=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--bm3d", is_flag=True, help="Also blind BM3D (noise estimated on the frame), for scale.")
 @click.option("--ensemble", is_flag=True, help="Also each weights file with the self-ensemble (restore --ensemble).")
-def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool, ensemble: bool) -> None:
-    """Grain power and grid peak of NAME (a frame of BENCH) restored by each weights file."""
-    case = next((c for c in benchmark_cases(bench) if name in (c.name, c.raw.name)), None)
-    if case is None:
-        raise click.BadParameter(f"no frame {name} in {bench}", param_hint="NAME")
-    truth_rgb = as_float(load_truth(case))
-    truth = luminance(truth_rgb)
-    frame = read_raw(case.raw)
+@click.option("--every", type=click.IntRange(1), default=None,
+              help="Instead of NAME: every N-th frame of BENCH, then each method's medians and means.")
+def main(bench: Path, name: str | None, weights: tuple[Path, ...], bm3d: bool, ensemble: bool,
+         every: int | None) -> None:
+    """Grain power and grid peak of NAME (a frame of BENCH), or of every N-th frame, restored by each weights
+    file."""
+    if (name is None) == (every is None):
+        raise click.UsageError("give a frame's NAME or --every N")
+    if every:
+        cases = benchmark_cases(bench)[::every]
+    else:
+        cases = [c for c in benchmark_cases(bench) if name in (c.name, c.raw.name)][:1]
+        if not cases:
+            raise click.BadParameter(f"no frame {name} in {bench}", param_hint="NAME")
     methods = []
     for w in weights:
         model, info = load_weights(w)
@@ -159,15 +169,32 @@ def main(bench: Path, name: str, weights: tuple[Path, ...], bm3d: bool, ensemble
         from bm3d_baseline import BM3DMethod
 
         methods.append(BM3DMethod(blind=True))
-    for method in methods:
-        out_rgb = as_float(method(case, frame, case.ratio))
-        grain, grid, off_axes = grain_and_grid(luminance(out_rgb), truth)
-        got, want = dark_colour(out_rgb, truth_rgb)
-        by_rows, by_cols = (" ".join(f"{1e4 * c:+.1f}" for c in v) for v in position_bias(out_rgb, truth_rgb))
-        click.echo(f"{method.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median "
-                   f"(goal <= 5; off the axes, without banding: {off_axes:.1f}); dark colour R/G {got[0]:.2f}, "
-                   f"B/G {got[1]:.2f} (truth {want[0]:.2f}, {want[1]:.2f}); 2 x 2 position bias (1e-4, R G B) rows "
-                   f"{by_rows}, columns {by_cols}")
+    scores: dict[str, list[tuple[float, ...]]] = {m.name: [] for m in methods}
+    for case in cases:
+        truth_rgb = as_float(load_truth(case))
+        truth = luminance(truth_rgb)
+        frame = read_raw(case.raw)
+        for method in methods:
+            out_rgb = as_float(method(case, frame, case.ratio))
+            grain, grid, off_axes = grain_and_grid(luminance(out_rgb), truth)
+            got, want = dark_colour(out_rgb, truth_rgb)
+            rows, cols = position_bias(out_rgb, truth_rgb)
+            psnr = float(10 * np.log10(1.0 / max(float(np.mean((out_rgb - truth_rgb) ** 2)), 1e-12)))
+            scores[method.name].append((grain, grid, off_axes, 1e4 * float(np.abs(rows).mean()),
+                                        1e4 * float(np.abs(cols).mean()), psnr))
+            by_rows, by_cols = (" ".join(f"{1e4 * c:+.1f}" for c in v) for v in (rows, cols))
+            click.echo(f"{case.raw.name if every else ''}{' ' if every else ''}"
+                       f"{method.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median "
+                       f"(goal <= 5; off the axes, without banding: {off_axes:.1f}); dark colour R/G {got[0]:.2f}, "
+                       f"B/G {got[1]:.2f} (truth {want[0]:.2f}, {want[1]:.2f}); 2 x 2 position bias (1e-4, R G B) "
+                       f"rows {by_rows}, columns {by_cols}; {psnr:.2f} dB")
+    if every:
+        for label, values in scores.items():
+            a = np.array(values)
+            click.echo(f"{label} over {len(a)} frames: median grain {np.median(a[:, 0]):.2f}, grid peak "
+                       f"{np.median(a[:, 1]):.1f}, off the axes {np.median(a[:, 2]):.1f}; mean |position bias| "
+                       f"(1e-4) rows {a[:, 3].mean():.1f}, columns {a[:, 4].mean():.1f}; "
+                       f"mean PSNR {a[:, 5].mean():.3f} dB")
 
 
 if __name__ == "__main__":

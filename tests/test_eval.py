@@ -24,7 +24,7 @@ from darkfix.dng import DngSpec, write_dng
 from darkfix.model import LambaNet
 from darkfix.pngio import encode_png
 from darkfix.rawio import read_raw
-from darkfix.weights import save_weights
+from darkfix.weights import default_weights_path, save_weights
 
 # XYZ -> camera of the Sony A7S II (the DNG ColorMatrix1 the SID-like files carry)
 SONY_XYZ = np.array([[0.5838, -0.1430, -0.0246], [-0.3497, 1.1477, 0.2297], [-0.0748, 0.1885, 0.5778]])
@@ -425,6 +425,26 @@ def test_grain_position_bias():
     out[0::2, :, 0] += 0.001
     rows, cols = _benchmark("grain").position_bias(out, truth)
     assert np.allclose(rows, [0.001, 0, 0], atol=1e-9) and np.allclose(cols, 0, atol=1e-9)
+
+
+def test_grain_over_every_nth_frame(bench_unbiased):
+    """grain.py --every: a line per frame and method, then each method's summary over those frames; a NAME
+    and --every together, or neither, is a usage error."""
+    from click.testing import CliRunner
+
+    main_ = _benchmark("grain").main
+    r = CliRunner().invoke(main_, [bench_unbiased, "--every", "2", "--weights",
+                                   str(default_weights_path())])
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 3 and lines[0].endswith(" dB") and "_x100.dng " in lines[0] + lines[1]
+    summary = lines[-1]
+    assert summary.startswith(f"{default_weights_path().name} over 2 frames: median grain ")
+    psnr = float(summary.split("mean PSNR ")[1].split()[0])
+    assert 15.0 < psnr < 50.0
+    for args in ([bench_unbiased], [bench_unbiased, "alpha_x100.dng", "--every", "2"]):
+        bad = CliRunner().invoke(main_, args + ["--weights", str(default_weights_path())])
+        assert bad.exit_code == 2 and "give a frame's NAME or --every N" in bad.output
 
 
 def test_blind_bm3d_noise_from_the_frame(tmp_path):
