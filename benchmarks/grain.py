@@ -17,7 +17,7 @@ the FLAT_WINDOWS flattest 64 x 64 windows of the ground truth (least gradient en
 - grid: the largest peak of the error's (output less truth) luminance spectrum in those windows (mean of
   their power spectra) over the median of its ring of equal frequency (the lowest three rings left out):
   residual noise is spread over a ring, a periodic pattern peaks in it; the goal is at most 5. Also the
-  peak off the spectrum's two axes: on them lies banding (row noise left by the network), off them a
+  peak off the spectrum's two axes: on them lies banding (the row noise the corrections leave), off them a
   grid of the network's own. (The
   truth's own spectrum falls steeply in flat areas, so the output's spectrum alone would show that fall,
   not a grid.)
