@@ -42,7 +42,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from this checkout
 
-from darkfix.lab.evaluate import NetworkMethod, as_float, benchmark_cases, display_linear, load_truth  # noqa: E402
+from darkfix.lab.evaluate import (NetworkMethod, as_float, benchmark_cases, display_linear, load_truth,  # noqa: E402
+                                  psnr)
 from darkfix.inference import Restorer  # noqa: E402
 from darkfix.rawio import read_raw  # noqa: E402
 from darkfix.weights import load_weights  # noqa: E402
@@ -179,15 +180,16 @@ def main(bench: Path, name: str | None, weights: tuple[Path, ...], bm3d: bool, e
             grain, grid, off_axes = grain_and_grid(luminance(out_rgb), truth)
             got, want = dark_colour(out_rgb, truth_rgb)
             rows, cols = position_bias(out_rgb, truth_rgb)
-            psnr = float(10 * np.log10(1.0 / max(float(np.mean((out_rgb - truth_rgb) ** 2)), 1e-12)))
+            db = psnr(out_rgb, truth_rgb)
             scores[method.name].append((grain, grid, off_axes, 1e4 * float(np.abs(rows).mean()),
-                                        1e4 * float(np.abs(cols).mean()), psnr))
+                                        1e4 * float(np.abs(cols).mean()), db))
             by_rows, by_cols = (" ".join(f"{1e4 * c:+.1f}" for c in v) for v in (rows, cols))
-            click.echo(f"{case.raw.name if every else ''}{' ' if every else ''}"
-                       f"{method.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} x median "
+            frame_name = f"{case.raw.name} " if every else ""
+            click.echo(f"{frame_name}{method.name}: grain {grain:.2f} x the truth's (goal <= 2), grid peak {grid:.1f} "
+                       f"x median "
                        f"(goal <= 5; off the axes, without banding: {off_axes:.1f}); dark colour R/G {got[0]:.2f}, "
                        f"B/G {got[1]:.2f} (truth {want[0]:.2f}, {want[1]:.2f}); 2 x 2 position bias (1e-4, R G B) "
-                       f"rows {by_rows}, columns {by_cols}; {psnr:.2f} dB")
+                       f"rows {by_rows}, columns {by_cols}; {db:.2f} dB")
     if every:
         for label, values in scores.items():
             a = np.array(values)

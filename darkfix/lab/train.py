@@ -307,12 +307,13 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True,
     pred = pair.render(pred_linear)
     target = pair.target()
     camera = pred_linear.clamp(0.0, 1.0)
-    loss = F.l1_loss(pred, target) + CAMERA_WEIGHT * F.l1_loss(bt709(camera), bt709(pair.target_linear))
+    camera_curved, target_curved = bt709(camera), bt709(pair.target_linear)
+    loss = F.l1_loss(pred, target) + CAMERA_WEIGHT * F.l1_loss(camera_curved, target_curved)
     if local_weight:
         loss = loss + local_weight * F.l1_loss(bt709(F.avg_pool2d(camera, LOCAL_SIZE)),
                                                bt709(F.avg_pool2d(pair.target_linear, LOCAL_SIZE)))
     if position_weight:
-        loss = loss + position_weight * position_bias(bt709(camera) - bt709(pair.target_linear)).square().mean()
+        loss = loss + position_weight * position_bias(camera_curved - target_curved).square().mean()
     if with_msssim:
         loss = loss + 0.2 * (1.0 - ms_ssim(pred, target, data_range=1.0))
     return loss
