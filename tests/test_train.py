@@ -336,9 +336,11 @@ def test_distillation_target_is_what_restore_ensemble_runs(photos, tmp_path):
                                   "--noise-aware", "--fine-widths", "24,48",
                                   "--init", "darkfix-lamba2021-v12.safetensors",
                                   "--teacher", "darkfix-lamba2021-v12.safetensors", "--teacher-weight", "0.3",
-                                  "--msssim-from", "1.0", "--position-bias", "100"])
+                                  "--msssim-from", "1.0", "--position-bias", "100", "--balance-crops"])
     assert r.exit_code == 0, r.output
     training = load_weights(out)[1].metadata["training"]
+    assert "camera RGB, each crop's weighted by the inverse of its own (at most 4 x a crop's at the batch's" \
+        in training
     assert "0.3 x the L1 terms towards darkfix-lamba2021-v12.safetensors's self-ensemble" in training
     assert "+ 100 x the mean square of its output positions' bias (4 px period, 32 px blocks)" in training
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--iterations", "1",
@@ -432,6 +434,38 @@ def test_position_term_sees_a_grid_that_noise_hides():
     assert torch.allclose(bias, wide.view(1, 1, 1, 4, 1, 4).expand_as(bias), atol=1e-5)
     with pytest.raises(ValueError, match="at least 32 x 32"):
         position_bias(ragged[..., :31])
+
+
+def test_balanced_crops_weigh_a_quiet_crop_as_much_as_a_noisy_one():
+    """With `balance`, each crop's L1 terms weigh by the inverse of its error, so a crop with a quarter of
+    another's error pulls as hard (the gradient of the mean log error); a crop of nearly no error weighs at
+    most BALANCE_CAP times one at the mean; equal errors give plain L1's value and gradient."""
+    from darkfix.lab.train import BALANCE_CAP, Pair, crop_weights, loss_fn
+
+    g = torch.Generator().manual_seed(6)
+    target = 0.2 + 0.5 * torch.rand(2, 3, 64, 64, generator=g)
+    noise = torch.randn(2, 3, 64, 64, generator=g)
+    pair = Pair(torch.zeros(2, 8, 32, 32), target, torch.eye(3).expand(2, 3, 3), torch.ones(2))
+
+    def grads(pred, **kw):
+        pred = pred.clone().requires_grad_(True)
+        loss = loss_fn(pred, pair, with_msssim=False, **kw)
+        loss.backward()
+        return loss.item(), pred.grad.abs().flatten(1).sum(1)
+
+    unequal = target + noise * torch.tensor([0.01, 0.04]).view(2, 1, 1, 1)
+    plain, plain_grad = grads(unequal)
+    balanced, balanced_grad = grads(unequal, balance=True)
+    assert abs(plain_grad[0] / plain_grad[1] - 1) < 0.05  # L1's pull is the same whatever the error's size
+    assert 3.5 < balanced_grad[0] / balanced_grad[1] < 4.5  # balanced, the quiet crop's pull is 4x: d log
+    assert balanced < plain  # its weighted mean leans to the quiet crop
+    equal = target + 0.02 * noise
+    assert abs(grads(equal)[0] - grads(equal, balance=True)[0]) < 1e-3 * grads(equal)[0]
+
+    w = crop_weights(torch.tensor([1e-6, 0.05, 0.05, 0.05]))
+    assert abs(float(w.mean()) - 1) < 1e-6
+    assert abs(float(w[0] / w[1]) - 0.05 / (0.0375 / BALANCE_CAP)) < 1e-3
+    assert torch.equal(crop_weights(torch.zeros(4)), torch.ones(4))
 
 
 def test_synthetic_pairs_cover_real_sensors_and_highlights():

@@ -153,10 +153,14 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
               help="Weight of a loss term, the mean square of the bias between the output's positions (a 4 px period, "
                    "averaged over 32 px blocks): the faint periodic grid over flat areas that per pixel the noise "
                    "hides. About 100 makes it matter.")
+@click.option("--balance-crops", is_flag=True,
+              help="Weight each crop's L1 terms by the inverse of its own error (at most 4x a crop's at the "
+                   "batch's mean error): the gradient of the mean log error, what a mean PSNR over frames rewards. "
+                   "Low-noise and flat crops, whose errors are small, then count as much as noisy, textured ones.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
           guide_radius, local_colour, colour_patches, black_spread, workers, half_crops, teacher,
-          teacher_weight, position_weight) -> None:
+          teacher_weight, position_weight, balance_crops) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -191,7 +195,7 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       guide_radius=guide_radius, local_weight=local_colour, colour_patches=colour_patches,
                       black_spread=black_spread, workers=workers, half_crops=half_crops,
                       teacher=str(teacher) if teacher else None, teacher_weight=teacher_weight,
-                      position_weight=position_weight)
+                      position_weight=position_weight, balance_crops=balance_crops)
     _run_training(training.train, cfg, resume, minutes)
 
 

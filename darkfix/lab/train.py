@@ -69,6 +69,7 @@ class TrainConfig:
     teacher: str | None = None  # weights whose self-ensemble (`ensemble_of`) is a second target
     teacher_weight: float = 0.5  # of the loss towards the teacher's self-ensemble
     position_weight: float = 0.0  # of the output-position term in `loss_fn` (0: the loss v12 trained with)
+    balance_crops: bool = False  # `loss_fn`'s per-crop weights (False: the loss v13 trained with)
 
 
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
@@ -266,6 +267,7 @@ class Batches:
 
 CAMERA_WEIGHT = 0.5  # of the camera-RGB term in `loss_fn`
 LOCAL_SIZE = 8  # px: the local-colour term compares means over LOCAL_SIZE x LOCAL_SIZE blocks
+BALANCE_CAP = 4.0  # with `balance`, a crop weighs at most this many times one at the batch's mean error
 # The output-position term: the last layer's pixel shuffle gives each of the 2 x 2 output positions its own
 # weights, fine_up's 4 x 4 ones at the next scale; a period of 4 px holds both (the 1/8 branch's shuffle
 # into packed resolution repeats every 8 px, which this period sees only in part: it is smoother there).
@@ -286,8 +288,19 @@ def position_bias(error: torch.Tensor) -> torch.Tensor:
     return means - means.mean((3, 5), keepdim=True)
 
 
+def crop_weights(errors: torch.Tensor) -> torch.Tensor:
+    """Per-crop weights proportional to the inverse of each crop's own error (detached, mean 1): weighted so,
+    the L1 terms' gradient is that of the batch's mean log error, which is what a mean PSNR over frames
+    rewards. Plain L1 lets the noisiest crops, whose errors are largest, steer the network; low-noise and flat
+    crops, where grain shows and BM3D is strongest, then count for little. An error below the batch's mean
+    over BALANCE_CAP counts as that (a black or clipped crop must not take the whole batch's weight)."""
+    errors = errors.detach()
+    inverse = 1.0 / errors.clamp_min(max(float(errors.mean()) / BALANCE_CAP, 1e-12))
+    return inverse / inverse.mean()
+
+
 def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True,
-            local_weight: float = 0.0, position_weight: float = 0.0) -> torch.Tensor:
+            local_weight: float = 0.0, position_weight: float = 0.0, balance: bool = False) -> torch.Tensor:
     """L1 + 0.2 (1 - MS-SSIM) on the final sRGB rendering (the paper's loss, moved after colour), plus L1 on
     the balanced camera RGB under the same curve: the rendering clips colours outside sRGB, which leaves
     the network free to turn a magenta light red where both render alike.
@@ -302,13 +315,17 @@ def loss_fn(pred_linear: torch.Tensor, pair: Pair, with_msssim: bool = True,
     noisy the block means (L1's would be their median's sign), and an L1 loss under noise of a skew that differs
     between positions (Bayer sites, clipping at black) is what leaves such a bias.
 
+    With `balance`, each crop's two L1 terms are weighted by `crop_weights`.
+
     MS-SSIM costs twice the network on a CPU, so the early part of a run may use L1 alone.
     """
     pred = pair.render(pred_linear)
     target = pair.target()
     camera = pred_linear.clamp(0.0, 1.0)
     camera_curved, target_curved = bt709(camera), bt709(pair.target_linear)
-    loss = F.l1_loss(pred, target) + CAMERA_WEIGHT * F.l1_loss(camera_curved, target_curved)
+    per_crop = ((pred - target).abs().flatten(1).mean(1)
+                + CAMERA_WEIGHT * (camera_curved - target_curved).abs().flatten(1).mean(1))
+    loss = (crop_weights(per_crop) * per_crop).mean() if balance else per_crop.mean()
     if local_weight:
         loss = loss + local_weight * F.l1_loss(bt709(F.avg_pool2d(camera, LOCAL_SIZE)),
                                                bt709(F.avg_pool2d(pair.target_linear, LOCAL_SIZE)))
@@ -481,6 +498,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
             "amplification": "trained with the true exposure ratio times an exposure of 0.6-6",
             "training": {"iterations": step, "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
                          "loss": f"L1 on the sRGB rendering + {CAMERA_WEIGHT} L1 on the balanced camera RGB" + (
+                             ", each crop's weighted by the inverse of its own (at most "
+                             f"{BALANCE_CAP:g} x a crop's at the batch's mean)" if cfg.balance_crops else "") + (
                              f" + {cfg.local_weight:g} L1 on its {LOCAL_SIZE} x {LOCAL_SIZE} block means"
                              if cfg.local_weight else "") + (
                              f" + {cfg.position_weight:g} x the mean square of its output positions' bias "
@@ -520,7 +539,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 pred = model(pair.inputs)
             loss = loss_fn(pred.float(), pair, with_msssim=step >= msssim_step, local_weight=cfg.local_weight,
-                           position_weight=cfg.position_weight)
+                           position_weight=cfg.position_weight, balance=cfg.balance_crops)
             if teacher is not None:  # distillation: the teacher's self-ensemble, twice its network, in one pass
                 with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     taught = ensemble_of(teacher, pair.inputs).float().clamp(0.0, 1.0)
