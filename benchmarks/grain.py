@@ -100,11 +100,10 @@ def dark_colour(out: np.ndarray, truth: np.ndarray, count: int = DARK_WINDOWS) -
     return so[[0, 2]] / max(float(so[1]), 1e-12), st[[0, 2]] / max(float(st[1]), 1e-12)
 
 
-def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+def grain_and_grid(out: np.ndarray, truth: np.ndarray, windows: list[tuple[int, int]]) -> tuple[float, float, float]:
     """(grain power ratio, spectral peak over median, the same peak off the two axes) of luminance images
-    in the truth's flattest windows. On the axes lie patterns constant along a row or a column (banding: the
+    in `windows` (the truth's flattest). On the axes lie patterns constant along a row or a column (banding: the
     sensor's row noise that the network leaves), off them a periodic grid of the network's own."""
-    windows = flattest(truth)
     fine_out, fine_truth = out - box(out), truth - box(truth)
     grain = sum(float((fine_out[y : y + WINDOW, x : x + WINDOW] ** 2).mean()) for y, x in windows)
     base = sum(float((fine_truth[y : y + WINDOW, x : x + WINDOW] ** 2).mean()) for y, x in windows)
@@ -128,11 +127,12 @@ def grain_and_grid(out: np.ndarray, truth: np.ndarray) -> tuple[float, float, fl
     return grain / max(base, 1e-12), peak, off_peak
 
 
-def position_bias(out: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, columns): per colour, the mean error of even rows less odd rows (columns) in the truth's
-    flattest windows (luminance's), rendered RGB images (H, W, 3) in [0, 1]."""
+def position_bias(out: np.ndarray, truth: np.ndarray,
+                  windows: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns): per colour, the mean error of even rows less odd rows (columns) in `windows` (the
+    truth's flattest, by luminance), rendered RGB images (H, W, 3) in [0, 1]."""
     rows, cols = [], []
-    for y, x in flattest(luminance(truth)):
+    for y, x in windows:
         e = out[y : y + WINDOW, x : x + WINDOW] - truth[y : y + WINDOW, x : x + WINDOW]
         rows.append(e[0::2].mean(axis=(0, 1)) - e[1::2].mean(axis=(0, 1)))
         cols.append(e[:, 0::2].mean(axis=(0, 1)) - e[:, 1::2].mean(axis=(0, 1)))
@@ -174,12 +174,13 @@ def main(bench: Path, name: str | None, weights: tuple[Path, ...], bm3d: bool, e
     for case in cases:
         truth_rgb = as_float(load_truth(case))
         truth = luminance(truth_rgb)
+        windows = flattest(truth)
         frame = read_raw(case.raw)
         for method in methods:
             out_rgb = as_float(method(case, frame, case.ratio))
-            grain, grid, off_axes = grain_and_grid(luminance(out_rgb), truth)
+            grain, grid, off_axes = grain_and_grid(luminance(out_rgb), truth, windows)
             got, want = dark_colour(out_rgb, truth_rgb)
-            rows, cols = position_bias(out_rgb, truth_rgb)
+            rows, cols = position_bias(out_rgb, truth_rgb, windows)
             db = psnr(out_rgb, truth_rgb)
             scores[method.name].append((grain, grid, off_axes, 1e4 * float(np.abs(rows).mean()),
                                         1e4 * float(np.abs(cols).mean()), db))
