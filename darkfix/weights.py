@@ -61,7 +61,7 @@ INPUT_NOISE = "balanced+noise"
 INPUTS = ("raw", "balanced", INPUT_NOISE)
 
 FORMAT_VERSION = "1"
-DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v13.safetensors"
+DEFAULT_WEIGHTS_NAME = "darkfix-lamba2021-v14.safetensors"
 
 
 @dataclass

@@ -205,7 +205,7 @@ def test_directory_is_not_a_weights_file(tmp_path):
 
 def test_default_weights_path_does_not_crash():
     p = default_weights_path()
-    assert p.name == "darkfix-lamba2021-v13.safetensors"
+    assert p.name == "darkfix-lamba2021-v14.safetensors"
 
 
 # --- darkfix info ---------------------------------------------------------------------------

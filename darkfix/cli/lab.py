@@ -249,7 +249,7 @@ TUNE_BASE = DEFAULT_WEIGHTS_NAME
               help="Weights file to write (.safetensors); the checkpoint goes to OUT.ckpt.")
 @click.option("--weights", "base", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Weights to start from: a file, or the name of weights darkfix ships (default: darkfix's "
-                   "default, the noise-aware v13; noise-aware weights "
+                   "default, the noise-aware v14; noise-aware weights "
                    "tune best: v4 +0.59 dB on benchmarks/tune_check.py's camera, v3 +0.01).")
 @click.option("--minutes", type=click.FloatRange(0.1), default=15.0, show_default=True,
               help="Stop after this long (checkpointed: run the same command again to go on).")
