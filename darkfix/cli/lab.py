@@ -154,9 +154,9 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
                    "averaged over 32 px blocks): the faint periodic grid over flat areas that per pixel the noise "
                    "hides. About 100 makes it matter.")
 @click.option("--balance-crops", is_flag=True,
-              help="Weight each crop's L1 terms by the inverse of its own error (at most 4x a crop's at the "
-                   "batch's mean error): the gradient of the mean log error, what a mean PSNR over frames rewards. "
-                   "Low-noise and flat crops, whose errors are small, then count as much as noisy, textured ones.")
+              help="Weight each crop's per-pixel L1 terms by the inverse of its own error (at most 4x a crop's at "
+                   "the batch's mean error): the gradient of the mean log L1 error, the L1 analogue of what a mean "
+                   "PSNR over frames rewards. Low-noise and flat crops, whose errors are small, then count more.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
           guide_radius, local_colour, colour_patches, black_spread, workers, half_crops, teacher,

@@ -290,10 +290,11 @@ def position_bias(error: torch.Tensor) -> torch.Tensor:
 
 def crop_weights(errors: torch.Tensor) -> torch.Tensor:
     """Per-crop weights proportional to the inverse of each crop's own error (detached, mean 1): weighted so,
-    the L1 terms' gradient is that of the batch's mean log error, which is what a mean PSNR over frames
-    rewards. Plain L1 lets the noisiest crops, whose errors are largest, steer the network; low-noise and flat
-    crops, where grain shows and BM3D is strongest, then count for little. An error below the batch's mean
-    over BALANCE_CAP counts as that (a black or clipped crop must not take the whole batch's weight)."""
+    the L1 terms' gradient is that of the batch's mean log L1 error, the L1 analogue of what a mean PSNR over
+    frames rewards. Plain L1 weighs every crop alike, a mean PSNR each by the inverse of its error, so
+    low-noise and flat crops, where grain shows and BM3D is strongest, count for less than PSNR would have
+    them. An error below the batch's mean over BALANCE_CAP counts as that (a black or clipped crop must not
+    take the whole batch's weight)."""
     errors = errors.detach()
     inverse = 1.0 / errors.clamp_min(max(float(errors.mean()) / BALANCE_CAP, 1e-12))
     return inverse / inverse.mean()
