@@ -438,8 +438,9 @@ def test_position_term_sees_a_grid_that_noise_hides():
 
 def test_balanced_crops_weigh_a_quiet_crop_as_much_as_a_noisy_one():
     """With `balance`, each crop's L1 terms weigh by the inverse of its error, so a crop with a quarter of
-    another's error pulls as hard (the gradient of the mean log error); a crop of nearly no error weighs at
-    most BALANCE_CAP times one at the mean; equal errors give plain L1's value and gradient."""
+    another's error pulls four times as hard, as much for its error's size (the gradient of the mean log
+    error); a crop of nearly no error weighs at most BALANCE_CAP times one at the mean; equal errors give
+    plain L1's value."""
     from darkfix.lab.train import BALANCE_CAP, Pair, crop_weights, loss_fn
 
     g = torch.Generator().manual_seed(6)
@@ -460,7 +461,8 @@ def test_balanced_crops_weigh_a_quiet_crop_as_much_as_a_noisy_one():
     assert 3.5 < balanced_grad[0] / balanced_grad[1] < 4.5  # balanced, the quiet crop's pull is 4x: d log
     assert balanced < plain  # its weighted mean leans to the quiet crop
     equal = target + 0.02 * noise
-    assert abs(grads(equal)[0] - grads(equal, balance=True)[0]) < 1e-3 * grads(equal)[0]
+    same = grads(equal)[0]
+    assert abs(same - grads(equal, balance=True)[0]) < 1e-3 * same
 
     w = crop_weights(torch.tensor([1e-6, 0.05, 0.05, 0.05]))
     assert abs(float(w.mean()) - 1) < 1e-6
