@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+MID_GREY = 0.18  # normalised, after amplification: where `NoiseLevel.relative` compares frames
+
+
 @dataclass(frozen=True)
 class NoiseLevel:
     """A frame's noise in normalised units, per packed plane (R, G1, G2, B): var(x) = shot * x + read ** 2."""
@@ -41,6 +44,12 @@ class NoiseLevel:
     def sigma(self, x: float) -> float:
         """The green planes' standard deviation at normalised signal x (mean of G1 and G2)."""
         return float(np.mean([math.sqrt(max(self.shot[i] * x + self.read[i] ** 2, 0.0)) for i in (1, 2)]))
+
+    def relative(self, gain: float) -> float:
+        """The noise of a mid-grey (MID_GREY once amplified by `gain`) relative to its level: one number for
+        how noisy a frame is at the brightness it is restored to (`synth.ratio_for_noise` inverts it)."""
+        x = MID_GREY / gain
+        return self.sigma(x) / x
 
     def describe(self) -> str:
         """One line for `restore -v`."""

@@ -33,6 +33,26 @@ class FineWidths(click.ParamType):
 
 FINE_WIDTHS_TYPE = FineWidths()
 
+
+class NoiseRange(click.ParamType):
+    """LO,HI: a range of relative noise, 0 < LO < HI."""
+
+    name = "LO,HI"
+
+    def convert(self, value, param, ctx) -> tuple[float, float]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            lo, hi = (float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not two numbers such as 0.03,0.3", param, ctx)
+        if not 0.0 < lo < hi <= 10.0:
+            self.fail(f"{value!r}: need 0 < LO < HI <= 10", param, ctx)
+        return lo, hi
+
+
+NOISE_RANGE = NoiseRange()
+
 @click.command()
 @click.argument("photos", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
@@ -157,10 +177,14 @@ def synth(photos, out, ratios, seed, limit, max_side, sensors, black_error, held
               help="Weight each crop's per-pixel L1 terms by the inverse of its own error (at most 4x a crop's at "
                    "the batch's mean error): the gradient of the mean log L1 error, the L1 analogue of what a mean "
                    "PSNR over frames rewards. Low-noise and flat crops, whose errors are small, then count more.")
+@click.option("--relative-noise", type=NOISE_RANGE, default=None,
+              help="LO,HI: train (and validate) only on pairs whose mid-grey, once amplified, has a relative noise "
+                   "(its standard deviation over its level) in this range, e.g. 0.03,0.3: a network for the "
+                   "low-noise frames (each pair's exposure ratio chosen so). Default: SID's ratios.")
 def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, device, threads, resume, init_weights,
           validate_every, msssim_from, precision, minutes, plus, noise_aware, fine_input, fine_widths, fine_only,
           guide_radius, local_colour, colour_patches, black_spread, workers, half_crops, teacher,
-          teacher_weight, position_weight, balance_crops) -> None:
+          teacher_weight, position_weight, balance_crops, relative_noise) -> None:
     """Train darkfix weights on synthetic low-light pairs made from clean photos."""
     import torch
 
@@ -195,7 +219,8 @@ def train(images, val, val_crops, out, iterations, batch_size, crop, lr, seed, d
                       guide_radius=guide_radius, local_weight=local_colour, colour_patches=colour_patches,
                       black_spread=black_spread, workers=workers, half_crops=half_crops,
                       teacher=str(teacher) if teacher else None, teacher_weight=teacher_weight,
-                      position_weight=position_weight, balance_crops=balance_crops)
+                      position_weight=position_weight, balance_crops=balance_crops,
+                      relative_noise=relative_noise)
     _run_training(training.train, cfg, resume, minutes)
 
 

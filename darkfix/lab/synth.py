@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..colour import XYZ_FROM_SRGB
-from ..noise import sigma_planes
+from ..noise import MID_GREY, sigma_planes
 from ..packing import BALANCED_CEILING, FILL_CELL, OVER_WHITE
 
 BLACK, WHITE = 512.0, 16383.0  # Sony A7S II levels: the reference sensor of the ELD calibration
@@ -172,6 +172,16 @@ def sample_noise(n: int, g: torch.Generator, broad: float = 0.25) -> NoiseParams
         row_sigma=row.float(),
         bias=(0.5 * torch.randn(n, 4, generator=g)).float(),
     )
+
+
+def ratio_for_noise(rel: torch.Tensor, p: NoiseParams, sensor: Sensor) -> torch.Tensor:
+    """The exposure ratios at which a mid-grey (`noise.MID_GREY` after amplification) has relative noise `rel`
+    (`NoiseLevel.relative` of `noise_terms`), within [1, 300 x `ratio_limit`]."""
+    shot, read = (t.double() for t in noise_terms(p, sensor))
+    rel = rel.double()
+    # rel^2 x^2 = shot x + read^2 for the signal x before amplification
+    x = (shot + torch.sqrt(shot**2 + 4.0 * rel**2 * read**2)) / (2.0 * rel**2)
+    return torch.minimum((MID_GREY / x).clamp_min(1.0), 300.0 * ratio_limit(sensor).double()).float()
 
 
 def tukey_variance(lam: torch.Tensor) -> torch.Tensor:
@@ -470,8 +480,8 @@ BLACK_SPREAD = 3.0
 def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = True,
                ratio: torch.Tensor | None = None, exposure: torch.Tensor | None = None,
                scene: Scene | None = None, own: OwnSensor | None = None, black_error: bool = True,
-               black_spread: float = BLACK_SPREAD, masked: int = 0, masked_g: torch.Generator | None = None
-               ) -> Synthetic:
+               black_spread: float = BLACK_SPREAD, masked: int = 0, masked_g: torch.Generator | None = None,
+               relative_noise: tuple[float, float] | None = None) -> Synthetic:
     """The one synthetic-pair recipe (training, validation and `darkfix synth`): sRGB photos (N, 3, H, W)
     -> `make_scene` (or a given `scene`) -> exposure -> mosaic -> ELD noise (25 % virtual-camera gains
     when `broad`) -> ADC.
@@ -482,7 +492,9 @@ def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = T
     is drawn (every other draw unchanged): denoising measured apart from that robustness. `black_spread`
     bounds the extra black-level error of `broad` frames (its standard deviation is drawn from 0 to it, DN
     of 14 bits; the same draws for any value). `masked`, `masked_g`: `noisy_dn`'s (the raw then holds
-    that many packed columns of masked photosites first; the rest as without them).
+    that many packed columns of masked photosites first; the rest as without them). `relative_noise` (lo,
+    hi), without `ratio`: each frame's ratio is the one that gives its mid-grey a relative noise drawn
+    log-uniform in [lo, hi] (`ratio_for_noise`), for networks that serve one range of noise.
     """
     scene = scene or make_scene(srgb, g, broad)
     camera, sensor = scene.camera, scene.sensor
@@ -490,7 +502,7 @@ def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = T
     own_noise = None
     if own is not None:
         sensor, own_noise = own.sample(n, g)
-    if ratio is None:
+    if ratio is None and relative_noise is None:
         ratio = (sample_ratio(n, g) * ratio_limit(sensor)).clamp_min(4.0)
     if exposure is None:
         exposure = sample_exposure(n, g) if broad else torch.ones(n)
@@ -500,6 +512,9 @@ def synthesise(srgb: torch.Tensor | None, g: torch.Generator, *, broad: bool = T
         noise.bias = noise.bias + torch.randn(n, 4, generator=g) * _uniform(n, 0.0, black_spread, g).float()[:, None]
     if not black_error:
         noise.bias = torch.zeros_like(noise.bias)
+    if ratio is None:
+        assert relative_noise is not None
+        ratio = ratio_for_noise(_log_uniform(n, *relative_noise, g).float(), noise, sensor)
     linear = scene.linear * exposure.to(scene.linear.device).view(n, 1, 1, 1)
     raw = to_raw(noisy_dn(mosaic(linear), ratio.float(), noise, g, sensor, masked, masked_g), sensor)
     return Synthetic(raw, sensor, camera, noise, ratio.float(), linear)

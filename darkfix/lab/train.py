@@ -70,6 +70,7 @@ class TrainConfig:
     teacher_weight: float = 0.5  # of the loss towards the teacher's self-ensemble
     position_weight: float = 0.0  # of the output-position term in `loss_fn` (0: the loss v12 trained with)
     balance_crops: bool = False  # `loss_fn`'s per-crop weights (False: the loss v13 trained with)
+    relative_noise: tuple[float, float] | None = None  # synth.synthesise's: pairs (and validation) of this noise only
 
 
 # Held out of training for a detail-rich benchmark and validation: every fourth Urban100 photograph
@@ -181,16 +182,18 @@ def own_sensor_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device
 
 
 def make_pair(srgb: torch.Tensor, g: torch.Generator, device: torch.device,
-              black_spread: float = synth.BLACK_SPREAD) -> Pair:
+              black_spread: float = synth.BLACK_SPREAD, relative_noise: tuple[float, float] | None = None) -> Pair:
     """Half the batch from the Sony A7S II (SID's camera: its benchmarks are the reference), half from the
     broad range of sensors; both with the exposure draws that push highlights past white and half of each
     with colours beyond the photographs' gamut (`synth.widen_gamut`). The noise maps are off by up to 30 %
-    (estimates at restore are). `black_spread`: synth.synthesise's, for the broad half."""
+    (estimates at restore are). `black_spread`: synth.synthesise's, for the broad half; `relative_noise`
+    likewise, for both."""
     half = srgb.shape[0] // 2
     sony = synth.synthesise(None, g, broad=False, exposure=synth.sample_exposure(half, g),
-                            scene=synth.widen_gamut(synth.make_scene(srgb[:half], g, broad=False), g))
+                            scene=synth.widen_gamut(synth.make_scene(srgb[:half], g, broad=False), g),
+                            relative_noise=relative_noise)
     broad = synth.synthesise(None, g, broad=True, scene=synth.widen_gamut(synth.make_scene(srgb[half:], g), g),
-                             black_spread=black_spread)
+                             black_spread=black_spread, relative_noise=relative_noise)
     a, b = pair_from(sony, device, g), pair_from(broad, device, g)
     return Pair(*(torch.cat([x, y]) for x, y in ((a.inputs, b.inputs), (a.target_linear, b.target_linear),
                                                   (a.rgb_cam, b.rgb_cam), (a.ratio, b.ratio))))
@@ -207,6 +210,7 @@ class BatchRecipe:
     patches: float = 0.0  # synth.colour_patches' fraction (0: the photos alone, and the same draws as before it)
     black_spread: float = synth.BLACK_SPREAD
     half_crops: float = 0.0  # share of the steps with 4 x batch crops of half the side (PhotoPool.batch(half=True))
+    relative_noise: tuple[float, float] | None = None
 
     def __call__(self, step: int) -> Pair:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
@@ -216,7 +220,7 @@ class BatchRecipe:
         photos = synth.colour_patches(photos, g, self.patches)
         if self.own is not None:
             return own_sensor_pair(photos, g, cpu, self.own)
-        return make_pair(photos, g, cpu, self.black_spread)
+        return make_pair(photos, g, cpu, self.black_spread, self.relative_noise)
 
 
 _RECIPE: BatchRecipe | None = None  # a `Batches` worker's recipe, set when the worker starts
@@ -346,10 +350,12 @@ def ensemble_of(model: LambaNet, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def validation_pairs(folders: list[str], count: int, crop: int = 512,
-                     own: synth.OwnSensor | None = None) -> list[Pair]:
+                     own: synth.OwnSensor | None = None,
+                     relative_noise: tuple[float, float] | None = None) -> list[Pair]:
     """A fixed set of validation crops at ratios 100, 250 and 300 (same seed every run), `count` from each
     folder (a training folder gives its HELD_OUT photos); every other crop from the broad range of
-    sensors, the rest from the Sony A7S II; with `own`, all from that sensor."""
+    sensors, the rest from the Sony A7S II; with `own`, all from that sensor; with `relative_noise`, each at
+    a ratio drawn for a noise in that range (synth.synthesise)."""
     g = torch.Generator().manual_seed(1234)
     pairs = []
     paths = []
@@ -369,7 +375,8 @@ def validation_pairs(folders: list[str], count: int, crop: int = 512,
             broad, ratio = True, (ratio * synth.ratio_limit(own.sensor(1))).clamp_min(4.0)
         elif broad:
             ratio = ratio / 4
-        pairs.append(pair_from(synth.synthesise(srgb, g, broad=broad, ratio=ratio, exposure=torch.ones(1), own=own),
+        pairs.append(pair_from(synth.synthesise(srgb, g, broad=broad, ratio=None if relative_noise else ratio,
+                                                exposure=torch.ones(1), own=own, relative_noise=relative_noise),
                                torch.device("cpu")))
     return pairs
 
@@ -470,7 +477,7 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, best, history, seconds = state["step"], state["best"], state["history"], state["seconds"]
-    val_pairs = validation_pairs(cfg.val, cfg.val_crops, own=own) if cfg.val else []
+    val_pairs = validation_pairs(cfg.val, cfg.val_crops, own=own, relative_noise=cfg.relative_noise) if cfg.val else []
     teacher = None
     if cfg.teacher:
         from ..weights import load_weights
@@ -516,7 +523,10 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
                              f"; black-level error of the broad half bounded by {cfg.black_spread:g} DN"
                              if cfg.black_spread != synth.BLACK_SPREAD else "") + (
                              f"; {cfg.half_crops:g} of the steps {4 * cfg.batch} x {cfg.crop // 2} px crops"
-                             " from every photo" if cfg.half_crops else ""),
+                             " from every photo" if cfg.half_crops else "") + (
+                             "; each pair's ratio the one that gives a mid-grey a relative noise of "
+                             f"{cfg.relative_noise[0]:g}-{cfg.relative_noise[1]:g} (log-uniform)"
+                             if cfg.relative_noise else ""),
                          "init": Path(cfg.init).name if cfg.init else None,
                          "seconds": round(time.time() - started), "device": cfg.device,
                          "precision": str(dtype).removeprefix("torch.")},
@@ -531,7 +541,8 @@ def train(cfg: TrainConfig, resume: str | None = None, report: Callable[[dict], 
         export(vp, vs)
         if report:
             report({"step": 0, "loss": float("nan"), "lr": 0.0, "elapsed": 0.0, "val_psnr": vp, "val_ssim": vs})
-    recipe = BatchRecipe(pool, cfg.batch, cfg.seed, own, cfg.colour_patches, cfg.black_spread, cfg.half_crops)
+    recipe = BatchRecipe(pool, cfg.batch, cfg.seed, own, cfg.colour_patches, cfg.black_spread, cfg.half_crops,
+                         cfg.relative_noise)
     with Batches(recipe, cfg.workers, cfg.iterations) as batches:
         while step < cfg.iterations:
             for group in opt.param_groups:
