@@ -354,3 +354,43 @@ def test_strided_finest_path_is_the_same_function():
         assert (got - want).abs().max() < 1e-5
         whole = torch.cat([x, sigma], 1).repeat(1, 1, 2, 2)
         assert (fast(whole) - plain(whole)).abs().max() < 1e-5
+
+
+def _relative(s: synth.Synthetic, i: int) -> float:
+    shot, read = synth.noise_terms(s.noise, s.sensor)
+    return NoiseLevel((float(shot[i]),) * 4, (float(read[i]),) * 4).relative(float(s.ratio[i]))
+
+
+def test_ratio_for_noise_gives_each_frame_the_relative_noise_asked():
+    """On the broad range of sensors (8-16 bits, any gain), the ratio drawn for a target relative noise gives
+    a mid-grey exactly that noise, as `NoiseLevel.relative` (what routing reads at restore) measures it."""
+    g = torch.Generator().manual_seed(3)
+    scene = synth.make_scene(torch.rand(64, 3, 32, 32, generator=g), g, True)
+    noise = synth.sample_noise(64, g, broad=1.0)
+    rel = synth._log_uniform(64, 0.02, 1.0, g).float()
+    ratio = synth.ratio_for_noise(rel, noise, scene.sensor)
+    shot, read = synth.noise_terms(noise, scene.sensor)
+    inside = (ratio > 1.0) & (ratio < 300.0 * synth.ratio_limit(scene.sensor))
+    assert int(inside.sum()) >= 32  # most frames reach their target; the rest are clamped
+    for i in range(64):
+        got = NoiseLevel((float(shot[i]),) * 4, (float(read[i]),) * 4).relative(float(ratio[i]))
+        if inside[i]:
+            assert got == pytest.approx(float(rel[i]), rel=1e-3)
+        elif ratio[i] == 1.0:  # even unamplified, a mid-grey is noisier than asked
+            assert got > float(rel[i])
+        else:  # at the deepest ratio the sensor holds it is still less noisy than asked
+            assert got < float(rel[i])
+
+
+def test_training_pairs_keep_to_their_range_of_noise():
+    g = torch.Generator().manual_seed(4)
+    photos = torch.rand(8, 3, 64, 64, generator=g)
+    for broad in (False, True):
+        s = synth.synthesise(photos, g, broad=broad, relative_noise=(0.05, 0.2))
+        rels = [_relative(s, i) for i in range(8)]
+        deepest = 300.0 * synth.ratio_limit(s.sensor)
+        assert all(r <= 0.2 * 1.001 or s.ratio[i] == 1.0 for i, r in enumerate(rels))
+        assert all(r >= 0.05 * 0.999 or s.ratio[i] >= deepest[i] * 0.999 for i, r in enumerate(rels))
+        assert max(rels) / min(rels) > 1.3  # drawn across the range, not one value
+    default = synth.synthesise(photos, torch.Generator().manual_seed(4), broad=False)
+    assert float(default.ratio.min()) >= 4.0  # without the option: SID's ratios, as before

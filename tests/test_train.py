@@ -165,12 +165,16 @@ def test_train_command(photos, tmp_path):
     r = CliRunner().invoke(main, ["train", "--images", str(photos), "--val", str(photos), "--out", str(out),
                                   "--iterations", "2", "--batch", "1", "--crop", "192", "--validate-every", "1",
                                   "--threads", "1", "--device", "cpu", "--colour-patches", "0.5",
-                                  "--black-error-spread", "1"])
+                                  "--black-error-spread", "1", "--relative-noise", "0.05,0.2"])
     assert r.exit_code == 0, r.output
     assert "best validation PSNR" in r.output
     info = load_weights(out)[1]
     assert info.format == "darkfix" and "0.5 of the crops scenes of saturated colour" in info.metadata["training"]
     assert "black-level error of the broad half bounded by 1 DN" in info.metadata["training"]
+    assert "a mid-grey a relative noise of 0.05-0.2" in info.metadata["training"]
+    for value in ("0.2,0.05", "0.1", "a,b"):
+        bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--relative-noise", value])
+        assert bad.exit_code == 2 and "--relative-noise" in bad.output and "Traceback" not in bad.output
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--crop", "200"])
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
     bad = CliRunner().invoke(main, ["train", "--images", str(photos), "--out", str(out), "--half-crops", "0.5"])
