@@ -273,8 +273,7 @@ def main(benchmark, weights, limit, stride, ratios, modes, inverse, sigma, profi
     import torch
     from rich.console import Console
 
-    from darkfix.inference import Restorer
-    from darkfix.weights import load_weights
+    from darkfix import engine as engines
 
     if threads:
         torch.set_num_threads(threads)
@@ -285,9 +284,9 @@ def main(benchmark, weights, limit, stride, ratios, modes, inverse, sigma, profi
                 ev.check_json_target(target)
         methods: list = []
         for w in weights:
-            model, info = load_weights(w)
+            restorer, info = engines.load(w, engine="torch", device="cpu", precision="fp32")  # routed, as restore runs
             name = ev.network_name(info, [m.name for m in methods])
-            methods.append(ev.NetworkMethod(name, Restorer(model, device="cpu", precision="fp32"), info))
+            methods.append(ev.NetworkMethod(name, restorer, info))
         bm3d_methods = [BM3DMethod(inverse=inverse, profile=profile, threads=bm3d_threads, sigma=sigma, blind=b)
                         for b in {"both": (True, False), "blind": (True,), "oracle": (False,)}[modes]]
         methods.extend(bm3d_methods)

@@ -44,9 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # darkfix from 
 
 from darkfix.lab.evaluate import (NetworkMethod, as_float, benchmark_cases, display_linear, load_truth,  # noqa: E402
                                   psnr)
-from darkfix.inference import Restorer  # noqa: E402
+from darkfix import engine as engines  # noqa: E402
 from darkfix.rawio import read_raw  # noqa: E402
-from darkfix.weights import load_weights  # noqa: E402
 
 WINDOW = 64
 FLAT_WINDOWS = 8
@@ -161,8 +160,7 @@ def main(bench: Path, name: str | None, weights: tuple[Path, ...], bm3d: bool, e
             raise click.BadParameter(f"no frame {name} in {bench}", param_hint="NAME")
     methods = []
     for w in weights:
-        model, info = load_weights(w)
-        restorer = Restorer(model, device="cpu", precision="fp32")
+        restorer, info = engines.load(w, engine="torch", device="cpu", precision="fp32")  # routed, as restore runs
         methods.append(NetworkMethod(w.name, restorer, info))
         if ensemble:
             methods.append(NetworkMethod(f"{w.name} --ensemble", restorer, info, ensemble=True))

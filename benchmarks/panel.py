@@ -23,9 +23,8 @@ from PIL import Image
 from darkfix.lab.evaluate import (LibRawMethod, NetworkMethod, as_float, benchmark_cases, display_linear, load_truth,
                                   network_name)
 from darkfix.colour import bt709
-from darkfix.inference import Restorer
+from darkfix import engine as engines
 from darkfix.rawio import read_raw
-from darkfix.weights import load_weights
 
 
 @click.command()
@@ -44,9 +43,9 @@ def main(bench: Path, names: tuple[str, ...], weights, baselines, width: int, st
     methods = [LibRawMethod()]
     taken: list[str] = []
     for w in (*baselines, *weights):
-        model, info = load_weights(w)
+        restorer, info = engines.load(w, engine="torch", device="cpu")  # routed, as restore runs
         taken.append(network_name(info, taken))
-        methods.append(NetworkMethod(taken[-1], Restorer(model, device="cpu"), info))
+        methods.append(NetworkMethod(taken[-1], restorer, info))
     if bm3d:
         from bm3d_baseline import BM3DMethod
 

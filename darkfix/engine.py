@@ -11,6 +11,7 @@ import os
 from typing import Any, Callable
 
 from . import ovengine
+from .errors import WeightsError
 from .weights import ARCHITECTURE, WeightsInfo, read_info
 
 ENGINES = ("auto", "torch", "openvino")
@@ -60,11 +61,66 @@ def choose(engine: str, device: str, precision: str, architecture: str = ARCHITE
     return measured["choice"], _reason(measured)
 
 
+class Routed:
+    """The engine (pipeline.Restorer) of weights with a low-noise companion (WeightsInfo.low_noise): a frame
+    whose relative noise at mid-grey (PackedFrame.relative_noise) is below `below` runs through the
+    companion, any other through the main weights. Two networks of the same size, each trained on its own
+    range of noise, hold more than one at no cost in time. The companion loads when a frame first needs it."""
+
+    def __init__(self, main: Any, load_low: Callable[[], Any], below: float, low_name: str) -> None:
+        self.main, self._load_low, self._low = main, load_low, None
+        self.below, self.low_name = below, low_name
+        self.engine, self.device, self.precision = main.engine, main.device, main.precision
+        self.precision_reason = main.precision_reason
+        self.engine_reason = main.engine_reason
+
+    def low_noise(self, packed: Any) -> bool:
+        """Whether `packed` (a PackedFrame) runs through the low-noise companion."""
+        return packed.relative_noise is not None and packed.relative_noise < self.below
+
+    def describe(self, packed: Any) -> str:
+        """Which network a frame ran through and why, for `restore -v`."""
+        which = f"the low-noise network {self.low_name}" if self.low_noise(packed) else "the main network"
+        return f"relative noise {packed.relative_noise:.3g} at mid-grey (low-noise below {self.below:g}): {which}"
+
+    def pick(self, packed: Any) -> Any:
+        if not self.low_noise(packed):
+            return self.main
+        if self._low is None:
+            self._low = self._load_low()
+        return self._low
+
+    def __call__(self, packed: Any, sink: Callable[[Any, Any], None], **walk: Any) -> None:
+        self.pick(packed)(packed, sink, **walk)
+
+    def display(self, packed: Any, *args: Any, **walk: Any) -> None:
+        self.pick(packed).display(packed, *args, **walk)
+
+
 def load(weights: str | os.PathLike | None = None, engine: str = "auto", device: str = "auto",
          precision: str = "auto", threads: int | None = None, tile: int | None = None,
-         say: Callable[[str], None] | None = None) -> tuple[Any, WeightsInfo]:
+         say: Callable[[str], None] | None = None, route: bool = True) -> tuple[Any, WeightsInfo]:
     """A ready engine for a weights file (default: the packaged ones) and what the file is.
-    The engine's `engine_reason` says why it was chosen."""
+    The engine's `engine_reason` says why it was chosen. Weights with a low-noise companion give a `Routed`
+    engine (`route` False: the main weights alone)."""
+    info = read_info(weights)
+    if route and info.low_noise is not None:
+        path, below = info.low_noise
+        try:  # a missing or foreign companion fails now, before any work, not at the first low-noise frame
+            low = read_info(path)
+        except WeightsError as e:
+            raise WeightsError(f"{e} (the low-noise companion {info.path.name} names)") from None
+        if low.input != info.input or low.low_noise is not None:
+            raise WeightsError(f"{path}: not a low-noise companion for {info.path.name}")
+    restorer, info = _load_one(info.path, engine, device, precision, threads, tile, say)
+    if not route or info.low_noise is None:
+        return restorer, info
+    return Routed(restorer, lambda: _load_one(path, engine, device, precision, threads, tile, say)[0],
+                  below, path.name), info
+
+
+def _load_one(weights: str | os.PathLike | None, engine: str, device: str, precision: str, threads: int | None,
+              tile: int | None, say: Callable[[str], None] | None) -> tuple[Any, WeightsInfo]:
     info = read_info(weights)
     name, reason = choose(engine, device, precision, info.architecture)
     loaded = None  # (model, info) once torch has loaded the file

@@ -157,6 +157,8 @@ class PackedFrame:
         self._any_saturated: bool | None = None
         self._fill: np.ndarray | None = None
         self.noise = noise
+        # how noisy the frame is at the brightness it is restored to (None without a noise level)
+        self.relative_noise = None if noise is None else noise.relative(float(gain))
         if noise is not None:  # var = a y + b of each amplified (and balanced) plane y
             a, b = amplified_terms(noise, np.float32(gain) * (np.ones(4) if wb is None else np.asarray(wb)))
             self._noise_terms = (a.astype(np.float32).reshape(4, 1, 1), b.astype(np.float32).reshape(4, 1, 1))

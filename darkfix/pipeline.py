@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from .colour import orient
+from .engine import Routed
 from .errors import OutputError, OutputExistsError
 from .imagefile import default_suffix, format_of, write_jpeg, write_linear_dng, write_tiff
 from .metadata import exif_tiff
@@ -154,6 +155,7 @@ class Result:
     noise: str | None = None  # the noise level noise-aware weights were given, and where it came from
     wide_guide: bool = False  # whether dark colour came from the colour guide's wide pass (`wide_guide`)
     rows: str | None = None  # what darkfix.rows did with the row noise (masked margins, the picture's greens)
+    network: str | None = None  # which network ran, where the weights have a low-noise companion (engine.Routed)
 
 
 def saturated_pixels(prep: Prepared, t: Tile, oy: int, ox: int, h: int, w: int) -> np.ndarray | None:
@@ -215,7 +217,8 @@ def restore_frame(source: Path, frame: RawFrame, prep: Prepared, output: Path, r
         raise _out_of_memory(source) from None
     return Result(source, output, prep.amplification, (w, h), prep.source,
                   prep.noise.describe() if prep.noise is not None else None,
-                  wide_guide(frame, info, opts.trust_black), frame.rows.describe() if frame.rows else None)
+                  wide_guide(frame, info, opts.trust_black), frame.rows.describe() if frame.rows else None,
+                  restorer.describe(prep.packed) if isinstance(restorer, Routed) else None)
 
 
 def check_camera_output(output: Path, info: WeightsInfo) -> None:

@@ -114,6 +114,16 @@ class WeightsInfo:
         return int(full), int(half)
 
 
+    @property
+    def low_noise(self) -> tuple[Path, float] | None:
+        """Companion weights for low-noise frames and the relative noise at mid-grey below which they run
+        instead (metadata low_noise: {"weights": a file name beside this file, "below": r}), or None."""
+        if "low_noise" not in self.metadata:
+            return None
+        spec = json.loads(self.metadata["low_noise"])
+        return self.path.with_name(spec["weights"]), float(spec["below"])
+
+
 def default_weights_path() -> Path:
     """The weights that ship inside the package: the wheel installs the repository's weights/ folder
     as darkfix/pretrained/; a source checkout uses weights/ itself."""
@@ -166,6 +176,16 @@ def _darkfix_info(p: Path, meta: dict[str, str]) -> WeightsInfo:
         widths = (0, 0)
     if not all(1 <= w <= 1024 for w in widths):
         raise WeightsError(f"{p}: fine_widths {meta.get('fine_widths')!r} is not two channel counts")
+    if "low_noise" in meta:
+        try:
+            companion, below = info.low_noise or (p, 0.0)
+            spec = json.loads(meta["low_noise"])["weights"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise WeightsError(f"{p}: low_noise {meta['low_noise']!r} is not {{\"weights\": NAME, \"below\": "
+                               f"NUMBER}} ({type(e).__name__})") from None
+        if not info.noise_aware or companion.name != spec or companion == p or not 0.0 < below <= 10.0:
+            raise WeightsError(f"{p}: low_noise {meta['low_noise']!r} must name another file beside it and a "
+                               "relative noise in (0, 10], on noise-aware weights")
     return info
 
 
@@ -210,6 +230,26 @@ def save_weights(model: LambaNet, path: str | os.PathLike, metadata: dict[str, o
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
+
+
+def with_low_noise(main: str | os.PathLike, companion: str | os.PathLike, below: float,
+                   out: str | os.PathLike) -> Path:
+    """Write `main`'s weights to `out` with `companion` as their low-noise network (WeightsInfo.low_noise):
+    frames whose relative noise at mid-grey is below `below` run through it. The companion must sit beside
+    `out` under its own name when the weights are used."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(main), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    meta["low_noise"] = json.dumps({"weights": Path(companion).name, "below": float(below)})
+    out = Path(out)
+    _darkfix_info(out, meta)  # a companion that is the file itself, or weights that cannot route: refused here
+    tmp = out.with_name(f".{out.name}.part")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    return out
 
 
 def _check_state(state: dict[str, torch.Tensor], model: LambaNet, path: Path) -> None:

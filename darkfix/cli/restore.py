@@ -96,6 +96,8 @@ def restore(files, output, brightness, exposure, ratio, wb, fmt, bit_depth, qual
                     click.echo(f"{src}: {res.noise}")
                 if res.rows:
                     click.echo(f"{src}: {res.rows}")
+                if res.network:
+                    click.echo(f"{src}: {res.network}")
                 if res.wide_guide:
                     how = "--trust-black" if opts.trust_black else "the sensor profile measured it"
                     click.echo(f"{src}: dark colour from wide local means (black level exact: {how})")

@@ -256,8 +256,9 @@ def run_bench(size: tuple[int, int] = (4256, 2848), runs: int = 3, device: str =
         torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="darkfix-bench-") as tmp:
         path, weights_text = weights_file(weights, Path(tmp))
+        # the main network alone: a low-noise companion is one of the same size
         restorer, info = engines.load(path, engine=engine, device=device, precision=precision, threads=threads,
-                                      tile=tile, say=say)
+                                      tile=tile, say=say, route=False)
         model = load_weights(path)[0]
         dev = torch.device(str(restorer.device))
         opts = RestoreOptions(compression=compression)
