@@ -104,24 +104,32 @@ def load(weights: str | os.PathLike | None = None, engine: str = "auto", device:
     The engine's `engine_reason` says why it was chosen. Weights with a low-noise companion give a `Routed`
     engine (`route` False: the main weights alone)."""
     info = read_info(weights)
-    if route and info.low_noise is not None:
-        path, below = info.low_noise
-        try:  # a missing or foreign companion fails now, before any work, not at the first low-noise frame
-            low = read_info(path)
-        except WeightsError as e:
-            raise WeightsError(f"{e} (the low-noise companion {info.path.name} names)") from None
-        if low.input != info.input or low.low_noise is not None:
-            raise WeightsError(f"{path}: not a low-noise companion for {info.path.name}")
-    restorer, info = _load_one(info.path, engine, device, precision, threads, tile, say)
-    if not route or info.low_noise is None:
+    companion = _companion(info) if route else None  # checked before any work, not at the first low-noise frame
+    restorer = _engine_for(info, engine, device, precision, threads, tile, say)
+    if companion is None:
         return restorer, info
-    return Routed(restorer, lambda: _load_one(path, engine, device, precision, threads, tile, say)[0],
-                  below, path.name), info
+    low, below = companion
+    return Routed(restorer, lambda: _engine_for(low, engine, device, precision, threads, tile, say),
+                  below, low.path.name), info
 
 
-def _load_one(weights: str | os.PathLike | None, engine: str, device: str, precision: str, threads: int | None,
-              tile: int | None, say: Callable[[str], None] | None) -> tuple[Any, WeightsInfo]:
-    info = read_info(weights)
+def _companion(info: WeightsInfo) -> tuple[WeightsInfo, float] | None:
+    """The low-noise companion `info` names and the relative noise below which it runs, checked; or None."""
+    if info.low_noise is None:
+        return None
+    path, below = info.low_noise
+    try:
+        low = read_info(path)
+    except WeightsError as e:
+        raise WeightsError(f"{e} (the low-noise companion {info.path.name} names)") from None
+    if low.input != info.input or low.low_noise is not None:
+        raise WeightsError(f"{path}: not a low-noise companion for {info.path.name}")
+    return low, below
+
+
+def _engine_for(info: WeightsInfo, engine: str, device: str, precision: str, threads: int | None,
+                tile: int | None, say: Callable[[str], None] | None) -> Any:
+    """The engine for one weights file, chosen as `choose` says (and, for auto, as measured once)."""
     name, reason = choose(engine, device, precision, info.architecture)
     loaded = None  # (model, info) once torch has loaded the file
     if name == "openvino":
@@ -142,7 +150,7 @@ def _load_one(weights: str | os.PathLike | None, engine: str, device: str, preci
         if name == "openvino":
             restorer = ovengine.OpenVINORestorer(models, precision=precision, threads=threads, tile=tile, say=say)
             restorer.engine_reason = reason
-            return restorer, info
+            return restorer
     import torch
 
     from .inference import Restorer
@@ -150,10 +158,10 @@ def _load_one(weights: str | os.PathLike | None, engine: str, device: str, preci
 
     if threads:
         torch.set_num_threads(threads)
-    model, info = loaded or load_weights(info.path)
+    model = (loaded or load_weights(info.path))[0]
     torch_engine = Restorer(model, device=device, precision=precision, tile=tile)
     torch_engine.engine_reason = reason
-    return torch_engine, info
+    return torch_engine
 
 
 def _reason(measured: dict) -> str:
